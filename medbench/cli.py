@@ -1,0 +1,56 @@
+"""The ``medbench`` command line.
+
+Subcommands are small modules exposing ``register(subparsers)``; each registers a parser whose ``func``
+default takes the parsed arguments and returns an exit code. Built-in subcommands live in
+``medbench.commands``; other packages (the leaderboard) add theirs through the ``medbench.commands``
+entry-point group, so ``medbench`` never imports them directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import entry_points
+from typing import Sequence
+
+from medbench import __version__
+from medbench.errors import MedbenchError
+
+BUILTIN_COMMANDS = (
+    "medbench.commands.tasks",
+    "medbench.commands.data",
+    "medbench.commands.eval",
+    "medbench.commands.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medbench",
+        description="Benchmark medical vision-language models inside lmms-eval.",
+    )
+    parser.add_argument("--version", action="version", version=f"medbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in BUILTIN_COMMANDS:
+        importlib.import_module(module_name).register(subparsers)
+    for entry in entry_points(group="medbench.commands"):
+        entry.load()(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MedbenchError as error:
+        print(f"medbench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
