@@ -124,7 +124,7 @@ def parse_labels(judge_output: str | None) -> list[str] | None:
     text = _FENCE.sub("", judge_output).strip()
     if not text:
         return None
-    items = _json_list(text)
+    items = extract_json_list(text)
     if items is None:
         items = _label_lines(text)
     if items is None:
@@ -173,8 +173,10 @@ def _authors_scores(judge_output: str | None, n_facts: int) -> FactScores:
     return FactScores(round(comp / n_facts, 4), round(hall / n_facts, 4), parsed)
 
 
-def _json_list(text: str) -> list | None:
-    """The first JSON list in ``text`` (prose around it allowed), also when commas between items are missing."""
+def extract_json_list(text: str) -> list | None:
+    """The first JSON list in ``text`` (code fences and prose around it allowed, missing commas between
+    quoted items repaired), or ``None``."""
+    text = _FENCE.sub("", text)
     start = text.find("[")
     while start != -1:
         end = _matching_bracket(text, start)

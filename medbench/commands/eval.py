@@ -1,0 +1,98 @@
+"""``medbench eval``: lmms-eval with the medbench task folder filled in and the data checked first.
+
+Every flag is passed to lmms-eval unchanged, with three additions: ``--include_path`` points at the medbench
+tasks, ``--output_path`` defaults to ``medbench-results`` and ``--log_samples`` is on (the judge and the
+leaderboard need the per-sample logs). Before lmms-eval starts, the data of the requested medbench tasks is
+loaded and validated, so a missing image stops the run in seconds with one line instead of a traceback.
+Because lmms-eval can exit 0 after a failed evaluation, success means: a new results file was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from medbench.commands.data import check_tasks
+from medbench.errors import MedbenchError
+from medbench.taskfiles import tasks_dir
+
+DEFAULT_OUTPUT = "medbench-results"
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return None
+
+
+def prepare_lmms_args(argv: list[str]) -> list[str]:
+    """The lmms-eval argument list ``medbench eval`` runs (see the module docstring)."""
+    if _flag_value(argv, "--include_path") is not None:
+        raise MedbenchError(
+            "medbench eval sets --include_path to the medbench tasks itself; to combine task folders call "
+            'lmms-eval directly with --include_path "$(medbench tasks-dir)"'
+        )
+    args = [*argv, "--include_path", str(tasks_dir())]
+    if _flag_value(argv, "--output_path") is None:
+        args += ["--output_path", DEFAULT_OUTPUT]
+    if "--log_samples" not in argv:
+        args.append("--log_samples")
+    return args
+
+
+def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_data: bool = True) -> list[Path]:
+    """Run lmms-eval in a child process and return the results files it wrote.
+
+    Args:
+        argv: lmms-eval arguments (``--model``, ``--tasks``...), before :func:`prepare_lmms_args`.
+        env: Environment of the child process (default: this one).
+        check_data: Load and validate the requested medbench tasks' data first.
+
+    Raises:
+        MedbenchError: When the data check fails, lmms-eval fails, or no results were written.
+    """
+    args = prepare_lmms_args(argv)
+    environment = dict(os.environ if env is None else env)
+    tasks = (_flag_value(args, "--tasks") or "").split(",")
+    if check_data:
+        for line in check_tasks([task for task in tasks if task], environment):
+            print(f"data ok: {line}", flush=True)
+    output = Path(str(_flag_value(args, "--output_path")))
+    started = time.time()
+    completed = subprocess.run([sys.executable, "-m", "lmms_eval", *args], env=environment, check=False)
+    written = sorted(
+        path for path in output.rglob("*_results.json") if path.stat().st_mtime >= started - 1
+    ) if output.exists() else []
+    if completed.returncode != 0 or not written:
+        raise MedbenchError(
+            f"lmms-eval {'exited with status ' + str(completed.returncode) if completed.returncode else 'wrote no results'}"
+            f" under {output}; its log above says why"
+        )
+    return written
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="run lmms-eval on medbench tasks (all lmms-eval flags accepted)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--skip-data-check", action="store_true", help="do not validate the task data first")
+    parser.add_argument("lmms_args", nargs=argparse.REMAINDER, help="lmms-eval arguments, e.g. --model ... --tasks ...")
+    parser.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if not args.lmms_args:
+        raise MedbenchError("give lmms-eval arguments, e.g. medbench eval --model medbench_hf --model_args pretrained=DIR --tasks medbench_vqa")
+    for path in run_lmms_eval(args.lmms_args, check_data=not args.skip_data_check):
+        print(f"results: {path}")
+    return 0

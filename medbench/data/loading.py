@@ -1,0 +1,359 @@
+"""Load and validate the evaluation data of a medbench task.
+
+The loaders turn every supported source (hub dataset, local JSONL, saved dataset, demo set) into one
+document shape, so the task code never sees dataset quirks:
+
+* VQA documents: ``id``, ``question``, ``answer``, ``answer_type`` ("CLOSED" / "OPEN"), ``image``, ``source``.
+* Report documents: ``id``, ``reference``, ``facts`` (precomputed atomic facts, possibly empty), ``image``,
+  ``source``.
+
+``answer_type`` is the dataset's own label when it has one, else CLOSED for yes/no gold answers (see
+:func:`medbench.metrics.vqa.is_closed_question`). Problems with user data raise :class:`DataError` with one
+line naming the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from medbench.data.sources import TaskSource, get_source
+from medbench.errors import DataError
+from medbench.metrics.vqa import is_closed_question
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+# Accepted spellings of each document field, first match wins. The aliases cover the study authors'
+# LLaVA-Med question files (question_id, text, gpt4_answer) and SLAKE's own JSON (qid, img_name).
+VQA_FIELDS: dict[str, tuple[str, ...]] = {
+    "id": ("id", "question_id", "qid"),
+    "image": ("image", "img_name", "image_path"),
+    "question": ("question", "text"),
+    "answer": ("answer", "gpt4_answer"),
+}
+REPORT_FIELDS: dict[str, tuple[str, ...]] = {
+    "id": ("id", "question_id", "study_id"),
+    "image": ("image", "image_path", "img_name"),
+    "reference": ("reference", "findings", "report", "caption", "gpt4_answer", "answer"),
+}
+_OPTIONAL_ID = "id"
+_MAX_PROBLEMS_SHOWN = 1
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """Where a task's data will be read from.
+
+    Attributes:
+        task: The task name.
+        origin: ``"hub"``, ``"local"`` (a JSONL/JSON file), ``"saved"`` (``save_to_disk`` folder),
+            ``"snapshot"`` (a downloaded hub folder) or ``"demo"``.
+        location: Hub id, file or folder.
+        images_dir: Folder that relative image paths are resolved against (JSON sources only).
+    """
+
+    task: str
+    origin: str
+    location: str
+    images_dir: Path | None = None
+
+    def describe(self) -> str:
+        if self.origin == "hub":
+            source = get_source(self.task)
+            return f"hub:{self.location}@{source.hub_split}"
+        return f"{self.origin}:{self.location}"
+
+
+def resolve_source(task: str, environ: dict[str, str] | None = None) -> ResolvedSource:
+    """Decide where ``task`` reads its data from, without reading it.
+
+    Args:
+        task: A medbench task name, e.g. ``"medbench_vqa_rad"``.
+        environ: The environment to read (defaults to ``os.environ``).
+
+    Returns:
+        The resolved source.
+
+    Raises:
+        DataError: When a configured path does not exist, or a licensed task has no local data.
+    """
+    env = os.environ if environ is None else environ
+    source = get_source(task)
+    configured = env.get(source.env_var, "").strip()
+    images = env.get(source.images_env_var, "").strip()
+    if configured.lower() == "demo" or (not configured and env.get("MEDBENCH_DATA", "").strip().lower() == "demo"):
+        return ResolvedSource(task, "demo", str(DEMO_DIR / source.demo_file), DEMO_DIR)
+    if configured:
+        return _resolve_local(source, Path(configured).expanduser(), images)
+    if env.get("MEDBENCH_DATA", "").strip():
+        raise DataError(
+            f"MEDBENCH_DATA={env['MEDBENCH_DATA']!r} is not understood; the only value is 'demo' "
+            f"(point single tasks at local copies with {source.env_var}=PATH)"
+        )
+    if source.licensed:
+        raise DataError(f"{task} has no local data: {source.access}")
+    return ResolvedSource(task, "hub", str(source.hub_id))
+
+
+def _resolve_local(source: TaskSource, path: Path, images: str) -> ResolvedSource:
+    if not path.exists():
+        raise DataError(f"{source.env_var}={path} does not exist; point it at a JSONL file or a dataset folder")
+    if images and not Path(images).expanduser().is_dir():
+        raise DataError(f"{source.images_env_var}={images} is not a folder; point it at the folder holding the images")
+    if path.is_dir():
+        for name in ("test.jsonl", "test.json"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+                return ResolvedSource(source.task, "saved", str(path))
+            if any(path.rglob("*.parquet")):
+                return ResolvedSource(source.task, "snapshot", str(path))
+            raise DataError(
+                f"{source.env_var}={path}: folder holds no test.jsonl, test.json, saved dataset or parquet files"
+            )
+    images_dir = Path(images).expanduser() if images else path.parent
+    return ResolvedSource(source.task, "local", str(path), images_dir)
+
+
+def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, record)`` from a JSONL file, or ``(index + 1, record)`` from a JSON list.
+
+    Raises:
+        DataError: When a line or the file is not valid JSON.
+    """
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); fix the file") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: a .json data file must hold a list of objects; use JSONL for one object per line")
+        yield from enumerate(records, start=1)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: line {number} is not valid JSON ({error.msg}); fix or remove that line") from None
+
+
+def _pick(record: dict, names: tuple[str, ...]) -> Any:
+    for name in names:
+        if name in record and record[name] is not None:
+            return record[name]
+    return None
+
+
+def _check_image(path: Path) -> str | None:
+    """Return a problem description when ``path`` is missing or not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        return "not found"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return f"cannot be read as an image ({type(error).__name__})"
+    return None
+
+
+def read_local_records(resolved: ResolvedSource, *, check_images: bool = True) -> list[dict[str, Any]]:
+    """Read and validate a JSONL/JSON task file into documents (image as an absolute path).
+
+    Args:
+        resolved: A source with origin ``"local"`` or ``"demo"``.
+        check_images: Open every image to make sure it exists and decodes.
+
+    Returns:
+        The documents in file order.
+
+    Raises:
+        DataError: On the first problem, naming file, row, field and fix (and how many more rows are bad).
+    """
+    source = get_source(resolved.task)
+    path = Path(resolved.location)
+    fields = VQA_FIELDS if source.kind == "vqa" else REPORT_FIELDS
+    images_dir = resolved.images_dir or path.parent
+    documents: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for number, record in iter_json_records(path):
+        if not isinstance(record, dict):
+            problems.append(f"row {number} is not a JSON object")
+            continue
+        if source.kind == "vqa" and str(record.get("q_lang", "en")).lower() != "en":
+            continue  # SLAKE carries Chinese questions too; the benchmark uses the English ones
+        values = {name: _pick(record, aliases) for name, aliases in fields.items()}
+        missing = [name for name, value in values.items() if name != _OPTIONAL_ID and value in (None, "")]
+        if missing:
+            name = missing[0]
+            problems.append(
+                f"row {number}: missing field '{name}' (accepted names: {', '.join(fields[name])})"
+            )
+            continue
+        image_path = Path(str(values["image"]))
+        if not image_path.is_absolute():
+            image_path = images_dir / image_path
+        if check_images and (problem := _check_image(image_path)):
+            problems.append(
+                f"row {number}: image '{values['image']}' {problem} under {images_dir} "
+                f"(fix the path or set {source.images_env_var} to the image folder)"
+            )
+            continue
+        doc_id = str(values["id"]) if values["id"] is not None else str(number)
+        if source.kind == "vqa":
+            question = str(values["question"]).replace("<image>", "").strip()
+            answer = str(values["answer"]).strip()
+            documents.append(
+                {
+                    "id": doc_id,
+                    "question": question,
+                    "answer": answer,
+                    "answer_type": _answer_type(answer, record.get("answer_type")),
+                    "image": str(image_path),
+                }
+            )
+        else:
+            facts = record.get("facts") or []
+            if not isinstance(facts, list) or not all(isinstance(fact, str) for fact in facts):
+                problems.append(f"row {number}: field 'facts' must be a list of strings")
+                continue
+            documents.append(
+                {"id": doc_id, "reference": str(values["reference"]).strip(), "facts": facts, "image": str(image_path)}
+            )
+    if problems:
+        more = f" (and {len(problems) - 1} more rows with problems)" if len(problems) > 1 else ""
+        raise DataError(f"{path}: {problems[0]}{more}")
+    if not documents:
+        raise DataError(f"{path}: no usable rows; the file is empty (or holds no English questions)")
+    ids = [document["id"] for document in documents]
+    if len(set(ids)) != len(ids):
+        duplicate = next(doc_id for doc_id in ids if ids.count(doc_id) > 1)
+        raise DataError(f"{path}: id {duplicate!r} occurs more than once; ids must be unique")
+    return documents
+
+
+def _answer_type(answer: str, given: Any) -> str:
+    label = None if given is None else str(given)
+    return "CLOSED" if is_closed_question(answer, label) else "OPEN"
+
+
+def load_task_docs(task: str, environ: dict[str, str] | None = None):
+    """Load the evaluation documents of ``task`` as a ``datasets.Dataset`` with an ``Image`` column.
+
+    Args:
+        task: A medbench task name.
+        environ: The environment to read the source variables from (defaults to ``os.environ``).
+
+    Returns:
+        A ``datasets.Dataset`` in the document shape described in the module docstring.
+
+    Raises:
+        DataError: When the data is missing, malformed or empty.
+    """
+    resolved = resolve_source(task, environ)
+    source = get_source(task)
+    if resolved.origin in ("local", "demo"):
+        return _documents_to_dataset(read_local_records(resolved), source.kind, resolved.describe())
+    if task == "medbench_slake" and resolved.origin == "hub":
+        return _documents_to_dataset(read_local_records(_fetch_slake()), source.kind, resolved.describe())
+    return _table_to_dataset(_load_table(resolved, source), source, resolved.describe())
+
+
+def _load_table(resolved: ResolvedSource, source: TaskSource):
+    import datasets
+
+    if resolved.origin == "saved":
+        loaded = datasets.load_from_disk(resolved.location)
+    else:  # hub id or downloaded hub snapshot folder
+        loaded = datasets.load_dataset(resolved.location)
+    if isinstance(loaded, datasets.DatasetDict):
+        split = source.hub_split or "test"
+        if split not in loaded:
+            raise DataError(f"{resolved.location}: no '{split}' split (found: {', '.join(loaded)})")
+        loaded = loaded[split]
+    return loaded
+
+
+def _table_to_dataset(table, source: TaskSource, description: str):
+    """Bring a hub-format table (image/question/answer columns) into the document shape."""
+    fields = VQA_FIELDS if source.kind == "vqa" else REPORT_FIELDS
+    columns = set(table.column_names)
+    renames = {}
+    for name, aliases in fields.items():
+        present = next((alias for alias in aliases if alias in columns), None)
+        if present is None and name != _OPTIONAL_ID:
+            raise DataError(
+                f"{description}: dataset has no '{name}' column (accepted names: {', '.join(aliases)}; "
+                f"found: {', '.join(sorted(columns))})"
+            )
+        if present is not None and present != name:
+            renames[present] = name
+    table = table.rename_columns(renames)
+    if len(table) == 0:
+        raise DataError(f"{description}: the evaluated split is empty")
+    if "id" not in table.column_names:
+        table = table.add_column("id", [str(index) for index in range(len(table))])
+    if source.kind == "vqa":
+        given = table["answer_type"] if "answer_type" in table.column_names else [None] * len(table)
+        types = [_answer_type(str(answer), label) for answer, label in zip(table["answer"], given)]
+        if "answer_type" in table.column_names:
+            table = table.remove_columns("answer_type")
+        table = table.add_column("answer_type", types)
+        keep = ["id", "question", "answer", "answer_type", "image"]
+    else:
+        if "facts" not in table.column_names:
+            table = table.add_column("facts", [[] for _ in range(len(table))])
+        keep = ["id", "reference", "facts", "image"]
+    table = table.select_columns(keep)
+    return table.add_column("source", [description] * len(table))
+
+
+def _documents_to_dataset(documents: list[dict[str, Any]], kind: str, description: str):
+    import datasets
+
+    features = {"id": datasets.Value("string"), "image": datasets.Image()}
+    if kind == "vqa":
+        features.update(
+            question=datasets.Value("string"), answer=datasets.Value("string"), answer_type=datasets.Value("string")
+        )
+    else:
+        features.update(reference=datasets.Value("string"), facts=datasets.Sequence(datasets.Value("string")))
+    columns: dict[str, list[Any]] = {name: [document[name] for document in documents] for name in features}
+    columns["source"] = [description] * len(documents)
+    features["source"] = datasets.Value("string")
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def _fetch_slake() -> ResolvedSource:
+    """Download SLAKE's test questions and image archive from the hub (once; cached) and unpack them.
+
+    SLAKE's hub repository stores questions as JSON and images in ``imgs.zip``, so it cannot be read with
+    ``datasets.load_dataset`` alone.
+    """
+    from huggingface_hub import hf_hub_download
+
+    source = get_source("medbench_slake")
+    try:
+        questions = Path(hf_hub_download(str(source.hub_id), f"{source.hub_split}.json", repo_type="dataset"))
+        archive = Path(hf_hub_download(str(source.hub_id), "imgs.zip", repo_type="dataset"))
+    except Exception as error:  # the hub client raises many types (offline, auth, HTTP)
+        raise DataError(
+            f"medbench_slake: could not fetch {source.hub_id} from the Hugging Face hub ({type(error).__name__}); "
+            f"download it once with network access or set {source.env_var} to a local copy"
+        ) from error
+    unpacked = archive.parent / "imgs"
+    if not (unpacked / ".complete").exists():
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(archive.parent)
+        (unpacked / ".complete").touch()
+    return ResolvedSource(source.task, "local", str(questions), unpacked)

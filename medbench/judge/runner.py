@@ -1,0 +1,381 @@
+"""Judge a batch of (prediction, reference) pairs concurrently and turn the answers into scores.
+
+Per sample, the judge metrics are (``n`` reference facts, ``m`` prediction claims):
+
+* ``completeness`` = (E + 0.5 PE) / n and ``hallucination`` = C / n - the study's metric: reference facts
+  (precomputed in the data, or one cached judge call per distinct reference) labelled against the output.
+* ``fabrication`` = (Neutral + Contradiction) / m - the reverse direction the study lacks: the output's own
+  claims labelled against the reference; a claim the reference does not support is fabricated. An output
+  with no claims fabricates nothing (0).
+* ``severe`` = 1 when the worst error is graded *severe* by the versioned rubric, else 0 (so its mean is the
+  rate of severely hallucinating outputs); the grade itself (none / minor / severe) is kept per sample.
+
+A metric that could not be computed for a sample (judge failure after retries, unreadable answer, a
+reference without facts) is recorded in ``failures`` with a reason, and left out of that metric's mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
+
+from medbench import __version__
+from medbench.judge.cache import JudgeCache
+from medbench.judge.client import JudgeClient, JudgeFailure, Transport
+from medbench.judge.config import JudgeConfig
+from medbench.judge.prompts import PromptSpec, load_prompt
+from medbench.metrics.facts import CONTRADICTION, NEUTRAL, extract_json_list, fact_scores, parse_labels
+
+logger = logging.getLogger("medbench.judge")
+R = TypeVar("R")
+
+PART_METRICS: dict[str, tuple[str, ...]] = {
+    "nli": ("completeness", "hallucination"),
+    "fabrication": ("fabrication",),
+    "severity": ("severe",),
+}
+METRICS: tuple[str, ...] = tuple(m for metrics in PART_METRICS.values() for m in metrics)
+HIGHER_IS_BETTER: dict[str, bool] = {"completeness": True, "hallucination": False, "fabrication": False, "severe": False}
+SEVERITIES = ("none", "minor", "severe")
+_NUMBERING = re.compile(r"^\s*\d+\s*[.)]\s*")
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One output to judge.
+
+    Attributes:
+        id: Sample identifier (kept in results).
+        prediction: Model output.
+        reference: Reference text.
+        facts: Precomputed reference atomic facts (as the authors shipped them), or ``None`` to extract them.
+    """
+
+    id: str
+    prediction: str
+    reference: str
+    facts: tuple[str, ...] | None = None
+
+
+@dataclass
+class SampleJudgement:
+    """The judge's verdict on one sample.
+
+    Attributes:
+        id: Sample identifier.
+        scores: Metric -> value, only for metrics that were computed.
+        failures: Metric -> reason, for requested metrics that could not be computed.
+        details: Facts, labels, claims, severity grade, raw NLI answer - what a reader needs to audit a score.
+    """
+
+    id: str
+    scores: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "scores": self.scores, "failures": self.failures, **self.details}
+
+
+@dataclass
+class JudgeReport:
+    """A judged batch: per-sample verdicts, per-metric summaries, judge identity and usage."""
+
+    samples: list[SampleJudgement]
+    summary: dict[str, dict[str, Any]]
+    judge: dict[str, Any]
+    usage: dict[str, Any]
+
+
+def parse_text_list(text: str) -> list[str]:
+    """A JSON list of strings (tolerating fences and prose), numbering removed.
+
+    Raises:
+        ValueError: No list of strings in the text.
+    """
+    items = extract_json_list(text)
+    if items is None:
+        raise ValueError("no JSON list")
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError("list items are not strings")
+    return [cleaned for cleaned in (_NUMBERING.sub("", item).strip() for item in items) if cleaned]
+
+
+def parse_severity(text: str) -> tuple[str, str]:
+    """``(grade, reason)`` from the severity answer.
+
+    Raises:
+        ValueError: No recognisable grade.
+    """
+    match = re.search(r"\{.*\}", text, flags=re.DOTALL)
+    if match:
+        try:
+            data = json.loads(match.group(0))
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            grade = str(data.get("severity", "")).strip().lower()
+            if grade in SEVERITIES:
+                return grade, str(data.get("reason", "")).strip()
+    bare = text.strip().strip("\"'.`* ").lower()
+    if bare in SEVERITIES:
+        return bare, ""
+    raise ValueError("no severity grade")
+
+
+def numbered(statements: Sequence[str]) -> str:
+    """Hypotheses as the JSON list the NLI prompt shows: ``["1. ...", "2. ..."]``."""
+    return json.dumps([f"{index}. {text}" for index, text in enumerate(statements, start=1)], ensure_ascii=False)
+
+
+class JudgeRunner:
+    """Runs the judge over batches with bounded concurrency, a shared cache and a progress bar.
+
+    Args:
+        config: Judge configuration.
+        cache: Answer cache (default: from the configuration).
+        transport: Request sender (default: OpenAI-compatible HTTP).
+        sleep: Backoff sleep (tests pass a no-op).
+    """
+
+    def __init__(
+        self,
+        config: JudgeConfig,
+        *,
+        cache: JudgeCache | None = None,
+        transport: Transport | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.cache = cache if cache is not None else JudgeCache(config.cache_path)
+        self.prompts: dict[str, PromptSpec] = {role: load_prompt(spec) for role, spec in config.prompts.items()}
+        self._transport = transport
+        self._sleep = sleep
+        self.client: JudgeClient | None = None
+
+    def judge_info(self, parts: Iterable[str] = tuple(PART_METRICS)) -> dict[str, Any]:
+        """Judge identity for results: model, endpoint (no secrets), prompts with hashes, scoring mode."""
+        roles = _roles(parts)
+        return {
+            **self.config.describe(),
+            "prompts": {role: self.prompts[role].describe() for role in roles},
+            "medbench_version": __version__,
+        }
+
+    def judge(self, items: Sequence[JudgeItem], parts: Iterable[str] = ("nli",)) -> JudgeReport:
+        """Judge ``items`` synchronously (an event loop is started, or a thread if one is running).
+
+        Args:
+            items: Samples to judge.
+            parts: Any of ``nli`` (completeness, hallucination), ``fabrication``, ``severity``.
+
+        Raises:
+            JudgeConfigError: The endpoint rejects the configuration (bad key, unknown model).
+        """
+        parts = tuple(parts)
+        return run_coroutine(lambda: self.judge_async(items, parts))
+
+    async def judge_async(self, items: Sequence[JudgeItem], parts: Iterable[str] = ("nli",)) -> JudgeReport:
+        """Async form of :meth:`judge`."""
+        parts = tuple(parts)
+        unknown = set(parts) - set(PART_METRICS)
+        if unknown:
+            raise ValueError(f"unknown judge parts {sorted(unknown)}; choose from {sorted(PART_METRICS)}")
+        if self.config.temperature > 0:
+            logger.warning("judge temperature is %s: judge answers will not be repeatable", self.config.temperature)
+        kwargs = {"sleep": self._sleep} if self._sleep is not None else {}
+        self.client = JudgeClient(self.config, self.cache, self._transport, **kwargs)
+        progress = _progress(len(items), self.config.progress)
+        try:
+
+            async def one(item: JudgeItem) -> SampleJudgement:
+                try:
+                    return await self._judge_one(item, parts)
+                finally:
+                    progress.update(1)
+
+            samples = list(await asyncio.gather(*(one(item) for item in items)))
+        finally:
+            progress.close()
+            await self.client.aclose()
+        requested = [m for part in parts for m in PART_METRICS[part]]
+        summary = summarize(samples, requested)
+        for metric in requested:
+            failed = summary[metric]["failed"]
+            if failed:
+                logger.warning("judge metric %s: %d of %d samples unscored (see failures)", metric, failed, len(samples))
+        return JudgeReport(
+            samples=samples,
+            summary=summary,
+            judge=self.judge_info(parts),
+            usage=self.client.stats.as_dict(self.config),
+        )
+
+    async def _judge_one(self, item: JudgeItem, parts: tuple[str, ...]) -> SampleJudgement:
+        verdict = SampleJudgement(id=item.id)
+        tasks = []
+        if "nli" in parts:
+            tasks.append(self._forward(item, verdict))
+        if "fabrication" in parts:
+            tasks.append(self._reverse(item, verdict))
+        if "severity" in parts:
+            tasks.append(self._severity(item, verdict))
+        await asyncio.gather(*tasks)
+        return verdict
+
+    async def _forward(self, item: JudgeItem, verdict: SampleJudgement) -> None:
+        metrics = PART_METRICS["nli"]
+        assert self.client is not None
+        if item.facts is not None:
+            facts = [_NUMBERING.sub("", fact).strip() for fact in item.facts]
+            verdict.details["facts_source"] = "data"
+        else:
+            verdict.details["facts_source"] = "judge"
+            try:
+                facts = await self.client.ask(self.prompts["facts"], {"reference": item.reference}, parse_text_list)
+            except JudgeFailure as error:
+                _fail(verdict, metrics, f"fact extraction failed: {error}")
+                return
+        verdict.details["facts"] = facts
+        if not facts:
+            _fail(verdict, metrics, "reference has no atomic facts")
+            return
+        n = len(facts)
+        if not item.prediction.strip():
+            # Nothing can entail or contradict an empty output: every fact is Neutral. No call needed.
+            verdict.details["labels"] = [NEUTRAL] * n
+            verdict.scores.update(completeness=0.0, hallucination=0.0)
+            return
+        case_sensitive = self.config.case_sensitive
+
+        def parse(text: str) -> str:
+            # The authors kept whatever the judge said; the corrected mode retries answers it cannot score.
+            if not case_sensitive and not fact_scores(text, n).parsed:
+                labels = parse_labels(text)
+                raise ValueError(f"{len(labels)} labels for {n} facts" if labels is not None else "no label list")
+            return text
+
+        values = {"premise": item.prediction, "hypotheses": numbered(facts), "n": n}
+        try:
+            answer = await self.client.ask(self.prompts["nli"], values, parse)
+        except JudgeFailure as error:
+            _fail(verdict, metrics, f"fact labelling failed: {error}")
+            return
+        scores = fact_scores(answer, n, case_sensitive=case_sensitive)
+        verdict.details["nli_answer"] = answer
+        verdict.details["labels"] = parse_labels(answer)
+        if case_sensitive and not scores.parsed:
+            verdict.details["authors_unparsed"] = True  # kept as 0/0, as the authors did
+        verdict.scores.update(completeness=scores.completeness, hallucination=scores.hallucination)
+
+    async def _reverse(self, item: JudgeItem, verdict: SampleJudgement) -> None:
+        assert self.client is not None
+        if not item.prediction.strip():
+            verdict.details["claims"] = []
+            verdict.scores["fabrication"] = 0.0
+            return
+        try:
+            claims = await self.client.ask(self.prompts["claims"], {"prediction": item.prediction}, parse_text_list)
+        except JudgeFailure as error:
+            _fail(verdict, ("fabrication",), f"claim extraction failed: {error}")
+            return
+        verdict.details["claims"] = claims
+        if not claims:
+            verdict.scores["fabrication"] = 0.0
+            return
+        m = len(claims)
+
+        def parse(text: str) -> list[str]:
+            labels = parse_labels(text)
+            if labels is None or len(labels) != m:
+                raise ValueError(f"{len(labels)} labels for {m} claims" if labels is not None else "no label list")
+            return labels
+
+        values = {"premise": item.reference, "hypotheses": numbered(claims), "n": m}
+        try:
+            labels = await self.client.ask(self.prompts["nli"], values, parse)
+        except JudgeFailure as error:
+            _fail(verdict, ("fabrication",), f"claim labelling failed: {error}")
+            return
+        verdict.details["claim_labels"] = labels
+        verdict.scores["fabrication"] = sum(label in (NEUTRAL, CONTRADICTION) for label in labels) / m
+
+    async def _severity(self, item: JudgeItem, verdict: SampleJudgement) -> None:
+        assert self.client is not None
+        values = {"reference": item.reference, "prediction": item.prediction}
+        try:
+            grade, reason = await self.client.ask(self.prompts["severity"], values, parse_severity)
+        except JudgeFailure as error:
+            _fail(verdict, ("severe",), f"severity grading failed: {error}")
+            return
+        verdict.details["severity"] = grade
+        verdict.details["severity_reason"] = reason
+        verdict.scores["severe"] = 1.0 if grade == "severe" else 0.0
+
+
+def summarize(samples: Sequence[SampleJudgement], metrics: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Per metric: mean and standard error over scored samples, and how many were scored / failed."""
+    summary: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        values = [s.scores[metric] for s in samples if metric in s.scores]
+        failed = sum(metric in s.failures for s in samples)
+        mean = sum(values) / len(values) if values else None
+        stderr = None
+        if len(values) > 1 and mean is not None:
+            variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+            stderr = math.sqrt(variance / len(values))
+        summary[metric] = {
+            "mean": mean,
+            "stderr": stderr,
+            "scored": len(values),
+            "failed": failed,
+            "higher_is_better": HIGHER_IS_BETTER[metric],
+        }
+    if "severe" in summary:
+        grades = [s.details.get("severity") for s in samples]
+        summary["severe"]["grades"] = {grade: grades.count(grade) for grade in SEVERITIES}
+    return summary
+
+
+def run_coroutine(factory: Callable[[], Awaitable[R]]) -> R:
+    """Run a coroutine to completion from synchronous code, even when an event loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()  # type: ignore[arg-type]
+
+
+def _roles(parts: Iterable[str]) -> list[str]:
+    roles: list[str] = []
+    for part in parts:
+        roles += {"nli": ["facts", "nli"], "fabrication": ["claims", "nli"], "severity": ["severity"]}[part]
+    return list(dict.fromkeys(roles))
+
+
+def _fail(verdict: SampleJudgement, metrics: Iterable[str], reason: str) -> None:
+    for metric in metrics:
+        verdict.failures[metric] = reason
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        del n
+
+    def close(self) -> None:
+        return None
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="judge", unit="sample", dynamic_ncols=True)
