@@ -1,7 +1,8 @@
 """The ``medbench`` command line.
 
 Subcommands are small modules exposing ``register(subparsers)``; each registers a parser whose ``func``
-default takes the parsed arguments and returns an exit code. Built-in subcommands live in
+default takes the parsed arguments and returns an exit code. A parser that sets ``passthrough=True``
+receives the arguments it does not define in ``args.extra``. Built-in subcommands live in
 ``medbench.commands``; other packages (the leaderboard) add theirs through the ``medbench.commands``
 entry-point group, so ``medbench`` never imports them directly.
 """
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Commands that wrap another tool (``medbench eval``) take the flags they do not know as pass-through.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -84,15 +84,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run lmms-eval on medbench tasks (all lmms-eval flags accepted)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        usage="medbench eval [--skip-data-check] LMMS_EVAL_ARGS...",
     )
     parser.add_argument("--skip-data-check", action="store_true", help="do not validate the task data first")
-    parser.add_argument("lmms_args", nargs=argparse.REMAINDER, help="lmms-eval arguments, e.g. --model ... --tasks ...")
-    parser.set_defaults(func=_eval)
+    parser.set_defaults(func=_eval, passthrough=True)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    if not args.lmms_args:
-        raise MedbenchError("give lmms-eval arguments, e.g. medbench eval --model medbench_hf --model_args pretrained=DIR --tasks medbench_vqa")
-    for path in run_lmms_eval(args.lmms_args, check_data=not args.skip_data_check):
+    if not args.extra:
+        raise MedbenchError(
+            "give lmms-eval arguments, e.g. medbench eval --model medbench_hf --model_args pretrained=DIR --tasks medbench_vqa"
+        )
+    for path in run_lmms_eval(args.extra, check_data=not args.skip_data_check):
         print(f"results: {path}")
     return 0

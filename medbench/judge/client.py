@@ -109,6 +109,11 @@ class OpenAITransport:
         if self._client is None:
             from openai import AsyncOpenAI
 
+            # httpx logs every request URL at INFO; a base URL may carry a key in its query string, and a
+            # line per request is noise in an evaluation log anyway.
+            for name in ("httpx", "httpx2"):
+                logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+
             self._client = AsyncOpenAI(
                 api_key=self.config.resolved_api_key(),
                 base_url=self.config.base_url,

@@ -66,7 +66,7 @@ class JudgeConfig:
     """
 
     model: str
-    base_url: str | None = None
+    base_url: str | None = field(default=None, repr=False)  # may carry credentials in its query
     api_key: str | None = field(default=None, repr=False)
     concurrency: int = 16
     max_retries: int = 4

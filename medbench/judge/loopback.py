@@ -1,0 +1,292 @@
+"""A loopback OpenAI-compatible chat server with a deterministic fake judge and fault injection.
+
+It exists so the judge can be exercised end to end with no network and no key: the test suite, the
+benchmark (``benchmarks/bench_judge.py``) and offline demos start it on ``127.0.0.1`` and point
+``MEDBENCH_JUDGE_BASE_URL`` at it. It understands medbench's own prompts well enough to answer them
+plausibly (sentence splitting for facts/claims, word overlap for NLI labels), and can be told to fail:
+
+* ``"429"`` / ``"500"``: an HTTP error with an OpenAI-style error body;
+* ``"hang"``: hold the request open (until the client times out or the server stops);
+* ``"garbage"``: HTTP 200 with a body that is not JSON;
+* ``"wrong_count"``: a well-formed completion whose label list is one short (other prompts get prose);
+* ``"401"``: an authentication error (never drawn at random; script it).
+
+Faults come from a scripted queue (``script``), then from a seeded failure rate (``failure_rate``).
+Every request is recorded (a hash of its messages, the fault applied) so tests can check what was sent.
+Run it by hand with ``python -m medbench.judge.loopback --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterable
+
+FAULTS = ("429", "500", "hang", "garbage", "wrong_count")
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = {"the", "a", "an", "is", "are", "of", "in", "on", "and", "or", "with", "there", "this", "be", "seen", "to", "at"}
+_SWAPS = {"left": "right", "right": "left", "no": "", "enlarged": "normal", "normal": "enlarged"}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server saw."""
+
+    key: str
+    role: str
+    fault: str | None
+    messages: tuple = ()
+
+
+def request_key(messages: list[dict]) -> str:
+    """Hash of a request's messages (the same request always hashes the same)."""
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def fake_judge_answer(messages: list[dict], *, wrong_count: bool = False) -> tuple[str, str]:
+    """Answer a medbench judge prompt deterministically. Returns ``(role, answer text)``."""
+    user = messages[-1]["content"] if messages else ""
+    if "HYPOTHESES:" in user and "PREMISE:" in user:
+        premise = user.split("PREMISE:", 1)[1].split("HYPOTHESES:", 1)[0]
+        hypotheses = json.loads(user.split("HYPOTHESES:", 1)[1].strip())
+        labels = [f"{i}. {_label(premise, h)}" for i, h in enumerate(hypotheses, start=1)]
+        if wrong_count:
+            labels = labels[:-1]
+        return "nli", json.dumps(labels)
+    if "GENERATED:" in user and "REFERENCE:" in user:
+        reference = user.split("REFERENCE:", 1)[1].split("GENERATED:", 1)[0]
+        generated = user.split("GENERATED:", 1)[1]
+        grade = _severity(reference, generated)
+        return "severity", "I am not sure." if wrong_count else json.dumps({"severity": grade, "reason": "fake judge"})
+    if "Text:" in user:
+        role = "claims" if "atomic claims" in user else "facts"
+        text = user.rsplit("Text:", 1)[1]
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(_words(s)) > 0]
+        if wrong_count:
+            return role, "Sorry, I cannot split this text."
+        return role, json.dumps([f"{i}. {s}" for i, s in enumerate(sentences, start=1)])
+    return "other", "Hello from the medbench loopback judge."
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+
+
+def _label(premise: str, hypothesis: str) -> str:
+    hypothesis = re.sub(r"^\s*\d+\.\s*", "", hypothesis)
+    premise_words = set(_words(premise))
+    words = _words(hypothesis)
+    if not words:
+        return "Neutral"
+    for word in words:
+        swapped = _SWAPS.get(word)
+        if swapped and swapped in premise_words and word not in premise_words:
+            return "Contradiction"
+    overlap = sum(w in premise_words for w in words) / len(words)
+    if overlap == 1.0:
+        return "Entailment"
+    if overlap >= 0.5:
+        return "Partial Entailment"
+    return "Neutral"
+
+
+def _severity(reference: str, generated: str) -> str:
+    ref, gen = set(_words(reference)), set(_words(generated))
+    if any(_SWAPS.get(w) and _SWAPS[w] in ref and w not in ref for w in gen):
+        return "severe"
+    return "none" if gen <= ref else "minor"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default backlog (5) drops connections under 16-way concurrency
+
+
+class LoopbackJudgeServer:
+    """Threaded loopback server; use as a context manager.
+
+    Args:
+        latency: Seconds each answered request waits before replying (simulates a remote model).
+        failure_rate: Probability that a request gets a random fault from ``faults``.
+        faults: Faults drawn when ``failure_rate`` fires.
+        script: Faults (or ``None`` for a normal answer) applied to the first requests, in order.
+        seed: Seed of the fault draws.
+        hang_seconds: How long a ``hang`` holds the request at most.
+        answer: Function ``messages -> (role, text)`` replacing the fake judge.
+        port: Port to listen on (0 picks a free one).
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        failure_rate: float = 0.0,
+        faults: Iterable[str] = FAULTS,
+        script: Iterable[str | None] = (),
+        seed: int = 0,
+        hang_seconds: float = 30.0,
+        answer: Callable[[list[dict]], tuple[str, str]] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.port = port
+        self.latency = latency
+        self.failure_rate = failure_rate
+        self.faults = tuple(faults)
+        self.script = list(script)
+        self.hang_seconds = hang_seconds
+        self.answer = answer
+        self.requests: list[RecordedRequest] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/v1``."""
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> "LoopbackJudgeServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+                return None  # keep test output clean
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server._handle(self, body)
+
+        self._httpd = _Server(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback-judge", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "LoopbackJudgeServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def count(self, fault: str | None = "any") -> int:
+        """Requests seen, optionally only those with one fault (``None`` = answered normally)."""
+        with self._lock:
+            if fault == "any":
+                return len(self.requests)
+            return sum(r.fault == fault for r in self.requests)
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self.script:
+                return self.script.pop(0)
+            if self.failure_rate and self._rng.random() < self.failure_rate:
+                return self._rng.choice(self.faults)
+            return None
+
+    def _handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            self._respond(handler, body)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _respond(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            request = json.loads(body)
+            messages = request["messages"]
+        except (ValueError, KeyError, TypeError):
+            self._send(handler, 400, {"error": {"message": "bad request", "type": "invalid_request_error"}})
+            return
+        fault = self._next_fault()
+        role, text = (self.answer or (lambda m: fake_judge_answer(m, wrong_count=fault == "wrong_count")))(messages)
+        with self._lock:
+            self.requests.append(RecordedRequest(request_key(messages), role, fault, tuple(messages)))
+        if fault == "hang":
+            self._stopping.wait(self.hang_seconds)
+            return
+        if self.latency:
+            time.sleep(self.latency)
+        if fault == "401":
+            self._send(handler, 401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
+        elif fault == "429":
+            self._send(handler, 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}}, {"Retry-After": "0"})
+        elif fault == "500":
+            self._send(handler, 500, {"error": {"message": "internal error", "type": "server_error"}})
+        elif fault == "garbage":
+            self._send_raw(handler, 200, b"<html>upstream exploded", "application/json")
+        else:
+            prompt_tokens = sum(len(m.get("content", "").split()) for m in messages)
+            self._send(
+                handler,
+                200,
+                {
+                    "id": "chatcmpl-loopback",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.get("model", "loopback"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": len(text.split()),
+                        "total_tokens": prompt_tokens + len(text.split()),
+                    },
+                },
+            )
+
+    def _send(self, handler: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
+        self._send_raw(handler, status, json.dumps(payload).encode(), "application/json", headers)
+
+    @staticmethod
+    def _send_raw(handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str, headers: dict | None = None) -> None:
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", content_type)
+            handler.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client gave up (timeout); nothing to answer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible fake judge for offline runs.")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    with LoopbackJudgeServer(latency=args.latency, failure_rate=args.failure_rate, port=args.port) as server:
+        print(f"loopback judge at {server.base_url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

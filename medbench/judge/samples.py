@@ -1,0 +1,171 @@
+"""Read lmms-eval ``--log_samples`` files and write judge results next to them.
+
+lmms-eval 0.7.x writes ``<output>/<model>/<date>_samples_<task>.jsonl``, one JSON object per document
+with ``doc_id``, ``target`` (the reference, as text), ``filtered_resps`` (the prediction after filters; a
+string, or a list for several requests), ``input`` and the per-sample metric values. It drops ``doc``
+before writing, so precomputed reference facts travel in medbench's own per-sample keys
+(``medbench_id``, ``medbench_facts``) written by the long-form tasks, or come from ``--data``.
+
+The judge writes, beside each samples file:
+
+* ``<date>_judge_samples_<task>.jsonl`` - one verdict per document (scores, failures, facts, labels, ...);
+* ``<date>_judge_results_<task>.json`` - lmms-eval-shaped aggregate results (``results[task]`` with
+  ``"<metric>,none"`` / ``"<metric>_stderr,none"`` keys, ``higher_is_better``, ``n-samples``) plus a
+  ``medbench_judge`` block: judge model, endpoint (no secrets), prompt ids and hashes, usage and cost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from medbench.errors import DataError
+from medbench.judge.runner import HIGHER_IS_BETTER, JudgeItem, JudgeReport
+
+SAMPLES_FILE = re.compile(r"^(?P<stem>.+)_samples_(?P<task>.+)\.jsonl$")
+METRIC_PREFIX = "judge_"
+UNSCORED_METRIC = "judge_unscored"
+
+
+@dataclass
+class SamplesFile:
+    """One lmms-eval samples file and the items read from it."""
+
+    path: Path
+    task: str
+    stem: str
+    items: list[JudgeItem]
+    doc_ids: list[Any]
+
+    @property
+    def verdicts_path(self) -> Path:
+        return self.path.with_name(f"{self.stem}_judge_samples_{self.task}.jsonl")
+
+    @property
+    def results_path(self) -> Path:
+        return self.path.with_name(f"{self.stem}_judge_results_{self.task}.json")
+
+
+def find_samples_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand folders into the lmms-eval samples files they contain (recursively).
+
+    Raises:
+        DataError: A path does not exist, or nothing matches.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*_samples_*.jsonl") if "_judge_samples_" not in p.name)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"{path} does not exist: pass lmms-eval --log_samples files or the folder holding them")
+    if not found:
+        raise DataError(f"no '*_samples_<task>.jsonl' files under {', '.join(map(str, paths))}: run lmms-eval with --log_samples first")
+    return found
+
+
+def load_reference_data(path: Path) -> dict[str, dict[str, Any]]:
+    """``id -> record`` from a JSON list or JSONL data file with ``id``, ``reference`` and optional ``facts``.
+
+    Raises:
+        DataError: Unreadable file or records without ``id``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror}): pass an existing data file to --data") from None
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not JSON/JSONL (line {error.lineno}): fix the file passed to --data") from None
+    table: dict[str, dict[str, Any]] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataError(f"{path}: record {index} has no 'id' field: every record needs an id")
+        table[str(record["id"])] = record
+    return table
+
+
+def read_samples_file(path: Path, data: Mapping[str, Mapping[str, Any]] | None = None) -> SamplesFile:
+    """Read judge items from one lmms-eval samples file.
+
+    Args:
+        path: The ``*_samples_<task>.jsonl`` file.
+        data: Optional ``id -> record`` table supplying ``reference`` / ``facts`` by sample id.
+
+    Raises:
+        DataError: Bad JSON, or a record without a prediction or reference.
+    """
+    match = SAMPLES_FILE.match(path.name)
+    stem, task = (match["stem"], match["task"]) if match else (path.stem, path.stem)
+    items: list[JudgeItem] = []
+    doc_ids: list[Any] = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{line_number}: not a JSON line: pass an lmms-eval --log_samples file") from None
+            items.append(_item(record, data or {}, f"{path}:{line_number}"))
+            doc_ids.append(record.get("doc_id"))
+    return SamplesFile(path=path, task=task, stem=stem, items=items, doc_ids=doc_ids)
+
+
+def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: str) -> JudgeItem:
+    doc = record.get("doc") if isinstance(record.get("doc"), dict) else {}
+    sample_id = record.get("medbench_id", doc.get("id", record.get("doc_id")))
+    extra = data.get(str(sample_id), {})
+    prediction = _first_text(record.get("filtered_resps", record.get("resps")))
+    if prediction is None:
+        raise DataError(f"{where}: no 'filtered_resps' text: pass an lmms-eval --log_samples file of a generation task")
+    reference = extra.get("reference", doc.get("reference", record.get("target")))
+    if not isinstance(reference, str):
+        raise DataError(f"{where}: no reference text ('target'): pass --data with 'id' and 'reference' fields")
+    facts = extra.get("facts", doc.get("facts", record.get("medbench_facts")))
+    if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
+        raise DataError(f"{where}: 'facts' must be a list of strings")
+    return JudgeItem(id=str(sample_id), prediction=prediction, reference=reference, facts=tuple(facts) if facts is not None else None)
+
+
+def _first_text(value: Any) -> str | None:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value if isinstance(value, str) else None
+
+
+def write_outputs(samples: SamplesFile, report: JudgeReport, parts: Iterable[str]) -> None:
+    """Write per-sample verdicts and lmms-eval-shaped aggregate results beside the samples file."""
+    with samples.verdicts_path.open("w", encoding="utf-8") as handle:
+        for doc_id, verdict in zip(samples.doc_ids, report.samples):
+            handle.write(json.dumps({"doc_id": doc_id, **verdict.as_dict()}, ensure_ascii=False) + "\n")
+    task_results: dict[str, Any] = {"alias": samples.task}
+    higher: dict[str, bool] = {}
+    for metric, stats in report.summary.items():
+        name = METRIC_PREFIX + metric
+        if stats["mean"] is not None:
+            task_results[f"{name},none"] = stats["mean"]
+            task_results[f"{name}_stderr,none"] = stats["stderr"] if stats["stderr"] is not None else "N/A"
+        higher[name] = HIGHER_IS_BETTER[metric]
+    task_results[f"{UNSCORED_METRIC},none"] = sum(bool(v.failures) for v in report.samples)
+    higher[UNSCORED_METRIC] = False
+    document = {
+        "results": {samples.task: task_results},
+        "higher_is_better": {samples.task: higher},
+        "n-samples": {samples.task: {"original": len(report.samples), "effective": len(report.samples)}},
+        "medbench_judge": {
+            "source": samples.path.name,
+            "parts": list(parts),
+            "judge": report.judge,
+            "summary": report.summary,
+            "usage": report.usage,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    }
+    samples.results_path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,81 @@
+"""End to end through the real lmms-eval: tiny model and baseline on demo data, VQA and long-form tasks."""
+
+import json
+
+import pytest
+
+from medbench.commands.demo import demo_environment
+from medbench.commands.eval import run_lmms_eval
+from medbench.results import find_runs
+from medbench.taskfiles import task_versions
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_llava_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lmms_tiny")
+    args = ["--model", "medbench_hf", "--model_args", f"pretrained={tiny_llava_dir}", "--batch_size", "4",
+            "--tasks", "medbench_vqa_rad,medbench_mimic_cxr", "--output_path", str(out), "--verbosity", "WARNING"]
+    written = run_lmms_eval(args, demo_environment())
+    return find_runs(out)[-1], written
+
+
+def test_results_carry_versions_prompts_and_decoding(tiny_run):
+    run, written = tiny_run
+    assert run.path == written[-1]
+    raw = run.raw
+    versions = task_versions()
+    assert raw["versions"] == {task: versions[task] for task in ("medbench_vqa_rad", "medbench_mimic_cxr")}
+    vqa_config = raw["configs"]["medbench_vqa_rad"]
+    assert vqa_config["lmms_eval_specific_kwargs"]["post_prompt"] == "\nAnswer the question using a single word or phrase."
+    assert vqa_config["generation_kwargs"]["do_sample"] is False
+    assert raw["configs"]["medbench_mimic_cxr"]["lmms_eval_specific_kwargs"]["prompt"] == "Write a detailed report based on the image."
+    assert raw["n-samples"]["medbench_vqa_rad"]["effective"] == 24
+
+
+def test_every_metric_has_a_standard_error(tiny_run):
+    run, _ = tiny_run
+    vqa = run.metrics("medbench_vqa_rad")
+    assert set(vqa) == {"overall", "closed_accuracy", "open_recall", "exact_match", "token_f1", "closed_unparsed"}
+    assert all(stderr is not None for _, stderr in vqa.values())
+    assert run.count("medbench_vqa_rad", "n_closed") == 15
+    assert run.count("medbench_vqa_rad", "n_open") == 9
+    report = run.metrics("medbench_mimic_cxr")
+    assert {"bleu4", "rouge_l"} <= set(report)
+    assert all(0.0 <= value <= 1.0 for value, _ in report.values())
+
+
+def test_per_sample_logs_trace_back_to_documents(tiny_run):
+    run, _ = tiny_run
+    rows = [json.loads(line) for line in run.samples["medbench_vqa_rad"].read_text().splitlines()]
+    assert len(rows) == 24
+    first = rows[0]
+    assert first["medbench_detail"]["id"] == "demo-vqa-01"
+    assert first["medbench_detail"]["source"].startswith("demo:")
+    assert isinstance(first["filtered_resps"], str)
+    closed = [row for row in rows if row["medbench_detail"]["answer_type"] == "CLOSED"]
+    # the record's overall score is closed accuracy for closed questions, recomputed from the logged answer
+    from medbench.metrics.vqa import closed_accuracy
+
+    assert all(row["overall"] == closed_accuracy(row["filtered_resps"], row["target"]) for row in closed)
+    reports = [json.loads(line) for line in run.samples["medbench_mimic_cxr"].read_text().splitlines()]
+    assert len(reports) == 6 and all(row["target"] for row in reports)
+
+
+def test_baseline_scores_are_exact(tmp_path):
+    args = ["--model", "medbench_baseline", "--tasks", "medbench_vqa_rad", "--output_path", str(tmp_path), "--verbosity", "WARNING"]
+    run_lmms_eval(args, demo_environment())
+    metrics = find_runs(tmp_path)[-1].metrics("medbench_vqa_rad")
+    # 15 closed demo questions: 8 gold "yes"; the only non-yes/no closed one ("Is this a CT or an MRI image?")
+    # opens with "Is", gets "yes" and is wrong. Open questions get no answer.
+    assert metrics["closed_accuracy"][0] == pytest.approx(8 / 15)
+    assert metrics["open_recall"][0] == 0.0
+    assert metrics["closed_unparsed"][0] == pytest.approx(0.0)
+
+
+def test_failed_evaluation_is_an_error_not_a_silent_success(tmp_path):
+    from medbench.errors import MedbenchError
+
+    args = ["--model", "medbench_hf", "--model_args", f"pretrained={tmp_path / 'no-such-model'}",
+            "--tasks", "medbench_vqa_rad", "--output_path", str(tmp_path), "--verbosity", "WARNING"]
+    with pytest.raises(MedbenchError, match="lmms-eval .* under"):
+        run_lmms_eval(args, demo_environment())
