@@ -23,6 +23,7 @@ BUILTIN_COMMANDS = (
     "medbench.commands.data",
     "medbench.commands.eval",
     "medbench.commands.demo",
+    "medbench.commands.judge",
 )
 
 
