@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medbench.commands.data import check_tasks
 from medbench.errors import MedbenchError
-from medbench.taskfiles import tasks_dir
+from medbench.taskfiles import group_members, tasks_dir
 
 DEFAULT_OUTPUT = "medbench-results"
 
@@ -32,6 +32,14 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
+def _replace_flag_value(argv: list[str], flag: str, value: str) -> None:
+    for index, item in enumerate(argv):
+        if item == flag:
+            argv[index + 1] = value
+        elif item.startswith(flag + "="):
+            argv[index] = f"{flag}={value}"
+
+
 def prepare_lmms_args(argv: list[str]) -> list[str]:
     """The lmms-eval argument list ``medbench eval`` runs (see the module docstring)."""
     if _flag_value(argv, "--include_path") is not None:
@@ -39,7 +47,14 @@ def prepare_lmms_args(argv: list[str]) -> list[str]:
             "medbench eval sets --include_path to the medbench tasks itself; to combine task folders call "
             'lmms-eval directly with --include_path "$(medbench tasks-dir)"'
         )
-    args = [*argv, "--include_path", str(tasks_dir())]
+    args = list(argv)
+    tasks = _flag_value(args, "--tasks")
+    if tasks in group_members() and Path(tasks).is_dir():
+        # lmms-eval reads a --tasks value that names an existing folder as a folder of YAMLs, so
+        # `--tasks medbench` run from a checkout (which has a medbench/ folder) finds no task; name the
+        # group's members instead (the group itself defines no aggregate score).
+        _replace_flag_value(args, "--tasks", ",".join(group_members()[tasks]))
+    args += ["--include_path", str(tasks_dir())]
     if _flag_value(argv, "--output_path") is None:
         args += ["--output_path", DEFAULT_OUTPUT]
     if "--log_samples" not in argv:

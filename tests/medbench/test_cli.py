@@ -56,3 +56,11 @@ def test_eval_checks_data_before_starting_lmms_eval(capsys, monkeypatch):
     monkeypatch.delenv("MEDBENCH_MIMIC_CXR", raising=False)
     assert main(["eval", "--model", "medbench_baseline", "--tasks", "medbench_mimic_cxr"]) == 2
     assert "medbench_mimic_cxr has no local data" in capsys.readouterr().err
+
+
+def test_eval_names_group_members_when_the_group_name_is_also_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert prepare_lmms_args(["--tasks", "medbench_vqa"])[1] == "medbench_vqa"
+    (tmp_path / "medbench_vqa").mkdir()  # as in a checkout, where medbench/ exists next to the tasks
+    args = prepare_lmms_args(["--tasks=medbench_vqa"])
+    assert args[0] == "--tasks=medbench_vqa_rad,medbench_slake,medbench_pathvqa"
