@@ -193,6 +193,8 @@ class JudgeClient(Generic[T]):
         cache: Answer cache (default: the configured SQLite file, or memory).
         transport: Request sender (default :class:`OpenAITransport`); tests inject fakes here.
         sleep: Coroutine used for backoff delays (injectable so tests need not wait).
+        on_usage: Called with ``(prompt_tokens, completion_tokens)`` after each live answer (lmms-eval's
+            usage tracker hooks in here so judge tokens appear in its results).
     """
 
     def __init__(
@@ -201,8 +203,10 @@ class JudgeClient(Generic[T]):
         cache: JudgeCache | None = None,
         transport: Transport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_usage: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_usage = on_usage
         self.cache = cache if cache is not None else JudgeCache(config.cache_path)
         self.transport = transport if transport is not None else OpenAITransport(config)
         self.stats = JudgeStats()
@@ -281,6 +285,8 @@ class JudgeClient(Generic[T]):
             if completion is not None:
                 self.stats.prompt_tokens += completion.prompt_tokens
                 self.stats.completion_tokens += completion.completion_tokens
+                if self._on_usage is not None:
+                    self._on_usage(completion.prompt_tokens, completion.completion_tokens)
                 try:
                     value = parse(completion.text)
                 except ValueError as error:

@@ -54,7 +54,8 @@ class JudgeItem:
         id: Sample identifier (kept in results).
         prediction: Model output.
         reference: Reference text.
-        facts: Precomputed reference atomic facts (as the authors shipped them), or ``None`` to extract them.
+        facts: Precomputed reference atomic facts (as the authors shipped them); ``None`` or empty to have
+            the judge extract them.
     """
 
     id: str
@@ -142,6 +143,7 @@ class JudgeRunner:
         cache: Answer cache (default: from the configuration).
         transport: Request sender (default: OpenAI-compatible HTTP).
         sleep: Backoff sleep (tests pass a no-op).
+        on_usage: Called with ``(prompt_tokens, completion_tokens)`` after each live judge answer.
     """
 
     def __init__(
@@ -151,8 +153,10 @@ class JudgeRunner:
         cache: JudgeCache | None = None,
         transport: Transport | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        on_usage: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_usage = on_usage
         self.cache = cache if cache is not None else JudgeCache(config.cache_path)
         self.prompts: dict[str, PromptSpec] = {role: load_prompt(spec) for role, spec in config.prompts.items()}
         self._transport = transport
@@ -168,20 +172,31 @@ class JudgeRunner:
             "medbench_version": __version__,
         }
 
-    def judge(self, items: Sequence[JudgeItem], parts: Iterable[str] = ("nli",)) -> JudgeReport:
+    def judge(
+        self,
+        items: Sequence[JudgeItem],
+        parts: Iterable[str] = ("nli",),
+        on_usage: Callable[[int, int], None] | None = None,
+    ) -> JudgeReport:
         """Judge ``items`` synchronously (an event loop is started, or a thread if one is running).
 
         Args:
             items: Samples to judge.
             parts: Any of ``nli`` (completeness, hallucination), ``fabrication``, ``severity``.
+            on_usage: Usage callback for this batch (overrides the runner's).
 
         Raises:
             JudgeConfigError: The endpoint rejects the configuration (bad key, unknown model).
         """
         parts = tuple(parts)
-        return run_coroutine(lambda: self.judge_async(items, parts))
+        return run_coroutine(lambda: self.judge_async(items, parts, on_usage))
 
-    async def judge_async(self, items: Sequence[JudgeItem], parts: Iterable[str] = ("nli",)) -> JudgeReport:
+    async def judge_async(
+        self,
+        items: Sequence[JudgeItem],
+        parts: Iterable[str] = ("nli",),
+        on_usage: Callable[[int, int], None] | None = None,
+    ) -> JudgeReport:
         """Async form of :meth:`judge`."""
         parts = tuple(parts)
         unknown = set(parts) - set(PART_METRICS)
@@ -189,7 +204,9 @@ class JudgeRunner:
             raise ValueError(f"unknown judge parts {sorted(unknown)}; choose from {sorted(PART_METRICS)}")
         if self.config.temperature > 0:
             logger.warning("judge temperature is %s: judge answers will not be repeatable", self.config.temperature)
-        kwargs = {"sleep": self._sleep} if self._sleep is not None else {}
+        kwargs: dict[str, Any] = {"on_usage": on_usage or self._on_usage}
+        if self._sleep is not None:
+            kwargs["sleep"] = self._sleep
         self.client = JudgeClient(self.config, self.cache, self._transport, **kwargs)
         progress = _progress(len(items), self.config.progress)
         try:
@@ -232,7 +249,7 @@ class JudgeRunner:
     async def _forward(self, item: JudgeItem, verdict: SampleJudgement) -> None:
         metrics = PART_METRICS["nli"]
         assert self.client is not None
-        if item.facts is not None:
+        if item.facts:  # an empty list in the data means "not provided", not "no facts"
             facts = [_NUMBERING.sub("", fact).strip() for fact in item.facts]
             verdict.details["facts_source"] = "data"
         else:

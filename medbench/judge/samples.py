@@ -3,8 +3,8 @@
 lmms-eval 0.7.x writes ``<output>/<model>/<date>_samples_<task>.jsonl``, one JSON object per document
 with ``doc_id``, ``target`` (the reference, as text), ``filtered_resps`` (the prediction after filters; a
 string, or a list for several requests), ``input`` and the per-sample metric values. It drops ``doc``
-before writing, so precomputed reference facts travel in medbench's own per-sample keys
-(``medbench_id``, ``medbench_facts``) written by the long-form tasks, or come from ``--data``.
+before writing, so the sample id and precomputed reference facts travel in the ``medbench_detail`` record
+that the long-form tasks add to every sample (``id``, ``facts``), or come from ``--data`` (matched by id).
 
 The judge writes, beside each samples file:
 
@@ -120,7 +120,8 @@ def read_samples_file(path: Path, data: Mapping[str, Mapping[str, Any]] | None =
 
 def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: str) -> JudgeItem:
     doc = record.get("doc") if isinstance(record.get("doc"), dict) else {}
-    sample_id = record.get("medbench_id", doc.get("id", record.get("doc_id")))
+    detail = record.get("medbench_detail") if isinstance(record.get("medbench_detail"), dict) else {}
+    sample_id = detail.get("id", doc.get("id", record.get("doc_id")))
     extra = data.get(str(sample_id), {})
     prediction = _first_text(record.get("filtered_resps", record.get("resps")))
     if prediction is None:
@@ -128,7 +129,7 @@ def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: 
     reference = extra.get("reference", doc.get("reference", record.get("target")))
     if not isinstance(reference, str):
         raise DataError(f"{where}: no reference text ('target'): pass --data with 'id' and 'reference' fields")
-    facts = extra.get("facts", doc.get("facts", record.get("medbench_facts")))
+    facts = extra.get("facts", doc.get("facts", detail.get("facts")))
     if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
         raise DataError(f"{where}: 'facts' must be a list of strings")
     return JudgeItem(id=str(sample_id), prediction=prediction, reference=reference, facts=tuple(facts) if facts is not None else None)
