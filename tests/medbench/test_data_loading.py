@@ -199,3 +199,44 @@ def test_task_variable_overrides_demo_switch(tmp_path, image_dir):
     env = {"MEDBENCH_DATA": "demo", "MEDBENCH_VQA_RAD": str(data), "MEDBENCH_VQA_RAD_IMAGES": str(image_dir)}
     assert resolve_source("medbench_vqa_rad", env).origin == "local"
     assert resolve_source("medbench_slake", env).origin == "demo"
+
+
+def test_slake_hub_download_is_unpacked_once_and_read_as_json(tmp_path, monkeypatch):
+    import zipfile
+
+    import huggingface_hub
+
+    repo = tmp_path / "hub"
+    repo.mkdir()
+    (repo / "test.json").write_text(json.dumps([
+        {"qid": 11, "img_name": "xmlab1/source.jpg", "question": "Is this a CT?", "answer": "Yes", "answer_type": "CLOSED", "q_lang": "en"},
+        {"qid": 12, "img_name": "xmlab1/source.jpg", "question": "哪个器官?", "answer": "肺", "answer_type": "OPEN", "q_lang": "zh"},
+    ]))
+    picture = tmp_path / "source.jpg"
+    Image.new("RGB", (8, 8)).save(picture)
+    with zipfile.ZipFile(repo / "imgs.zip", "w") as bundle:
+        bundle.write(picture, "imgs/xmlab1/source.jpg")
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type):
+        calls.append((repo_id, filename, repo_type))
+        return str(repo / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    docs = load_task_docs("medbench_slake", {})
+    assert docs["id"] == ["11"] and docs[0]["source"] == "hub:BoKelvin/SLAKE@test"
+    assert ("BoKelvin/SLAKE", "imgs.zip", "dataset") in calls
+    (repo / "imgs.zip").unlink()  # a second load reuses the unpacked images
+    (repo / "imgs.zip").write_bytes(b"not a zip")
+    assert load_task_docs("medbench_slake", {})["id"] == ["11"]
+
+
+def test_slake_without_network_says_how_to_fix(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(DataError, match="could not fetch BoKelvin/SLAKE .*set MEDBENCH_SLAKE to a local copy"):
+        load_task_docs("medbench_slake", {})
