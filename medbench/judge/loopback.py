@@ -162,6 +162,7 @@ class LoopbackJudgeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # header and body are separate writes: avoid the 40 ms delayed-ACK stall
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
                 return None  # keep test output clean
