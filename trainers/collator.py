@@ -1,0 +1,174 @@
+"""Batch preference records into the row blocks an objective scores, with the right image per row.
+
+TRL's ``DataCollatorForVisionPreference`` pairs every answer with the record's one image. The image-side
+objectives (CoPO, mDPO, MMedPO, error-targeted) also need the answer scored under the *corrupted* image, so this
+collator builds one row per ``(answer, image)`` pair the objective asks for and stacks them block by block:
+``[row 0 of every record; row 1 of every record; ...]``. For the two-row ``(chosen, image), (rejected, image)``
+layout the output is exactly TRL's (checked in ``tests/trainers/test_parity.py``), so stock TRL losses can read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from trl.trainer.utils import flush_left
+
+from medbench.errors import DataError
+
+from .data import load_image
+from .objectives import Objective, is_visual_error
+
+# Per-token tensors some processors add next to input_ids; they are extended over the answer and truncated with it.
+_TOKEN_ALIGNED_KEYS = ("token_type_ids", "mm_token_type_ids")
+
+
+def render_prompt_and_answers(
+    processor: Any,
+    question: str,
+    answers: dict[str, str],
+    system_prompt: str | None = None,
+) -> tuple[str, dict[str, str]]:
+    """Render the chat-formatted prompt and each answer's continuation text.
+
+    The answer text is what the full conversation adds after the prompt rendered with a generation prompt, so
+    the answer carries the template's end-of-turn markup. Where a template renders the prompt differently inside
+    the full conversation, the prompt is cut back to the common prefix (as TRL does).
+
+    Args:
+        processor: A processor (or tokenizer) with a chat template.
+        question: The user's question text.
+        answers: ``{name: answer text}``.
+        system_prompt: Optional system message.
+
+    Returns:
+        ``(prompt text, {name: continuation text})``.
+    """
+    prompt_messages: list[dict[str, Any]] = []
+    if system_prompt:
+        prompt_messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    prompt_messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]})
+    prompt = processor.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+    full = {
+        name: processor.apply_chat_template(
+            prompt_messages + [{"role": "assistant", "content": [{"type": "text", "text": text}]}], tokenize=False
+        )
+        for name, text in answers.items()
+    }
+    for text in full.values():
+        common = 0
+        for a, b in zip(prompt, text):
+            if a != b:
+                break
+            common += 1
+        prompt = prompt[:common]
+    return prompt, {name: text[len(prompt):] for name, text in full.items()}
+
+
+@dataclass
+class PreferenceCollator:
+    """Collate preference records into model inputs for one objective.
+
+    Args:
+        processor: The model's processor (tokenizer + image processor + chat template).
+        objective: Which rows to build (see :class:`trainers.objectives.Objective`).
+        max_length: Truncate each row to this many tokens (prompt incl. image tokens + answer); None keeps all.
+        visual_error_types: Error types routed to the image-side term by per-record objectives.
+        system_prompt: Optional system message before every question.
+        image_loader: Function opening an image path (defaults to :func:`trainers.data.load_image`).
+
+    Returns (when called on a list of records) a dict with ``input_ids``, ``attention_mask``, ``completion_mask``,
+    the processor's image tensors (``pixel_values``, ``image_grid_thw``, ...), and, when the objective uses them,
+    ``weight`` (float, per record) and ``is_visual`` (bool, per record).
+    """
+
+    processor: Any
+    objective: Objective
+    max_length: int | None = None
+    visual_error_types: frozenset[str] = frozenset({"visual_misinterpretation"})
+    system_prompt: str | None = None
+    image_loader: Callable[[str], Any] = field(default=load_image)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [self.objective.rows_for(example, self.visual_error_types) for example in examples]
+        images: dict[Any, Any] = {}  # each file is decoded once per batch even when several rows use it
+        prompts: list[str] = []
+        row_images: list[list[Any]] = []
+        answers: list[str] = []
+        rendered = [self._render(example, example_rows) for example, example_rows in zip(examples, rows)]
+        for block in range(self.objective.n_rows):
+            for example, example_rows, (prompt, texts) in zip(examples, rows, rendered):
+                answer_field, image_field = example_rows[block]
+                source = example[image_field]
+                if source not in images:
+                    images[source] = self.image_loader(source) if isinstance(source, str) else source
+                prompts.append(prompt)
+                row_images.append([images[source]])
+                answers.append(texts[answer_field])
+        batch = self._tokenize(prompts, row_images, answers, examples)
+        if self.objective.name == "mmedpo":
+            batch["weight"] = torch.tensor([float(example["weight"]) for example in examples], dtype=torch.float32)
+        if self.objective.per_record_rows:
+            batch["is_visual"] = torch.tensor(
+                [is_visual_error(example, self.visual_error_types) for example in examples], dtype=torch.bool
+            )
+        return batch
+
+    def _render(self, example: dict[str, Any], example_rows: tuple[tuple[str, str], ...]) -> tuple[str, dict[str, str]]:
+        names = sorted({answer for answer, _ in example_rows})
+        return render_prompt_and_answers(
+            self.processor, example["question"], {name: example[name] for name in names}, self.system_prompt
+        )
+
+    def _tokenize(
+        self, prompts: list[str], images: list[list[Any]], answers: list[str], examples: list[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        # Prompts are left-padded and answers right-padded, so after concatenation each row is
+        # [pad... prompt answer pad...]; flush_left then removes the leading padding (the same layout TRL uses).
+        processed = self.processor(
+            images=images,
+            text=prompts,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+            add_special_tokens=False,  # the chat template already holds any BOS
+        )
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        completions = tokenizer(
+            answers, padding=True, padding_side="right", return_tensors="pt", add_special_tokens=False
+        )
+        prompt_ids, prompt_mask = processed["input_ids"], processed["attention_mask"]
+        answer_ids, answer_mask = completions["input_ids"], completions["attention_mask"]
+        input_ids = torch.cat((prompt_ids, answer_ids), dim=1)
+        attention_mask = torch.cat((prompt_mask, answer_mask), dim=1)
+        completion_mask = torch.cat((torch.zeros_like(prompt_mask), answer_mask), dim=1)
+        aligned = [
+            torch.cat((processed[key], torch.zeros_like(answer_ids)), dim=1)
+            for key in _TOKEN_ALIGNED_KEYS
+            if key in processed
+        ]
+        attention_mask, input_ids, completion_mask, *aligned = flush_left(
+            attention_mask, input_ids, completion_mask, *aligned
+        )
+        if self.max_length is not None:
+            prompt_lengths = prompt_mask.sum(dim=1)
+            too_long = (prompt_lengths >= self.max_length).nonzero()
+            if len(too_long):
+                row = int(too_long[0])
+                record = examples[row % len(examples)]
+                raise DataError(
+                    f"record '{record.get('id')}': its prompt (with image tokens) is {int(prompt_lengths[row])} "
+                    f"tokens, leaving no room for the answer within max_length={self.max_length}; raise max_length"
+                )
+            input_ids = input_ids[:, : self.max_length]
+            attention_mask = attention_mask[:, : self.max_length]
+            completion_mask = completion_mask[:, : self.max_length]
+            aligned = [tensor[:, : self.max_length] for tensor in aligned]
+        batch = dict(processed)
+        batch["input_ids"] = input_ids
+        batch["attention_mask"] = attention_mask
+        batch["completion_mask"] = completion_mask
+        for key, tensor in zip([k for k in _TOKEN_ALIGNED_KEYS if k in processed], aligned):
+            batch[key] = tensor
+        return batch

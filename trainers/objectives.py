@@ -1,0 +1,178 @@
+"""The objectives a recipe can name, with what each needs from the data and which sequences it scores.
+
+This module is import-light (no torch): the CLI lists recipes and validates data with it before any model is
+loaded. The arithmetic lives in :mod:`trainers.losses`; the trainer maps an objective's scored sequences
+("rows") to those functions.
+
+A *row* is one sequence the model scores per record: an answer field paired with an image field, e.g.
+``("chosen", "rejected_image")`` is the chosen answer under the corrupted image. The collator lays rows out
+block by block (all records' first row, then all records' second row, ...), so one forward pass scores them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+# Record fields, as produced by ``trainers.data`` from either accepted file schema.
+RECORD_FIELDS: dict[str, str] = {
+    "id": "record identifier (string); defaults to the line number",
+    "image": "path of the image the question is about",
+    "question": "the user turn (without an <image> placeholder; the chat template adds it)",
+    "chosen": "the preferred answer",
+    "rejected": "the dispreferred answer (usually a minimal factual edit of `chosen`)",
+    "rejected_image": "path of a corrupted image (lesion-region noise, crop, ...) for image-side terms",
+    "weight": "per-record weight >= 0 (MMedPO's clinical-relevance score; authors' key `weighted_score`)",
+    "error_type": "error category of the rejected answer (for the error-targeted recipes)",
+}
+
+Row = tuple[str, str]
+
+TRL_LOSS_TYPES: tuple[str, ...] = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Static description of one objective.
+
+    Attributes:
+        name: Identifier used in recipe files (``objective: <name>``).
+        equation: One-line statement of the loss, for ``--list`` and the README table.
+        requires: Record fields every record must carry.
+        rows: The scored sequences, as ``(answer field, image field)`` pairs, in block order.
+        reference_free: True when no reference model is needed.
+        per_record_rows: True when the second row depends on the record (error-targeted objective).
+        needs_note: Extra, record-dependent requirements in words (for ``--list`` and the README).
+    """
+
+    name: str
+    equation: str
+    requires: tuple[str, ...]
+    rows: tuple[Row, ...]
+    reference_free: bool = False
+    per_record_rows: bool = False
+    needs_note: str = ""
+
+    @property
+    def n_rows(self) -> int:
+        """Number of sequences scored per record."""
+        return len(self.rows)
+
+    def rows_for(self, record: Mapping[str, object], visual_error_types: frozenset[str]) -> tuple[Row, ...]:
+        """The rows to score for one record.
+
+        Args:
+            record: A preference record (mapping with the fields of :data:`RECORD_FIELDS`).
+            visual_error_types: Error types that count as visual misinterpretation.
+
+        Returns:
+            One ``(answer field, image field)`` pair per row block.
+        """
+        if not self.per_record_rows:
+            return self.rows
+        if is_visual_error(record, visual_error_types):
+            return (("chosen", "image"), ("chosen", "rejected_image"))
+        return (("chosen", "image"), ("rejected", "image"))
+
+    def fields_for(self, record: Mapping[str, object], visual_error_types: frozenset[str]) -> tuple[str, ...]:
+        """Fields this record must carry under this objective (``requires`` plus what its rows read)."""
+        needed = list(self.requires)
+        for answer, image in self.rows_for(record, visual_error_types):
+            for name in (answer, image):
+                if name not in needed:
+                    needed.append(name)
+        return tuple(needed)
+
+
+def is_visual_error(record: Mapping[str, object], visual_error_types: frozenset[str]) -> bool:
+    """Whether a record's error type is one of the visual-misinterpretation types."""
+    return str(record.get("error_type") or "").strip().lower() in visual_error_types
+
+
+_PAIR: tuple[Row, ...] = (("chosen", "image"), ("rejected", "image"))
+_BASE = ("image", "question", "chosen")
+
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o
+    for o in (
+        Objective("dpo", "−log σ(β[r(y_w|m) − r(y_l|m)])", (*_BASE, "rejected"), _PAIR),
+        Objective("dpo_nll", "DPO + α·(−log π(y_w|m)/|y_w|)", (*_BASE, "rejected"), _PAIR),
+        Objective("ipo", "(r(y_w|m)/|y_w| − r(y_l|m)/|y_l| − 1/(2β))²", (*_BASE, "rejected"), _PAIR),
+        Objective(
+            "robust_dpo", "[(1−ε)ℓ(βh) − εℓ(−βh)]/(1−2ε), h = r(y_w|m) − r(y_l|m)", (*_BASE, "rejected"), _PAIR
+        ),
+        Objective("cdpo", "(1−ε)ℓ(βh) + εℓ(−βh), h = r(y_w|m) − r(y_l|m)", (*_BASE, "rejected"), _PAIR),
+        Objective(
+            "simpo",
+            "−log σ(β·log π(y_w|m)/|y_w| − β·log π(y_l|m)/|y_l| − γ)",
+            (*_BASE, "rejected"),
+            _PAIR,
+            reference_free=True,
+        ),
+        Objective(
+            "orpo",
+            "−log π(y_w|m)/|y_w| − λ·log σ(log odds(y_w|m) − log odds(y_l|m))",
+            (*_BASE, "rejected"),
+            _PAIR,
+            reference_free=True,
+        ),
+        Objective(
+            "copo",
+            "−log σ(β[r(y_w|m) − r(y_w|m′)])",
+            (*_BASE, "rejected_image"),
+            (("chosen", "image"), ("chosen", "rejected_image")),
+        ),
+        Objective(
+            "mdpo",
+            "DPO + CoPO − log σ(β·r(y_w|m))",
+            (*_BASE, "rejected", "rejected_image"),
+            (("chosen", "image"), ("rejected", "image"), ("chosen", "rejected_image")),
+        ),
+        Objective(
+            "mmedpo",
+            "w·(−log σ(β[r(y_w|m) − r(y_l|m′)]))",
+            (*_BASE, "rejected", "rejected_image", "weight"),
+            (("chosen", "image"), ("rejected", "rejected_image")),
+        ),
+        Objective(
+            "error_targeted",
+            "CoPO for visual-misinterpretation records, DPO for the others",
+            (*_BASE, "error_type"),
+            # The second row is chosen per record by `rows_for`; this placeholder only fixes the row count.
+            (("chosen", "image"), ("rejected", "image")),
+            per_record_rows=True,
+            needs_note="+ rejected (text-side records) or rejected_image (visual records)",
+        ),
+        Objective(
+            "trl",
+            "any TRL 1.16 DPOTrainer loss_type, computed by TRL itself",
+            (*_BASE, "rejected"),
+            _PAIR,
+        ),
+    )
+}
+
+
+def get_objective(name: str) -> Objective:
+    """Look an objective up by name.
+
+    Raises:
+        KeyError: for an unknown name (config validation reports it to the user first).
+    """
+    return OBJECTIVES[name]

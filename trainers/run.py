@@ -1,0 +1,277 @@
+"""One training run end to end: data → validation → model → TRL trainer → checkpoint, merged model, metadata, plot."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RecipeConfig, RecipeError
+from .data import describe_error_types, file_sha256, load_preference_file, records_to_dataset, validate_records
+from .objectives import get_objective
+from .outputs import LOG_FILE, METADATA_FILE, PLOT_FILE, plot_training_curves, write_log_history, write_metadata
+
+logger = logging.getLogger(__name__)
+
+MERGED_DIR = "merged"
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run put things.
+
+    Attributes:
+        output_dir: The run folder (checkpoint or LoRA adapter, processor, metadata, logs, plot).
+        model_dir: A full model directory ready for evaluation (``output_dir`` or ``output_dir/merged`` for LoRA).
+        metadata_path: The metadata JSON.
+        plot_path: The training-curve PNG (None if nothing was logged).
+        log_history: The trainer's log history.
+    """
+
+    output_dir: Path
+    model_dir: Path
+    metadata_path: Path
+    plot_path: Path | None
+    log_history: list[dict[str, Any]]
+
+
+def precision_flags(recipe: RecipeConfig, cuda_available: bool, bf16_supported: bool) -> tuple[bool, bool]:
+    """``(use_cpu, bf16)`` for a recipe: bf16 autocast on a CUDA GPU that supports it, fp32 on CPU.
+
+    Raises:
+        RecipeError: ``precision: bf16`` where no CUDA GPU (with bf16) is available.
+    """
+    if recipe.precision == "bf16" and not (cuda_available and bf16_supported):
+        raise RecipeError(
+            f"recipe '{recipe.name}': `precision: bf16` needs a CUDA GPU with bf16 support; use auto or fp32"
+        )
+    return not cuda_available, cuda_available and bf16_supported and recipe.precision != "fp32"
+
+
+def build_training_args(recipe: RecipeConfig, output_dir: str | Path):
+    """The ``trl.DPOConfig`` for a recipe: bf16 on a CUDA GPU, fp32 on CPU, the study's schedule.
+
+    Raises:
+        RecipeError: ``precision: bf16`` without CUDA, or a pass-through argument DPOConfig rejects.
+    """
+    import torch
+    from trl import DPOConfig
+
+    cuda = torch.cuda.is_available()
+    use_cpu, bf16 = precision_flags(recipe, cuda, cuda and torch.cuda.is_bf16_supported())
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        use_cpu=use_cpu,
+        bf16=bf16,
+        fp16=False,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler_type,
+        warmup_steps=recipe.warmup_ratio,  # transformers 5 reads a float < 1 as a fraction of the steps
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        weight_decay=recipe.weight_decay,
+        seed=recipe.seed,
+        logging_steps=recipe.logging_steps,
+        save_strategy=recipe.save_strategy,
+        save_total_limit=recipe.save_total_limit,
+        report_to=recipe.report_to,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        beta=recipe.beta,
+        max_length=recipe.max_length,
+        label_smoothing=recipe.label_smoothing if recipe.objective == "trl" else 0.0,
+        loss_type=list(recipe.trl_loss_type) if recipe.objective == "trl" else ["sigmoid"],
+        loss_weights=recipe.trl_loss_weights if recipe.objective == "trl" else None,
+        trust_remote_code=recipe.trust_remote_code,
+        # The collator reads rejected_image / weight / error_type, which TRL would otherwise drop.
+        remove_unused_columns=False,
+    )
+    kwargs.update(recipe.trainer_args)
+    try:
+        return DPOConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"recipe '{recipe.name}': trl.DPOConfig rejected the settings: {first}") from None
+
+
+@dataclass
+class PreparedRun:
+    """A trainer ready to ``train()``, with what was loaded to build it."""
+
+    trainer: Any
+    processor: Any
+    records: list[dict[str, Any]]
+    error_types: dict[str, int] | None
+    trainable: dict[str, int]
+
+
+def build_trainer(
+    recipe: RecipeConfig,
+    model: str | Path,
+    data: str | Path,
+    output_dir: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    rejected_image_root: str | Path | None = None,
+    callbacks: list[Any] | None = None,
+) -> PreparedRun:
+    """Load and validate the data, load the model, and build the :class:`MedPreferenceTrainer`.
+
+    Arguments are those of :func:`train`. Raises :class:`medbench.errors.MedbenchError` for user mistakes.
+    """
+    from .collator import PreferenceCollator
+    from .modeling import apply_freezing, build_lora_config, load_model_and_processor
+    from .trainer import MedPreferenceTrainer
+
+    objective = get_objective(recipe.objective)
+    visual_types = frozenset(recipe.visual_error_types)
+    data = Path(data)
+    # Data first: a missing field should stop the run before minutes of model loading.
+    records = load_preference_file(data, image_root=image_root, rejected_image_root=rejected_image_root)
+    validate_records(records, recipe.name, objective, visual_types, data)
+    error_types = describe_error_types(records, visual_types) if any(r["error_type"] for r in records) else None
+    dataset = records_to_dataset(records)
+
+    # DPOConfig before the model: under DeepSpeed ZeRO-3 it must exist for from_pretrained to shard the weights.
+    args = build_training_args(recipe, output_dir)
+    policy, processor = load_model_and_processor(model, recipe)
+    trainable = apply_freezing(policy, recipe)
+    peft_config = build_lora_config(policy, recipe) if recipe.use_lora else None
+    collator = PreferenceCollator(
+        processor=processor,
+        objective=objective,
+        max_length=recipe.max_length,
+        visual_error_types=visual_types,
+        system_prompt=recipe.system_prompt,
+    )
+    trainer = MedPreferenceTrainer(
+        model=policy,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=collator,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        recipe=recipe,
+    )
+    return PreparedRun(trainer, processor, records, error_types, trainable)
+
+
+def train(
+    recipe: RecipeConfig,
+    model: str | Path,
+    data: str | Path,
+    output_dir: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    rejected_image_root: str | Path | None = None,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` with ``recipe`` and write the outputs to ``output_dir``.
+
+    Args:
+        recipe: The validated recipe.
+        model: Checkpoint directory or hub id of an ``AutoModelForImageTextToText`` model.
+        data: Preference file (see :mod:`trainers.data`).
+        output_dir: Run folder; created if needed.
+        image_root: Folder relative image paths resolve against (default: the data file's folder).
+        rejected_image_root: Folder relative ``rejected_image`` paths resolve against (default: ``image_root``).
+        callbacks: Extra ``transformers.TrainerCallback`` objects.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        MedbenchError: bad data, recipe or model (one line for the user).
+    """
+    from .modeling import merge_lora
+
+    data = Path(data)
+    output_dir = Path(output_dir)
+    run = build_trainer(
+        recipe, model, data, output_dir,
+        image_root=image_root, rejected_image_root=rejected_image_root, callbacks=callbacks,
+    )
+    trainer, processor = run.trainer, run.processor
+    logger.info(
+        "recipe %s (objective %s) on %d records, %s, %s",
+        recipe.name, recipe.objective, len(run.records), "LoRA" if recipe.use_lora else "full fine-tuning",
+        "bf16" if trainer.args.bf16 else "fp32",
+    )
+    train_output = trainer.train()
+    trainer.save_model(str(output_dir))
+
+    accelerator = trainer.accelerator
+    model_dir = output_dir / MERGED_DIR if recipe.use_lora and recipe.merge_lora else output_dir
+    plot_path = None
+    if accelerator.is_main_process:
+        processor.save_pretrained(output_dir)
+        if recipe.use_lora and recipe.merge_lora:
+            merge_lora(output_dir, model, model_dir, recipe)
+        log_history = trainer.state.log_history
+        write_log_history(output_dir / LOG_FILE, log_history)
+        plot_path = plot_training_curves(log_history, output_dir / PLOT_FILE, title=f"medbench-train: {recipe.name}")
+        write_metadata(output_dir / METADATA_FILE, _metadata(recipe, model, data, run, train_output, model_dir))
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        output_dir=output_dir,
+        model_dir=model_dir,
+        metadata_path=output_dir / METADATA_FILE,
+        plot_path=plot_path,
+        log_history=list(trainer.state.log_history),
+    )
+
+
+def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, Any]:
+    trainer, args = run.trainer, run.trainer.args
+    world = trainer.accelerator.num_processes
+    return {
+        "recipe": recipe.name,
+        "objective": recipe.objective,
+        "description": recipe.description,
+        "paper": recipe.paper,
+        "config": recipe.to_dict(),
+        "hyperparameters": {
+            "beta": recipe.beta,
+            "learning_rate": args.learning_rate,
+            "lr_scheduler_type": str(args.lr_scheduler_type),
+            "warmup_ratio": recipe.warmup_ratio,
+            "num_train_epochs": args.num_train_epochs,
+            "max_steps": args.max_steps,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "num_processes": world,
+            "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+            "max_length": args.max_length,
+            "precision": "bf16" if args.bf16 else "fp32",
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "seed": args.seed,
+        },
+        "data": {
+            "path": str(data.resolve()),
+            "sha256": file_sha256(data),
+            "records": len(run.records),
+            "error_types": run.error_types,
+        },
+        "model": {
+            "source": str(model),
+            "model_type": trainer.model.config.model_type,
+            "lora": recipe.use_lora,
+            "trainable_parameters": run.trainable,
+        },
+        "outputs": {
+            "checkpoint": ".",
+            "merged": MERGED_DIR if recipe.use_lora and recipe.merge_lora else None,
+            "evaluate": str(model_dir.resolve()),
+        },
+        "result": {
+            "global_step": train_output.global_step,
+            "train_loss": train_output.training_loss,
+            "metrics": train_output.metrics,
+        },
+    }
+
+
+__all__ = ["MERGED_DIR", "PreparedRun", "TrainResult", "build_trainer", "build_training_args", "precision_flags", "train"]

@@ -1,0 +1,195 @@
+"""``MedPreferenceTrainer``: TRL's ``DPOTrainer`` with the study's objectives.
+
+The subclass overrides two public methods only:
+
+* :meth:`MedPreferenceTrainer.compute_loss` scores every row block the collator built (one policy forward and, for
+  reference-based objectives, one reference forward, both through TRL's fused log-prob head), splits the
+  per-sequence log-probabilities into blocks and hands them to the objective's pure loss function from
+  :mod:`trainers.losses`. ``objective: trl`` defers to TRL's own ``compute_loss`` unchanged.
+* :meth:`MedPreferenceTrainer.log` adds the objective's metrics (rewards, margins, loss components), averaged
+  over the logging window and across processes.
+
+Everything else (model/reference set-up, PEFT wrapping, DeepSpeed/FSDP preparation, the training loop) is TRL's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import use_adapter
+
+from . import losses as L
+from .config import RecipeConfig
+from .objectives import Objective, get_objective
+
+# Batch entries that describe the rows rather than feed the model.
+NON_MODEL_KEYS = frozenset({"completion_mask", "weight", "is_visual", "ref_chosen_logps", "ref_rejected_logps"})
+
+
+def objective_terms(
+    objective: Objective,
+    recipe: RecipeConfig,
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    lengths: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-sample losses and logging metrics for one batch.
+
+    Args:
+        objective: The recipe's objective.
+        recipe: Hyperparameters (β, α, ε, γ, δ).
+        policy_logps: Summed answer log-probs under the policy, one per row, block-major ``(n_rows * batch,)``.
+        ref_logps: The same under the reference model, or None for reference-free objectives.
+        lengths: Answer-token counts per row, same layout.
+        batch: The collated batch (for ``weight`` / ``is_visual``).
+
+    Returns:
+        ``(per-sample losses of shape (batch,), {metric name: scalar tensor})``.
+    """
+    beta = recipe.beta
+    p = policy_logps.float().chunk(objective.n_rows)
+    n = lengths.float().chunk(objective.n_rows)
+    r = ref_logps.float().chunk(objective.n_rows) if ref_logps is not None else None
+    metrics: dict[str, torch.Tensor] = {}
+    name = objective.name
+
+    if name in ("simpo", "orpo"):
+        if name == "simpo":
+            losses = L.simpo_loss(p[0], p[1], n[0], n[1], beta=beta, gamma=recipe.simpo_gamma)
+        else:
+            losses = L.orpo_loss(p[0], p[1], n[0], n[1], lam=beta)
+            metrics["loss/nll"] = (-p[0] / n[0].clamp(min=1)).mean()
+        # Reference-free rewards: β times the mean token log-prob (as in TRL's CPO/ORPO trainers).
+        chosen_rewards = beta * p[0] / n[0].clamp(min=1)
+        rejected_rewards = beta * p[1] / n[1].clamp(min=1)
+    else:
+        assert r is not None, f"objective {name} needs reference log-probs"
+        if name == "dpo":
+            losses = L.dpo_loss(p[0], p[1], r[0], r[1], beta)
+        elif name == "dpo_nll":
+            losses = L.dpo_nll_loss(p[0], p[1], r[0], r[1], n[0], beta=beta, alpha=recipe.nll_weight)
+            metrics["loss/nll"] = (-p[0] / n[0].clamp(min=1)).mean()
+        elif name == "ipo":
+            losses = L.ipo_loss(p[0], p[1], r[0], r[1], n[0], n[1], beta=beta)
+        elif name == "robust_dpo":
+            losses = L.robust_dpo_loss(p[0], p[1], r[0], r[1], beta=beta, label_smoothing=recipe.label_smoothing)
+        elif name == "cdpo":
+            losses = L.conservative_dpo_loss(p[0], p[1], r[0], r[1], beta=beta, label_smoothing=recipe.label_smoothing)
+        elif name == "copo":
+            losses = L.copo_loss(p[0], p[1], r[0], r[1], beta)
+        elif name == "mdpo":
+            dpo = L.dpo_loss(p[0], p[1], r[0], r[1], beta)
+            copo = L.copo_loss(p[0], p[2], r[0], r[2], beta)
+            anchor = L.anchor_loss(p[0], r[0], beta, delta=recipe.anchor_delta)
+            losses = dpo + copo + anchor
+            metrics.update({"loss/dpo": dpo.mean(), "loss/copo": copo.mean(), "loss/anchor": anchor.mean()})
+            metrics["rewards/corrupted"] = (beta * (p[2] - r[2])).mean()
+        elif name == "mmedpo":
+            weights = batch["weight"].to(p[0].device)
+            losses = L.mmedpo_loss(p[0], p[1], r[0], r[1], weights, beta)
+            metrics["weight"] = weights.float().mean()
+        elif name == "error_targeted":
+            # The collator put each record's losing sequence in block 1: (y_l, m) for text-side records and
+            # (y_w, m') for visual ones, so it serves as both the rejected and the corrupted input.
+            is_visual = batch["is_visual"].to(p[0].device)
+            losses = L.error_targeted_loss(p[0], p[1], p[1], r[0], r[1], r[1], is_visual, beta)
+            metrics["visual_fraction"] = is_visual.float().mean()
+        else:
+            raise ValueError(f"objective {name!r} has no loss mapping")
+        chosen_rewards = beta * (p[0] - r[0])
+        rejected_rewards = beta * (p[1] - r[1])
+
+    metrics["rewards/chosen"] = chosen_rewards.mean()
+    metrics["rewards/rejected"] = rejected_rewards.mean()
+    metrics["rewards/margins"] = (chosen_rewards - rejected_rewards).mean()
+    metrics["rewards/accuracies"] = (chosen_rewards > rejected_rewards).float().mean()
+    metrics["logps/chosen"] = p[0].mean()
+    metrics["logps/rejected"] = p[1].mean()
+    return losses, metrics
+
+
+class MedPreferenceTrainer(DPOTrainer):
+    """``trl.DPOTrainer`` whose loss is one of the study's objectives (see :mod:`trainers.objectives`).
+
+    Args:
+        *args: Positional arguments of ``trl.DPOTrainer``.
+        recipe: The run's :class:`trainers.config.RecipeConfig` (objective and its hyperparameters).
+        **kwargs: Keyword arguments of ``trl.DPOTrainer`` (``model``, ``args``, ``train_dataset``,
+            ``processing_class``, ``data_collator`` (a :class:`trainers.collator.PreferenceCollator`),
+            ``peft_config``, ...).
+    """
+
+    def __init__(self, *args: Any, recipe: RecipeConfig, **kwargs: Any) -> None:
+        self.recipe = recipe
+        self.objective = get_objective(recipe.objective)
+        self._objective_metrics: dict[str, defaultdict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        super().__init__(*args, **kwargs)
+        if self.objective.reference_free and self.ref_model is not None:
+            # TRL 1.16 always builds a reference model for full fine-tuning; SimPO/ORPO never read it, so free it.
+            self.ref_model = None
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """Score the batch's rows and return the objective's mean loss (TRL's own loss for ``objective: trl``)."""
+        if self.objective.name == "trl":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        model_kwargs = {key: value for key, value in inputs.items() if key not in NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        # TRL patched the model with a fused LM head: log-probs of the label tokens without full logits.
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        answer_mask = completion_mask[:, 1:]
+        seq_len = answer_mask.size(1)
+        policy_logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
+        lengths = answer_mask.sum(dim=1)
+        ref_logps = None if self.objective.reference_free else self._reference_logps(model_kwargs, labels, seq_len)
+        losses, metrics = objective_terms(self.objective, self.recipe, policy_logps, ref_logps, lengths, inputs)
+        loss = losses.mean()
+        store = self._objective_metrics[mode]
+        for key, value in metrics.items():
+            store[key].append(value.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    def _reference_logps(self, model_kwargs: dict[str, Any], labels: torch.Tensor, seq_len: int) -> torch.Tensor:
+        # Same reference as TRL: the separate reference model, or the policy with its LoRA adapter switched off.
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if self.ref_model is None and is_peft_model(self.model):
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                adapter = "ref" if "ref" in unwrapped.peft_config else None
+                with use_adapter(unwrapped, adapter_name=adapter):
+                    outputs = self.model(**model_kwargs, labels=labels, fused_lm_head=True)
+            elif self.ref_model is not None:
+                outputs = self.ref_model(**model_kwargs, labels=labels, fused_lm_head=True)
+            else:
+                raise RuntimeError(f"objective {self.objective.name} needs a reference model and none was built")
+        return outputs.log_probs[:, -seq_len:].sum(dim=1)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the objective's metrics (window average, all processes) to ``logs`` and log them."""
+        mode = "train" if self.model.training else "eval"
+        store = self._objective_metrics[mode]
+        if store:
+            keys = sorted(store)
+            local = torch.stack([torch.stack(store[key]).float().mean() for key in keys])
+            # One collective for all metrics; every process logs at the same steps, so the shapes agree.
+            averaged = self.accelerator.gather(local.unsqueeze(0)).mean(dim=0)
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({prefix + key: value for key, value in zip(keys, averaged.tolist())})
+            store.clear()
+        super().log(logs, start_time)
