@@ -337,3 +337,31 @@ def test_request_hash_matches_fake_answers():
     messages = load_prompt("facts").render(reference="Heart enlarged. Lungs clear.")
     assert request_key(messages) == request_key(json.loads(json.dumps(messages)))
     assert fake_judge_answer(messages) == ("facts", json.dumps(["1. Heart enlarged.", "2. Lungs clear."]))
+
+
+def test_judge_modules_import_light():
+    modules = ("medbench.metrics.facts", "medbench.judge.runner", "medbench.judge.samples", "medbench.judge.loopback",
+               "medbench.commands.judge", "medbench.lmms.report")
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + (
+        "print(','.join(m for m in ('openai', 'httpx', 'torch', 'transformers', 'lmms_eval', 'bert_score', 'pycocoevalcap') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == ""
+
+
+def test_prompt_files_are_frozen():
+    """A released prompt is never edited in place: a wording change needs a new -vN file."""
+    released = {
+        "facts-v1": "b079058aa47beb57372b5d78713583094c81deb680be2bccab99ecfc0deb2a89",
+        "nli-v1": "b1b7bd44e82ba962ce94616d5e8937d9c676191b02fb8c39fc2d8da4223baf1a",
+        "claims-v1": "8050ed2b0970667513e4964fc3a00148c7654ca41a0b6f1caa0ca8de605cd91e",
+        "severity-v1": "95619c2d5cc538b2d631fd7b6e8270125391a45fa0040c0a89e3be12b9785460",
+    }
+    for ident, sha in released.items():
+        prompt = load_prompt(ident)
+        assert prompt.sha256 == sha, f"{ident} changed: add {prompt.name}-v{prompt.version + 1}.yaml instead"
+    assert load_prompt("nli").ident == "nli-v1"  # latest version by name
+    with pytest.raises(MedbenchError, match="unknown judge prompt"):
+        load_prompt("vibes")
+    with pytest.raises(MedbenchError, match="has no version 9"):
+        load_prompt("nli-v9")
