@@ -1,0 +1,417 @@
+"""Assemble verified runs into a board: columns from the task YAMLs, rows grouped under base models, statistics.
+
+Board-level trust rules live here (the per-run ones are in :mod:`leaderboard.submission`): a run whose
+answers equal another's on every item, or whose display name is taken, is a duplicate; a run evaluated on
+other items or references than the board's reference run (the baseline, else the first accepted run) is a
+data mismatch. Either rejects the later run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medbench.errors import MedbenchError
+from medbench.taskfiles import group_members, task_configs, task_versions
+
+from leaderboard import stats
+from leaderboard.submission import Limits, Rejected, Run, VerificationCache, find_submissions, load_run
+from leaderboard.verify import rule_for
+
+
+@dataclass(frozen=True)
+class Column:
+    """One task metric shown on the board.
+
+    Attributes:
+        task: Task name.
+        metric: Metric name.
+        higher_is_better: Direction, from the task YAML.
+        per_sample: Whether the score is a mean of per-sample values (so it has a CI and a paired test).
+    """
+
+    task: str
+    metric: str
+    higher_is_better: bool
+    per_sample: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.metric}"
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+@dataclass
+class Cell:
+    """One run's score in one column.
+
+    Attributes:
+        value: The task score.
+        stderr: lmms-eval's standard error.
+        low: Bootstrap CI lower bound (``None`` for corpus-level metrics).
+        high: Bootstrap CI upper bound.
+        verdict: ``recomputed`` / ``consistent`` / ``unverified``.
+        vs_baseline: Paired test against the baseline: ``difference``, ``low``, ``high``, ``p``, ``n``.
+        mark: ``better`` / ``worse`` than the baseline at level alpha (in the metric's direction), or ``None``.
+        vs_base: Paired difference against the run's base model (same keys as ``vs_baseline``).
+    """
+
+    value: float
+    stderr: float | None
+    low: float | None
+    high: float | None
+    verdict: str
+    vs_baseline: dict[str, float] | None = None
+    mark: str | None = None
+    vs_base: dict[str, float] | None = None
+
+
+@dataclass
+class Row:
+    """A run on the board with its cells (keyed by :attr:`Column.key`) and its place in the grouping."""
+
+    run: Run
+    cells: dict[str, Cell]
+    depth: int = 0
+    group: str = ""
+    is_baseline: bool = False
+
+
+@dataclass
+class Board:
+    """Everything the renderers need.
+
+    Attributes:
+        columns: Task metrics, in task-group order and YAML metric order.
+        rows: Runs, grouped: each base model followed by the variants trained from it.
+        rejected: Turned-away submissions.
+        baseline: Display name of the baseline (``None``: no paired tests).
+        primary: Task -> the metric plotted and summarised for it.
+        alpha: Significance level of the paired tests.
+        iterations: Bootstrap / permutation draws.
+        task_versions: The board's task versions.
+        notes: Warnings for the page (a base model that is not on the board, sampled decoding ...).
+    """
+
+    columns: list[Column]
+    rows: list[Row]
+    rejected: list[Rejected]
+    baseline: str | None
+    primary: dict[str, str]
+    alpha: float
+    iterations: int
+    task_versions: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def column(self, task: str, metric: str) -> Column | None:
+        return next((c for c in self.columns if c.task == task and c.metric == metric), None)
+
+
+def task_order() -> list[str]:
+    """Tasks in the ``medbench`` group's order (the order the paper reports them), then any others."""
+    known = list(task_configs())
+    grouped = [task for members in group_members().values() for task in members if task in known]
+    return list(dict.fromkeys(grouped + sorted(known)))
+
+
+def all_columns() -> list[Column]:
+    """Every scored metric of every task, from the task YAMLs' ``metric_list`` (counts are not scores)."""
+    columns = []
+    configs = task_configs()
+    for task in task_order():
+        for entry in configs[task].get("metric_list", []):
+            rule = rule_for(entry["metric"], str(entry.get("aggregation", "")))
+            if rule is not None and rule.kind in ("sum", "count"):
+                continue  # question counts and unscored-sample counts go to provenance, not the ranking
+            columns.append(
+                Column(
+                    task=task,
+                    metric=entry["metric"],
+                    higher_is_better=bool(entry.get("higher_is_better", True)),
+                    per_sample=rule is not None and rule.mean_of_samples,
+                )
+            )
+    return columns
+
+
+def load_runs(paths: list[Path], limits: Limits = Limits(), cache: VerificationCache | None = None) -> tuple[list[Run], list[Rejected]]:
+    """Load every submission under ``paths``; rejected ones are returned, not raised.
+
+    Raises:
+        MedbenchError: A path that does not exist or holds no results at all.
+    """
+    runs: list[Run] = []
+    rejected: list[Rejected] = []
+    for root in find_submissions(paths):
+        try:
+            runs.append(load_run(root, limits, cache))
+        except Rejected as error:
+            rejected.append(error)
+    return runs, rejected
+
+
+def screen(runs: list[Run], baseline: str | None = None) -> tuple[list[Run], list[Rejected]]:
+    """Apply the board-level rules: duplicates and data mismatches (see the module docstring).
+
+    Raises:
+        MedbenchError: ``baseline`` names no accepted run.
+    """
+    if baseline is not None:
+        names = [run.name for run in runs]
+        if baseline not in names:
+            raise MedbenchError(f"--baseline {baseline!r} is not a run on the board (runs: {', '.join(names) or 'none'}); pass a display name")
+        runs = sorted(runs, key=lambda run: run.name != baseline)  # the baseline is the reference: screen it first
+    accepted: list[Run] = []
+    rejected: list[Rejected] = []
+    names: dict[str, Run] = {}
+    answers: dict[str, Run] = {}
+    reference: dict[str, tuple[str, str]] = {}
+    for run in runs:
+        try:
+            if run.name in names:
+                raise Rejected("duplicate", run.root, f"display name {run.name!r} is already taken by {names[run.name].root}; set a unique display_name in medbench-submission.json")
+            if run.answers in answers:
+                raise Rejected("duplicate", run.root, f"the same answers on every item as {answers[run.answers].root} ({answers[run.answers].name}); submit each run once")
+            for task, scores in run.tasks.items():
+                if task in reference and reference[task][0] != scores.fingerprint:
+                    raise Rejected(
+                        "data_mismatch", run.root,
+                        f"{task} was evaluated on other items or references than {reference[task][1]}; evaluate on the board's test set",
+                    )
+        except Rejected as error:
+            rejected.append(error)
+            continue
+        for task, scores in run.tasks.items():
+            reference.setdefault(task, (scores.fingerprint, run.name))
+        names[run.name] = run
+        answers[run.answers] = run
+        accepted.append(run)
+    return accepted, rejected
+
+
+def _grouped(runs: list[Run]) -> list[tuple[Run, int, str]]:
+    """Runs in display order: each root followed by the runs trained from it (depth-first), input order kept."""
+    by_name = {run.name: run for run in runs}
+    children: dict[str, list[Run]] = {}
+    roots = []
+    for run in runs:
+        base = run.meta.base_model
+        if base and base in by_name and base != run.name:
+            children.setdefault(base, []).append(run)
+        else:
+            roots.append(run)
+    ordered: list[tuple[Run, int, str]] = []
+    seen: set[str] = set()
+
+    def visit(run: Run, depth: int, group: str) -> None:
+        if run.name in seen:
+            return
+        seen.add(run.name)
+        ordered.append((run, depth, group))
+        for child in children.get(run.name, []):
+            visit(child, depth + 1, group)
+
+    for root in roots:
+        visit(root, 0, root.name)
+    for run in runs:  # a cycle of base_model references has no root; show its members flat
+        visit(run, 0, run.name)
+    return ordered
+
+
+def build_board(
+    runs: list[Run],
+    rejected: list[Rejected],
+    baseline: str | None = None,
+    primary: dict[str, str] | None = None,
+    alpha: float = stats.DEFAULT_ALPHA,
+    iterations: int = stats.DEFAULT_ITERATIONS,
+) -> Board:
+    """Screen the runs, compute cells, CIs and paired tests, and order the rows.
+
+    Args:
+        runs: Verified runs (from :func:`load_runs`).
+        rejected: Runs already rejected (kept for the page).
+        baseline: Display name of the run every other run is tested against.
+        primary: Task -> metric to plot and summarise (default: the first per-sample metric in the YAML).
+        alpha: Significance level.
+        iterations: Bootstrap and permutation draws.
+
+    Raises:
+        MedbenchError: An unknown baseline, or a ``primary`` entry naming an unknown task or metric.
+    """
+    accepted, screened_out = screen(runs, baseline)
+    rejected = [*rejected, *screened_out]
+    present = {(task, metric) for run in accepted for task, scores in run.tasks.items() for metric in scores.scores}
+    columns = [column for column in all_columns() if (column.task, column.metric) in present]
+    primary = _primary(columns, primary or {})
+    ordered = _grouped(accepted)
+    rows = [Row(run=run, cells={}, depth=depth, group=group, is_baseline=run.name == baseline) for run, depth, group in ordered]
+    by_name = {row.run.name: row for row in rows}
+    matrices = _matrices(accepted, columns)
+    for row in rows:
+        _fill_cells(row, columns, matrices, iterations, alpha)
+    notes: list[str] = []
+    for row in rows:
+        if baseline is not None and not row.is_baseline:
+            _compare(row, by_name[baseline], columns, matrices, iterations, alpha, "vs_baseline")
+        base = row.run.meta.base_model
+        if base:
+            if base in by_name and base != row.run.name:
+                _compare(row, by_name[base], columns, matrices, iterations, alpha, "vs_base")
+            else:
+                notes.append(f"{row.run.name}: base model {base!r} is not on the board, so no difference to it is shown")
+        sampled = sorted(task for task, scores in row.run.tasks.items() if scores.decoding.get("sampled"))
+        if sampled:
+            notes.append(f"{row.run.name}: sampled decoding (temperature > 0) on {', '.join(sampled)}; its scores vary between runs")
+    return Board(
+        columns=columns, rows=rows, rejected=rejected, baseline=baseline, primary=primary, alpha=alpha,
+        iterations=iterations, task_versions=task_versions(), notes=notes,
+    )
+
+
+def _primary(columns: list[Column], requested: dict[str, str]) -> dict[str, str]:
+    primary: dict[str, str] = {}
+    for task, metric in requested.items():
+        if not any(c.task == task and c.metric == metric for c in all_columns()):
+            raise MedbenchError(f"--metric {task}={metric}: no such task metric in the task YAMLs")
+        primary[task] = metric
+    for column in columns:
+        if column.per_sample:
+            primary.setdefault(column.task, column.metric)
+    for column in columns:
+        primary.setdefault(column.task, column.metric)
+    return primary
+
+
+_Matrices = dict[tuple[str, str], tuple[list[Column], np.ndarray, np.ndarray]]
+
+
+def _matrices(runs: list[Run], columns: list[Column]) -> _Matrices:
+    """Per (run, task): the per-sample columns and their value/mask matrices (built once, used for CI and tests)."""
+    by_task: dict[str, list[Column]] = {}
+    for column in columns:
+        if column.per_sample:
+            by_task.setdefault(column.task, []).append(column)
+    matrices: _Matrices = {}
+    for run in runs:
+        for task, scores in run.tasks.items():
+            task_columns = [c for c in by_task.get(task, []) if c.metric in scores.per_sample]
+            if not task_columns or not scores.item_ids:
+                continue
+            values, mask = stats.as_matrix([scores.per_sample[c.metric] for c in task_columns])
+            matrices[(run.name, task)] = (task_columns, values, mask)
+    return matrices
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _fill_cells(row: Row, columns: list[Column], matrices: _Matrices, iterations: int, alpha: float) -> None:
+    run = row.run
+    intervals: dict[str, tuple[float | None, float | None]] = {}
+    for task, scores in run.tasks.items():
+        if (run.name, task) not in matrices:
+            continue
+        task_columns, values, mask = matrices[(run.name, task)]
+        low, high = stats.bootstrap_ci(stats.resampler(task, len(scores.item_ids), iterations), values, mask, alpha)
+        for index, column in enumerate(task_columns):
+            intervals[column.key] = (_finite(low[index]), _finite(high[index]))
+    for column in columns:
+        scores = run.tasks.get(column.task)
+        if scores is None or column.metric not in scores.scores:
+            continue
+        low, high = intervals.get(column.key, (None, None))
+        row.cells[column.key] = Cell(
+            value=scores.scores[column.metric],
+            stderr=scores.stderr.get(column.metric),
+            low=low,
+            high=high,
+            verdict=scores.checks.get(column.metric, "unverified"),
+        )
+
+
+def _compare(row: Row, other: Row, columns: list[Column], matrices: _Matrices, iterations: int, alpha: float, slot: str) -> None:
+    """Paired test of ``row`` against ``other`` on every per-sample metric both have."""
+    for task, scores in row.run.tasks.items():
+        mine = matrices.get((row.run.name, task))
+        theirs = matrices.get((other.run.name, task))
+        if mine is None or theirs is None:
+            continue
+        shared = [c for c in mine[0] if c in theirs[0]]
+        if not shared:
+            continue
+        pick_mine = [mine[0].index(c) for c in shared]
+        pick_theirs = [theirs[0].index(c) for c in shared]
+        result = stats.paired_test(
+            stats.resampler(task, len(scores.item_ids), iterations),
+            (mine[1][:, pick_mine], mine[2][:, pick_mine]),
+            (theirs[1][:, pick_theirs], theirs[2][:, pick_theirs]),
+            alpha,
+        )
+        for index, column in enumerate(shared):
+            cell = row.cells.get(column.key)
+            if cell is None or not result.n_pairs[index]:
+                continue
+            comparison = {
+                "difference": float(result.difference[index]),
+                "low": _finite(result.low[index]),
+                "high": _finite(result.high[index]),
+                "p": float(result.p_value[index]),
+                "n": int(result.n_pairs[index]),
+            }
+            setattr(cell, slot, comparison)
+            if slot == "vs_baseline" and comparison["p"] < alpha and comparison["difference"] != 0:
+                better = (comparison["difference"] > 0) == column.higher_is_better
+                cell.mark = "better" if better else "worse"
+
+
+def summary_value(board: Board, row: Row, task: str) -> Cell | None:
+    """The row's cell in the task's primary metric."""
+    metric = board.primary.get(task)
+    return row.cells.get(f"{task}/{metric}") if metric else None
+
+
+def as_records(board: Board) -> list[dict[str, Any]]:
+    """One flat record per (run, task metric): the CSV's rows."""
+    records = []
+    for row in board.rows:
+        run = row.run
+        for column in board.columns:
+            cell = row.cells.get(column.key)
+            if cell is None:
+                continue
+            scores = run.tasks[column.task]
+            baseline = cell.vs_baseline or {}
+            base = cell.vs_base or {}
+            records.append({
+                "model": run.name,
+                "backbone": run.meta.backbone or "",
+                "variant": run.meta.variant,
+                "base_model": run.meta.base_model or "",
+                "task": column.task,
+                "task_version": scores.version,
+                "metric": column.metric,
+                "higher_is_better": column.higher_is_better,
+                "value": cell.value,
+                "stderr": cell.stderr,
+                "ci_low": cell.low,
+                "ci_high": cell.high,
+                "n_samples": len(scores.item_ids),
+                "check": cell.verdict,
+                "diff_vs_baseline": baseline.get("difference"),
+                "p_vs_baseline": baseline.get("p"),
+                "mark_vs_baseline": cell.mark or "",
+                "delta_vs_base": base.get("difference"),
+                "delta_vs_base_low": base.get("low"),
+                "delta_vs_base_high": base.get("high"),
+                "p_vs_base": base.get("p"),
+            })
+    return records

@@ -1,0 +1,160 @@
+"""``medbench leaderboard build|validate`` (also installed as ``medbench-leaderboard``).
+
+Examples::
+
+    medbench leaderboard validate submissions/my-model/
+    medbench leaderboard build medbench-demo/results/* submissions/* --baseline baseline --out board/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from medbench.errors import MedbenchError
+
+from leaderboard import stats
+
+CACHE_DIR = ".leaderboard-cache"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``leaderboard`` with its ``build`` and ``validate`` subcommands (entry point ``medbench.commands``)."""
+    parser = subparsers.add_parser(
+        "leaderboard",
+        help="build a verified leaderboard from lmms-eval result folders, or validate a submission",
+        description="Build a leaderboard (HTML, Markdown, CSV, plots) from lmms-eval output folders, recomputing "
+        "every score from the --log_samples files, or validate one submission. See docs/leaderboard.md.",
+    )
+    commands = parser.add_subparsers(dest="leaderboard_command", metavar="{build,validate}")
+    parser.set_defaults(func=lambda args: _missing_subcommand(parser))
+
+    build = commands.add_parser("build", help="build the board from result folders")
+    build.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="lmms-eval output folders or submission folders")
+    build.add_argument("--out", type=Path, required=True, help="output folder (index.html, leaderboard.md, leaderboard.csv, plots/)")
+    build.add_argument("--baseline", metavar="NAME", help="display name of the run every other run is tested against")
+    build.add_argument("--metric", action="append", default=[], metavar="TASK=METRIC",
+                       help="metric to plot and summarise for a task (default: the first per-sample metric of its YAML)")
+    build.add_argument("--iterations", type=int, default=stats.DEFAULT_ITERATIONS, help="bootstrap / permutation draws (default 1000)")
+    build.add_argument("--alpha", type=float, default=stats.DEFAULT_ALPHA, help="significance level of the paired tests (default 0.05)")
+    build.add_argument("--title", default="medbench leaderboard", help="page title")
+    build.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
+    build.add_argument("--no-cache", action="store_true", help=f"re-verify every run (default: reuse verifications in OUT/{CACHE_DIR} for unchanged files)")
+    build.add_argument("--strict", action="store_true", help="exit 1 when any submission is rejected")
+    build.set_defaults(func=run_build)
+
+    validate = commands.add_parser("validate", help="check a submission against the schema and every trust rule")
+    validate.add_argument("run", type=Path, metavar="RUN", help="submission folder (or an lmms-eval output folder)")
+    validate.add_argument("--board", nargs="+", type=Path, default=[], metavar="RUN",
+                          help="runs already on the board: also check for duplicates and for a different test set")
+    validate.set_defaults(func=run_validate)
+
+
+def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _primary(pairs: list[str]) -> dict[str, str]:
+    primary = {}
+    for pair in pairs:
+        task, sep, metric = pair.partition("=")
+        if not sep or not task or not metric:
+            raise MedbenchError(f"--metric {pair!r}: write TASK=METRIC, e.g. medbench_mimic_cxr=rouge_l")
+        primary[task] = metric
+    return primary
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Build the board into ``args.out``; returns 0 (1 with ``--strict`` when something was rejected)."""
+    from leaderboard.board import build_board, load_runs
+    from leaderboard.render import render_html, render_markdown, write_csv
+    from leaderboard.submission import VerificationCache
+
+    if args.iterations < 100:
+        raise MedbenchError(f"--iterations {args.iterations}: use at least 100 draws for a 95% interval")
+    if not 0 < args.alpha < 1:
+        raise MedbenchError(f"--alpha {args.alpha}: choose a level between 0 and 1, e.g. 0.05")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cache = VerificationCache(None if args.no_cache else out / CACHE_DIR)
+    runs, rejected = load_runs(args.runs, cache=cache)
+    board = build_board(runs, rejected, args.baseline, _primary(args.metric), args.alpha, args.iterations)
+    if not board.rows:
+        reasons = "; ".join(str(error) for error in board.rejected) or "no runs"
+        raise MedbenchError(f"no run was accepted, nothing to show ({reasons})")
+    plots: dict[str, Path] = {}
+    if not args.no_plots:
+        from leaderboard.plots import plot_deltas, plot_scores
+
+        (out / "plots").mkdir(exist_ok=True)
+        scores = plot_scores(board, out / "plots" / "scores.png")
+        if scores:
+            plots["Per-task scores with bootstrap 95% confidence intervals"] = scores
+        deltas = plot_deltas(board, out / "plots" / "deltas.png")
+        if deltas:
+            plots["Each trained variant minus its base model (paired, 95% CI)"] = deltas
+    (out / "index.html").write_text(render_html(board, plots, args.title), encoding="utf-8")
+    (out / "leaderboard.md").write_text(render_markdown(board), encoding="utf-8")
+    write_csv(board, out / "leaderboard.csv")
+    (out / "rejected.json").write_text(
+        json.dumps([{"rule": r.rule, "where": r.where, "reason": r.reason} for r in board.rejected], indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    print(f"{len(board.rows)} runs on the board, {len(board.rejected)} rejected"
+          + (f" (verification cache: {cache.hits} reused, {cache.misses} verified)" if cache.folder else ""))
+    for error in board.rejected:
+        print(f"  rejected [{error.rule}] {error}")
+    for note in board.notes:
+        print(f"  note: {note}")
+    print(f"wrote {out / 'index.html'}, {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}" + (f", {len(plots)} plots" if plots else ""))
+    return 1 if args.strict and board.rejected else 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Validate one submission; one line per problem; returns 0 when it would be accepted."""
+    from leaderboard.board import load_runs, screen
+    from leaderboard.submission import Rejected, find_submissions, load_run
+
+    board_runs, board_rejected = load_runs(args.board) if args.board else ([], [])
+    for error in board_rejected:
+        print(f"note: a --board run is itself rejected and ignored: {error}", file=sys.stderr)
+    problems = 0
+    for root in find_submissions([args.run]):
+        try:
+            run = load_run(root)
+            _, screened_out = screen([*board_runs, run])
+            if screened_out:
+                raise screened_out[-1]
+        except Rejected as error:
+            problems += 1
+            print(f"medbench: error: rejected [{error.rule}] {error}", file=sys.stderr)
+            continue
+        samples = sum(len(scores.item_ids) for scores in run.tasks.values())
+        verdicts: dict[str, int] = {}
+        for scores in run.tasks.values():
+            for verdict in scores.checks.values():
+                verdicts[verdict] = verdicts.get(verdict, 0) + 1
+        print(f"ok: {run.name} ({root}): {len(run.tasks)} tasks, {samples} samples; scores "
+              + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items())))
+    return 2 if problems else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``medbench-leaderboard``: the same as ``medbench leaderboard``."""
+    parser = argparse.ArgumentParser(prog="medbench-leaderboard")
+    subparsers = parser.add_subparsers()
+    register(subparsers)
+    args = parser.parse_args(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except MedbenchError as error:
+        print(f"medbench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
