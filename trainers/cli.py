@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         from .config import load_recipe
 
         recipe = load_recipe(args.config, overrides)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Our progress messages at INFO; other libraries stay at WARNING (transformers logs through its own handler).
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("trainers").setLevel(logging.INFO)
         from .run import train
 
         result = train(

@@ -78,7 +78,8 @@ def build_training_args(recipe: RecipeConfig, output_dir: str | Path):
         save_strategy=recipe.save_strategy,
         save_total_limit=recipe.save_total_limit,
         report_to=recipe.report_to,
-        gradient_checkpointing=recipe.gradient_checkpointing,
+        # transformers 5 renamed gradient_checkpointing; TRL still reads the old name, which mirrors this one.
+        activation_checkpointing=recipe.gradient_checkpointing,
         beta=recipe.beta,
         max_length=recipe.max_length,
         label_smoothing=recipe.label_smoothing if recipe.objective == "trl" else 0.0,
