@@ -222,8 +222,8 @@ def validate_records(
 
 
 def describe_error_types(records: list[Record], visual_error_types: frozenset[str]) -> dict[str, int]:
-    """Count records per error type (``None`` as ``"<none>"``), logging the visual/text split."""
-    counts = Counter(str(r.get("error_type") or "<none>") for r in records)
+    """Count records per error type (lower-cased, as matched; ``None`` as ``"<none>"``), logging the visual/text split."""
+    counts = Counter(str(r.get("error_type") or "<none>").strip().lower() for r in records)
     visual = sum(1 for r in records if is_visual_error(r, visual_error_types))
     logger.info(
         "error types: %s; %d record(s) train with the image-side term, %d with the text-side term",

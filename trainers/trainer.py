@@ -14,10 +14,12 @@ Everything else (model/reference set-up, PEFT wrapping, DeepSpeed/FSDP preparati
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Any
 
 import torch
+import trl
 from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
@@ -26,6 +28,14 @@ from trl.trainer.utils import use_adapter
 from . import losses as L
 from .config import RecipeConfig
 from .objectives import Objective, get_objective
+
+# The trainer relies on TRL 1.16 internals reached through public names (the fused log-prob head TRL patches onto
+# the model, `use_adapter`, `disable_gradient_checkpointing`); pyproject pins trl>=1.16,<1.17.
+if not trl.__version__.startswith("1.16."):
+    warnings.warn(
+        f"medbench-train is tested with TRL 1.16.x; found {trl.__version__}. Run tests/trainers/test_parity.py.",
+        stacklevel=2,
+    )
 
 # Batch entries that describe the rows rather than feed the model.
 NON_MODEL_KEYS = frozenset({"completion_mask", "weight", "is_visual", "ref_chosen_logps", "ref_rejected_logps"})
@@ -69,7 +79,8 @@ def objective_terms(
         chosen_rewards = beta * p[0] / n[0].clamp(min=1)
         rejected_rewards = beta * p[1] / n[1].clamp(min=1)
     else:
-        assert r is not None, f"objective {name} needs reference log-probs"
+        if r is None:
+            raise ValueError(f"objective {name} needs reference log-probs")
         if name == "dpo":
             losses = L.dpo_loss(p[0], p[1], r[0], r[1], beta)
         elif name == "dpo_nll":

@@ -1,0 +1,50 @@
+"""A merged LoRA checkpoint from medbench-train evaluates through lmms-eval on a demo task (medbench_hf plugin)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from _prefdata import FAST
+
+from trainers.config import load_recipe
+from trainers.run import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_merged_checkpoint_evaluates_on_a_demo_task(tmp_path, tiny_model_dirs, pref_file):
+    result = train(load_recipe("mdpo", {**FAST, "use_lora": True}), tiny_model_dirs["llava"], pref_file, tmp_path / "run")
+    metadata = json.loads(result.metadata_path.read_text())
+    model_dir = Path(metadata["outputs"]["evaluate"])  # what the metadata tells users to evaluate
+    assert model_dir == (tmp_path / "run" / "merged").resolve()
+
+    out = tmp_path / "eval"
+    env = {
+        **os.environ,
+        "MEDBENCH_DATA": "demo",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    command = [
+        str(Path(sys.executable).parent / "lmms-eval"),
+        "--include_path", str(REPO / "tasks"),
+        "--model", "medbench_hf",
+        "--model_args", f"pretrained={model_dir}",
+        "--tasks", "medbench_vqa_rad",
+        "--limit", "4",
+        "--output_path", str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # lmms-eval can exit 0 after a failed run, so check that results were written.
+    result_files = list(out.rglob("*_results.json"))
+    assert len(result_files) == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(result_files[0].read_text())["results"]["medbench_vqa_rad"]
+    assert 0.0 <= results["overall,none"] <= 1.0
+    assert results["n_closed,none"] + results["n_open,none"] == 4
