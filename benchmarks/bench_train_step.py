@@ -31,10 +31,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Questions and answers written for this benchmark; images are scikit-image's sample photographs.
 _QA = [
-    ("Is the optic disc visible in this fundus image?", "Yes, the optic disc is visible on the left.",
-     "Yes, the optic disc is visible on the right."),
-    ("What does the brown staining show?", "Brown staining marks positive cells in the tissue.",
-     "Brown staining marks negative nuclei in the tissue."),
+    (
+        "Is the optic disc visible in this fundus image?",
+        "Yes, the optic disc is visible on the left.",
+        "Yes, the optic disc is visible on the right.",
+    ),
+    (
+        "What does the brown staining show?",
+        "Brown staining marks positive cells in the tissue.",
+        "Brown staining marks negative nuclei in the tissue.",
+    ),
     ("Are there microaneurysms in the retina?", "No microaneurysms are seen.", "Multiple microaneurysms are seen."),
     ("Is the tissue normal?", "No, the tissue shows abnormal cells.", "Yes, the tissue is normal."),
 ]
@@ -58,10 +64,18 @@ def write_data(root: Path, n_records: int) -> Path:
     for i in range(n_records):
         question, chosen, rejected = _QA[i % len(_QA)]
         name = "retina" if i % 2 == 0 else "ihc"
-        lines.append(json.dumps({
-            "id": str(i), "image": f"img/{name}.png", "rejected_image": f"img/{name}_noised.png",
-            "question": question, "chosen": chosen, "rejected": rejected,
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "id": str(i),
+                    "image": f"img/{name}.png",
+                    "rejected_image": f"img/{name}_noised.png",
+                    "question": question,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                }
+            )
+        )
     path = root / "prefs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -71,8 +85,16 @@ def dpo_config(output_dir: Path, batch_size: int, **extra):
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=str(output_dir), use_cpu=True, bf16=False, report_to="none", max_length=256,
-        per_device_train_batch_size=batch_size, learning_rate=1e-6, save_strategy="no", seed=0, **extra,
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        max_length=256,
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-6,
+        save_strategy="no",
+        seed=0,
+        **extra,
     )
 
 
@@ -151,7 +173,9 @@ def measure(candidates, steps: int, rounds: int, collate: bool) -> dict[str, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", nargs="+", default=["llava", "qwen2_5_vl"], choices=["llava", "qwen2_vl", "qwen2_5_vl"])
+    parser.add_argument(
+        "--arch", nargs="+", default=["llava", "qwen2_5_vl"], choices=["llava", "qwen2_vl", "qwen2_5_vl"]
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (the median is reported)")
@@ -162,10 +186,14 @@ def main() -> None:
     import trl
 
     transformers.logging.set_verbosity_error()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-          f"{torch.get_num_threads()} threads, batch {args.batch_size} records, median of {args.rounds} rounds")
-    print(f"{'arch':<12} {'timing':<16} {'TRL dpo ms':>11} {'our dpo ms':>11} {'our mdpo ms':>12} "
-          f"{'dpo/TRL':>8} {'mdpo/dpo':>9}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+        f"{torch.get_num_threads()} threads, batch {args.batch_size} records, median of {args.rounds} rounds"
+    )
+    print(
+        f"{'arch':<12} {'timing':<16} {'TRL dpo ms':>11} {'our dpo ms':>11} {'our mdpo ms':>12} "
+        f"{'dpo/TRL':>8} {'mdpo/dpo':>9}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch:
             candidates = build(arch, Path(tmp) / arch, args.batch_size)
@@ -173,8 +201,10 @@ def main() -> None:
                 t = measure(candidates, args.steps, args.rounds, collate)
                 stock, dpo, mdpo = t["TRL DPOTrainer"], t["medbench dpo"], t["medbench mdpo"]
                 label = "with collation" if collate else "model step"
-                print(f"{arch:<12} {label:<16} {stock * 1e3:>11.1f} {dpo * 1e3:>11.1f} {mdpo * 1e3:>12.1f} "
-                      f"{dpo / stock:>8.3f} {mdpo / dpo:>9.3f}")
+                print(
+                    f"{arch:<12} {label:<16} {stock * 1e3:>11.1f} {dpo * 1e3:>11.1f} {mdpo * 1e3:>12.1f} "
+                    f"{dpo / stock:>8.3f} {mdpo / dpo:>9.3f}"
+                )
     print("targets: dpo/TRL <= 1.05, mdpo/dpo <= 1.6 (three scored sequences per record vs two: 1.5)")
 
 

@@ -27,8 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Preference optimisation (DPO family) for vision-language models, recipe by recipe.",
-        epilog="Any other --key value overrides a recipe field or a trl.DPOConfig argument. "
-        "See trainers/README.md.",
+        epilog="Any other --key value overrides a recipe field or a trl.DPOConfig argument. See trainers/README.md.",
     )
     parser.add_argument("--list", action="store_true", help="list the recipes and backbone profiles, then exit")
     parser.add_argument("--config", help="recipe YAML file (or a shipped recipe name, e.g. dpo)")

@@ -9,8 +9,9 @@ layout the output is exactly TRL's (checked in ``tests/trainers/test_parity.py``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from trl.trainer.utils import flush_left
@@ -63,7 +64,7 @@ def render_prompt_and_answers(
                 break
             common += 1
         prompt = prompt[:common]
-    return prompt, {name: text[len(prompt):] for name, text in full.items()}
+    return prompt, {name: text[len(prompt) :] for name, text in full.items()}
 
 
 @dataclass

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -59,9 +60,7 @@ class RecipeConfig:
     # Identity
     name: str = field(default="custom", metadata={"help": "Recipe name (the recipe file's stem)."})
     description: str = field(default="", metadata={"help": "One-line description shown by `medbench-train --list`."})
-    objective: str = field(
-        default="dpo", metadata={"help": f"Loss to optimise, one of: {', '.join(OBJECTIVES)}."}
-    )
+    objective: str = field(default="dpo", metadata={"help": f"Loss to optimise, one of: {', '.join(OBJECTIVES)}."})
     paper: str = field(default="", metadata={"help": "Link to the method's paper."})
 
     # Objective hyperparameters
@@ -104,7 +103,9 @@ class RecipeConfig:
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message put before every question (none by default)."}
     )
-    freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision encoder frozen (the study did)."})
+    freeze_vision_tower: bool = field(
+        default=True, metadata={"help": "Keep the vision encoder frozen (the study did)."}
+    )
     freeze_projector: bool = field(
         default=True, metadata={"help": "Keep the vision-language projector frozen (the study did: projector lr 0)."}
     )
@@ -205,8 +206,13 @@ class RecipeConfig:
             self._fail("model_dtype", f"is {self.model_dtype!r}; choose float32, bfloat16 or auto")
         if self.max_length is not None and self.max_length < 8:
             self._fail("max_length", f"must be >= 8 (or null for no truncation), got {self.max_length}")
-        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "gradient_accumulation_steps",
-                     "logging_steps"):
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
             if getattr(self, name) < 1:
                 self._fail(name, f"must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.lora_dropout < 1.0:

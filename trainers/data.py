@@ -26,8 +26,9 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from medbench.errors import DataError
 
@@ -222,12 +223,14 @@ def validate_records(
 
 
 def describe_error_types(records: list[Record], visual_error_types: frozenset[str]) -> dict[str, int]:
-    """Count records per error type (lower-cased, as matched; ``None`` as ``"<none>"``), logging the visual/text split."""
+    """Count records per error type (lower-cased, as matched; None as ``"<none>"``) and log the visual/text split."""
     counts = Counter(str(r.get("error_type") or "<none>").strip().lower() for r in records)
     visual = sum(1 for r in records if is_visual_error(r, visual_error_types))
     logger.info(
         "error types: %s; %d record(s) train with the image-side term, %d with the text-side term",
-        dict(counts), visual, len(records) - visual,
+        dict(counts),
+        visual,
+        len(records) - visual,
     )
     return dict(counts)
 

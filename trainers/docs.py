@@ -52,8 +52,12 @@ def recipe_table(recipes: list[RecipeConfig] | None = None) -> str:
         objective = OBJECTIVES[recipe.objective]
         paper = f" ([paper]({recipe.paper}))" if recipe.paper else ""
         cells = [
-            f"`{recipe.name}`", f"`{objective.name}`", _cell(objective.equation), _cell(needs(recipe)),
-            _cell(_non_default_settings(recipe)), _cell(recipe.description) + paper,
+            f"`{recipe.name}`",
+            f"`{objective.name}`",
+            _cell(objective.equation),
+            _cell(needs(recipe)),
+            _cell(_non_default_settings(recipe)),
+            _cell(recipe.description) + paper,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -65,15 +69,22 @@ def backbone_table(backbones: list[BackboneProfile] | None = None) -> str:
     lines = ["| backbone | model_type | checkpoint | sets | description |", "|---|---|---|---|---|"]
     for profile in backbones:
         sets = ", ".join(sorted(profile.settings))
-        cells = [f"`{profile.name}`", f"`{profile.model_type}`", _cell(profile.checkpoint), sets, _cell(profile.description)]
+        cells = [
+            f"`{profile.name}`",
+            f"`{profile.model_type}`",
+            _cell(profile.checkpoint),
+            sets,
+            _cell(profile.description),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def generated_block() -> str:
     """The README section between the markers."""
-    return "\n".join([BEGIN, "", recipe_table(), "", "Backbone profiles (`--backbone NAME`):", "", backbone_table(), "",
-                      END])
+    return "\n".join(
+        [BEGIN, "", recipe_table(), "", "Backbone profiles (`--backbone NAME`):", "", backbone_table(), "", END]
+    )
 
 
 def render_readme(text: str) -> str:
@@ -85,7 +96,7 @@ def render_readme(text: str) -> str:
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise ValueError(f"{README} lacks the generated-table markers")
-    return text[:start] + generated_block() + text[end + len(END):]
+    return text[:start] + generated_block() + text[end + len(END) :]
 
 
 def list_text() -> str:

@@ -107,7 +107,9 @@ def dpo_nll_loss(
         Per-sample loss, shape ``(batch,)``.
     """
     nll = -policy_chosen_logps / chosen_lengths.clamp(min=1)
-    return dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) + alpha * nll
+    return (
+        dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) + alpha * nll
+    )
 
 
 def ipo_loss(

@@ -51,9 +51,7 @@ def load_model_and_processor(model_id: str | Path, recipe: RecipeConfig) -> tupl
             str(model_id), dtype=dtype, trust_remote_code=recipe.trust_remote_code
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise MedbenchError(
-            f"cannot load an image-text-to-text model from {model_id}: {_first_line(exc)}"
-        ) from None
+        raise MedbenchError(f"cannot load an image-text-to-text model from {model_id}: {_first_line(exc)}") from None
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise MedbenchError(f"{model_id}: AutoProcessor gave {type(processor).__name__}, not a vision processor")
     if recipe.backbone:
@@ -203,4 +201,3 @@ def merge_lora(adapter_dir: str | Path, base_model: str | Path, out_dir: str | P
     # The processor saved next to the adapter carries the recipe's chat template.
     AutoProcessor.from_pretrained(str(adapter_dir), trust_remote_code=recipe.trust_remote_code).save_pretrained(out)
     return out
-

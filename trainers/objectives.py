@@ -11,8 +11,8 @@ block by block (all records' first row, then all records' second row, ...), so o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 # Record fields, as produced by ``trainers.data`` from either accepted file schema.
 RECORD_FIELDS: dict[str, str] = {
@@ -114,9 +114,7 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("dpo", "−log σ(β[r(y_w|m) − r(y_l|m)])", (*_BASE, "rejected"), _PAIR),
         Objective("dpo_nll", "DPO + α·(−log π(y_w|m)/|y_w|)", (*_BASE, "rejected"), _PAIR),
         Objective("ipo", "(r(y_w|m)/|y_w| − r(y_l|m)/|y_l| − 1/(2β))²", (*_BASE, "rejected"), _PAIR),
-        Objective(
-            "robust_dpo", "[(1−ε)ℓ(βh) − εℓ(−βh)]/(1−2ε), h = r(y_w|m) − r(y_l|m)", (*_BASE, "rejected"), _PAIR
-        ),
+        Objective("robust_dpo", "[(1−ε)ℓ(βh) − εℓ(−βh)]/(1−2ε), h = r(y_w|m) − r(y_l|m)", (*_BASE, "rejected"), _PAIR),
         Objective("cdpo", "(1−ε)ℓ(βh) + εℓ(−βh), h = r(y_w|m) − r(y_l|m)", (*_BASE, "rejected"), _PAIR),
         Objective(
             "simpo",

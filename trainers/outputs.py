@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 METADATA_FILE = "medbench_train.json"
 LOG_FILE = "training_log.jsonl"
@@ -81,7 +82,7 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
         axis.set_title(key)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(keys):]:
+    for axis in list(axes.flat)[len(keys) :]:
         axis.set_visible(False)
     if title:
         figure.suptitle(title)

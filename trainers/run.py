@@ -192,13 +192,21 @@ def train(
     data = Path(data)
     output_dir = Path(output_dir)
     run = build_trainer(
-        recipe, model, data, output_dir,
-        image_root=image_root, rejected_image_root=rejected_image_root, callbacks=callbacks,
+        recipe,
+        model,
+        data,
+        output_dir,
+        image_root=image_root,
+        rejected_image_root=rejected_image_root,
+        callbacks=callbacks,
     )
     trainer, processor = run.trainer, run.processor
     logger.info(
         "recipe %s (objective %s) on %d records, %s, %s",
-        recipe.name, recipe.objective, len(run.records), "LoRA" if recipe.use_lora else "full fine-tuning",
+        recipe.name,
+        recipe.objective,
+        len(run.records),
+        "LoRA" if recipe.use_lora else "full fine-tuning",
         "bf16" if trainer.args.bf16 else "fp32",
     )
     train_output = trainer.train()
@@ -275,4 +283,12 @@ def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, An
     }
 
 
-__all__ = ["MERGED_DIR", "PreparedRun", "TrainResult", "build_trainer", "build_training_args", "precision_flags", "train"]
+__all__ = [
+    "MERGED_DIR",
+    "PreparedRun",
+    "TrainResult",
+    "build_trainer",
+    "build_training_args",
+    "precision_flags",
+    "train",
+]

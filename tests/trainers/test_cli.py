@@ -62,10 +62,22 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 
 
 def test_recipe_whose_data_lacks_a_field_stops_with_one_line(tmp_path, tiny_model_dirs, pref_dir, capsys):
-    data = write_jsonl(tmp_path / "no_noise.jsonl", [{k: v for k, v in r.items() if k != "rejected_image"} for r in RECORDS])
+    data = write_jsonl(
+        tmp_path / "no_noise.jsonl", [{k: v for k, v in r.items() if k != "rejected_image"} for r in RECORDS]
+    )
     code, out, err = run_cli(
-        ["--config", "trainers/recipes/copo.yaml", "--model", tiny_model_dirs["llava"], "--data", data,
-         "--output_dir", tmp_path / "out", "--image_root", pref_dir],
+        [
+            "--config",
+            "trainers/recipes/copo.yaml",
+            "--model",
+            tiny_model_dirs["llava"],
+            "--data",
+            data,
+            "--output_dir",
+            tmp_path / "out",
+            "--image_root",
+            pref_dir,
+        ],
         capsys,
     )
     assert code == 2
@@ -79,13 +91,22 @@ def test_recipe_whose_data_lacks_a_field_stops_with_one_line(tmp_path, tiny_mode
     [
         (["--config", "dpo"], "missing --model, --data, --output_dir"),
         (["--config", "nope", "--model", "m", "--data", "d", "--output_dir", "o"], "recipe file not found: nope"),
-        (["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "--bogus", "1"],
-         "unknown option --bogus"),
-        (["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "--beta", "-1"],
-         "recipe 'dpo': `beta` must be > 0"),
-        (["--config", "dpo", "--model", "m", "--data", "/no/such.jsonl", "--output_dir", "o"],
-         "preference data file not found: /no/such.jsonl"),
-        (["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "stray"], "unexpected argument 'stray'"),
+        (
+            ["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "--bogus", "1"],
+            "unknown option --bogus",
+        ),
+        (
+            ["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "--beta", "-1"],
+            "recipe 'dpo': `beta` must be > 0",
+        ),
+        (
+            ["--config", "dpo", "--model", "m", "--data", "/no/such.jsonl", "--output_dir", "o"],
+            "preference data file not found: /no/such.jsonl",
+        ),
+        (
+            ["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "stray"],
+            "unexpected argument 'stray'",
+        ),
     ],
 )
 def test_user_errors_are_one_line(capsys, argv, message):
@@ -103,7 +124,9 @@ def test_unloadable_model_is_one_line(tmp_path, pref_file, capsys):
     assert code == 2
     # Progress logs may precede it on stderr; the error itself is the one last line, without a traceback.
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"medbench-train: error: cannot load an image-text-to-text model from {tmp_path / 'empty_model'}")
+    assert last.startswith(
+        f"medbench-train: error: cannot load an image-text-to-text model from {tmp_path / 'empty_model'}"
+    )
     assert "Traceback" not in err
 
 
@@ -111,11 +134,25 @@ def test_unloadable_model_is_one_line(tmp_path, pref_file, capsys):
     ("backbone", "arch", "marker"),
     [("llava_med_v1_5", "llava", "[INST]"), ("huatuogpt_vision_qwen2_5vl", "qwen2_5_vl", "<|vision_start|>")],
 )
-def test_backbone_profiles_on_tiny_same_architecture_models(tmp_path, tiny_model_dirs, pref_file, capsys, backbone, arch, marker):
+def test_backbone_profiles_on_tiny_same_architecture_models(
+    tmp_path, tiny_model_dirs, pref_file, capsys, backbone, arch, marker
+):
     out_dir = tmp_path / "run"
     code, out, err = run_cli(
-        ["--config", "dpo", "--model", tiny_model_dirs[arch], "--data", pref_file, "--output_dir", out_dir,
-         "--backbone", backbone, "--use_lora", *fast_args()],
+        [
+            "--config",
+            "dpo",
+            "--model",
+            tiny_model_dirs[arch],
+            "--data",
+            pref_file,
+            "--output_dir",
+            out_dir,
+            "--backbone",
+            backbone,
+            "--use_lora",
+            *fast_args(),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -134,8 +171,18 @@ def test_backbone_profiles_on_tiny_same_architecture_models(tmp_path, tiny_model
 
 def test_backbone_profile_for_another_architecture_is_refused(tmp_path, tiny_model_dirs, pref_file, capsys):
     code, _, err = run_cli(
-        ["--config", "dpo", "--model", tiny_model_dirs["qwen2_vl"], "--data", pref_file, "--output_dir", tmp_path,
-         "--backbone", "llava_med_v1_5"],
+        [
+            "--config",
+            "dpo",
+            "--model",
+            tiny_model_dirs["qwen2_vl"],
+            "--data",
+            pref_file,
+            "--output_dir",
+            tmp_path,
+            "--backbone",
+            "llava_med_v1_5",
+        ],
         capsys,
     )
     assert code == 2
@@ -144,8 +191,17 @@ def test_backbone_profile_for_another_architecture_is_refused(tmp_path, tiny_mod
 
 def test_tiny_qwen2_vl_trains_too(tmp_path, tiny_model_dirs, pref_file, capsys):
     code, _, err = run_cli(
-        ["--config", "mmedpo", "--model", tiny_model_dirs["qwen2_vl"], "--data", pref_file,
-         "--output_dir", tmp_path / "run", *fast_args()],
+        [
+            "--config",
+            "mmedpo",
+            "--model",
+            tiny_model_dirs["qwen2_vl"],
+            "--data",
+            pref_file,
+            "--output_dir",
+            tmp_path / "run",
+            *fast_args(),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -162,6 +218,12 @@ def test_import_trainers_is_light():
         "from trainers import dpo_loss\n"
         "assert 'torch' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr

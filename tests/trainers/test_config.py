@@ -19,8 +19,18 @@ from trainers.config import (
 from trainers.objectives import OBJECTIVES
 
 STUDY_VARIANTS = {
-    "dpo", "dpo_nll", "ipo", "robust_dpo", "simpo", "orpo", "copo", "mdpo", "mmedpo",
-    "error_targeted", "error_targeted_dpo_only", "error_targeted_copo_only",
+    "dpo",
+    "dpo_nll",
+    "ipo",
+    "robust_dpo",
+    "simpo",
+    "orpo",
+    "copo",
+    "mdpo",
+    "mmedpo",
+    "error_targeted",
+    "error_targeted_dpo_only",
+    "error_targeted_copo_only",
 }
 
 
@@ -115,7 +125,9 @@ def test_robust_recipes_need_label_smoothing():
 def test_unknown_key_in_recipe_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("objective: dpo\nsave_steps: 10\n")
-    with pytest.raises(RecipeError, match="unknown key `save_steps`; put trl.DPOConfig arguments under `trainer_args:`"):
+    with pytest.raises(
+        RecipeError, match="unknown key `save_steps`; put trl.DPOConfig arguments under `trainer_args:`"
+    ):
         load_recipe(path)
     path.write_text("objective: dpo\ntrainer_args: {save_steps: 10, learning_rate: 0.1}\n")
     with pytest.raises(RecipeError, match="trainer_args.learning_rate` is a recipe field"):

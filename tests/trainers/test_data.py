@@ -110,8 +110,10 @@ def test_rejected_images_can_live_elsewhere(tmp_path, pref_dir):
         (json.dumps({"image": "images/retina.png", "weight": "high"}) + "\n", "`weight` must be a finite number"),
         (json.dumps({"image": ["a.png", "b.png"]}) + "\n", "`image` lists 2 images"),
         (json.dumps({"conversations": [{"from": "human", "value": "q"}]}) + "\n", "must be a list of two turns"),
-        (json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}) + "\n",
-         "must alternate human then gpt"),
+        (
+            json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}) + "\n",
+            "must alternate human then gpt",
+        ),
         ("[1, 2]\n", "each record must be a JSON object"),
         ("\n", "no preference records"),
     ],
@@ -151,5 +153,12 @@ def test_records_become_a_dataset_with_every_field(pref_file):
     dataset = records_to_dataset(load_preference_file(pref_file))
     assert len(dataset) == 4
     assert set(dataset.column_names) == {
-        "id", "image", "question", "chosen", "rejected", "rejected_image", "weight", "error_type"
+        "id",
+        "image",
+        "question",
+        "chosen",
+        "rejected",
+        "rejected_image",
+        "weight",
+        "error_type",
     }

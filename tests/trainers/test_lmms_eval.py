@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_merged_checkpoint_evaluates_on_a_demo_task(tmp_path, tiny_model_dirs, pref_file):
-    result = train(load_recipe("mdpo", {**FAST, "use_lora": True}), tiny_model_dirs["llava"], pref_file, tmp_path / "run")
+    result = train(
+        load_recipe("mdpo", {**FAST, "use_lora": True}), tiny_model_dirs["llava"], pref_file, tmp_path / "run"
+    )
     metadata = json.loads(result.metadata_path.read_text())
     model_dir = Path(metadata["outputs"]["evaluate"])  # what the metadata tells users to evaluate
     assert model_dir == (tmp_path / "run" / "merged").resolve()
@@ -33,12 +35,18 @@ def test_merged_checkpoint_evaluates_on_a_demo_task(tmp_path, tiny_model_dirs, p
     }
     command = [
         str(Path(sys.executable).parent / "lmms-eval"),
-        "--include_path", str(REPO / "tasks"),
-        "--model", "medbench_hf",
-        "--model_args", f"pretrained={model_dir}",
-        "--tasks", "medbench_vqa_rad",
-        "--limit", "4",
-        "--output_path", str(out),
+        "--include_path",
+        str(REPO / "tasks"),
+        "--model",
+        "medbench_hf",
+        "--model_args",
+        f"pretrained={model_dir}",
+        "--tasks",
+        "medbench_vqa_rad",
+        "--limit",
+        "4",
+        "--output_path",
+        str(out),
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

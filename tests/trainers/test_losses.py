@@ -82,9 +82,7 @@ def test_ipo():
 def test_robust_dpo():
     # ε = 0.25, β·h = 1: [(0.75)(0.31326...) - (0.25)(1.31326...)] / (1 - 0.5) = -0.18673831248177708.
     # Sample 1 (h = 0): [(0.75 - 0.25) log 2] / 0.5 = log 2.
-    losses = L.robust_dpo_loss(
-        POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, beta=0.5, label_smoothing=0.25
-    )
+    losses = L.robust_dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, beta=0.5, label_smoothing=0.25)
     close(losses, [-0.18673831248177708, LN2])
     # ε = 0 is plain DPO.
     close(L.robust_dpo_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, 0.5, 0.0), [SP1, LN2])
@@ -113,7 +111,11 @@ def test_simpo_matches_trl_cpo_simpo():
 
     chosen_avg, rejected_avg = t(-0.7, -1.3, -0.2), t(-1.1, -0.9, -2.5)
     fake = SimpleNamespace(
-        loss_type="simpo", beta=2.0, simpo_gamma=1.0, label_smoothing=0.0, alpha=0.0,
+        loss_type="simpo",
+        beta=2.0,
+        simpo_gamma=1.0,
+        label_smoothing=0.0,
+        alpha=0.0,
         accelerator=SimpleNamespace(device="cpu"),
     )
     expected, _, _ = CPOTrainer.cpo_loss(fake, chosen_avg, rejected_avg)

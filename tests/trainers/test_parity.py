@@ -104,7 +104,9 @@ def test_dpo_loss_and_gradients_equal_stock_trl_sigmoid(tmp_path, tiny_model_dir
     for trainer in (stock, ours):
         with torch.no_grad():
             trainer.model.get_output_embeddings().weight.add_(
-                torch.randn(trainer.model.get_output_embeddings().weight.shape, generator=torch.Generator().manual_seed(1))
+                torch.randn(
+                    trainer.model.get_output_embeddings().weight.shape, generator=torch.Generator().manual_seed(1)
+                )
                 * 0.05
             )
     stock_loss = stock.compute_loss(stock.model, batch)

@@ -115,9 +115,10 @@ def test_image_side_rows_carry_the_corrupted_image(tiny_model_dirs, records):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_model_dirs["llava"])
-    pixels = lambda paths: processor.image_processor([load_image(p) for p in paths], return_tensors="pt")[
-        "pixel_values"
-    ]
+
+    def pixels(paths):
+        return processor.image_processor([load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+
     original = pixels([r["image"] for r in records])
     corrupted = pixels([r["rejected_image"] for r in records])
     assert not torch.equal(original, corrupted)
@@ -163,10 +164,15 @@ def _snapshot(model, prefix):
 
 @pytest.mark.parametrize(
     ("arch", "tower", "projector"),
-    [("llava", "model.vision_tower", "model.multi_modal_projector"), ("qwen2_5_vl", "model.visual.blocks", "model.visual.merger")],
+    [
+        ("llava", "model.vision_tower", "model.multi_modal_projector"),
+        ("qwen2_5_vl", "model.visual.blocks", "model.visual.merger"),
+    ],
 )
 @pytest.mark.parametrize("freeze_projector", [True, False])
-def test_vision_tower_and_projector_freezing(tmp_path, tiny_model_dirs, pref_file, arch, tower, projector, freeze_projector):
+def test_vision_tower_and_projector_freezing(
+    tmp_path, tiny_model_dirs, pref_file, arch, tower, projector, freeze_projector
+):
     trainer = make(
         tmp_path, tiny_model_dirs[arch], pref_file, "dpo", learning_rate="1e-2", freeze_projector=freeze_projector
     )

@@ -70,7 +70,9 @@ def test_merged_lora_model_equals_base_plus_adapter(tmp_path, tiny_model_dirs, p
     batch = PreferenceCollator(processor, OBJECTIVES["dpo"], max_length=128)(load_preference_file(pref_file))
     inputs = {k: v for k, v in batch.items() if k != "completion_mask"}
     merged = AutoModelForImageTextToText.from_pretrained(result.model_dir)
-    adapted = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["llava"]), result.output_dir)
+    adapted = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["llava"]), result.output_dir
+    )
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dirs["llava"])
     with torch.no_grad():
         merged_logits = merged(**inputs).logits
