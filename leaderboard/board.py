@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from medbench.errors import MedbenchError
-from medbench.taskfiles import group_members, task_configs, task_versions
-
 from leaderboard import stats
 from leaderboard.submission import Limits, Rejected, Run, VerificationCache, find_submissions, load_run
 from leaderboard.verify import rule_for
+from medbench.errors import MedbenchError
+from medbench.taskfiles import group_members, task_configs, task_versions
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,9 @@ def all_columns() -> list[Column]:
     return columns
 
 
-def load_runs(paths: list[Path], limits: Limits = Limits(), cache: VerificationCache | None = None) -> tuple[list[Run], list[Rejected]]:
+def load_runs(
+    paths: list[Path], limits: Limits | None = None, cache: VerificationCache | None = None
+) -> tuple[list[Run], list[Rejected]]:
     """Load every submission under ``paths``; rejected ones are returned, not raised.
 
     Raises:
@@ -151,7 +152,7 @@ def load_runs(paths: list[Path], limits: Limits = Limits(), cache: VerificationC
     rejected: list[Rejected] = []
     for root in find_submissions(paths):
         try:
-            runs.append(load_run(root, limits, cache))
+            runs.append(load_run(root, limits or Limits(), cache))
         except Rejected as error:
             rejected.append(error)
     return runs, rejected
@@ -166,7 +167,9 @@ def screen(runs: list[Run], baseline: str | None = None) -> tuple[list[Run], lis
     if baseline is not None:
         names = [run.name for run in runs]
         if baseline not in names:
-            raise MedbenchError(f"--baseline {baseline!r} is not a run on the board (runs: {', '.join(names) or 'none'}); pass a display name")
+            raise MedbenchError(
+                f"--baseline {baseline!r} is not a run on the board (runs: {', '.join(names) or 'none'}); pass a display name"
+            )
         runs = sorted(runs, key=lambda run: run.name != baseline)  # the baseline is the reference: screen it first
     accepted: list[Run] = []
     rejected: list[Rejected] = []
@@ -176,13 +179,22 @@ def screen(runs: list[Run], baseline: str | None = None) -> tuple[list[Run], lis
     for run in runs:
         try:
             if run.name in names:
-                raise Rejected("duplicate", run.root, f"display name {run.name!r} is already taken by {names[run.name].root}; set a unique display_name in medbench-submission.json")
+                raise Rejected(
+                    "duplicate",
+                    run.root,
+                    f"display name {run.name!r} is already taken by {names[run.name].root}; set a unique display_name in medbench-submission.json",
+                )
             if run.answers in answers:
-                raise Rejected("duplicate", run.root, f"the same answers on every item as {answers[run.answers].root} ({answers[run.answers].name}); submit each run once")
+                raise Rejected(
+                    "duplicate",
+                    run.root,
+                    f"the same answers on every item as {answers[run.answers].root} ({answers[run.answers].name}); submit each run once",
+                )
             for task, scores in run.tasks.items():
                 if task in reference and reference[task][0] != scores.fingerprint:
                     raise Rejected(
-                        "data_mismatch", run.root,
+                        "data_mismatch",
+                        run.root,
                         f"{task} was evaluated on other items or references than {reference[task][1]}; evaluate on the board's test set",
                     )
         except Rejected as error:
@@ -252,7 +264,10 @@ def build_board(
     columns = [column for column in all_columns() if (column.task, column.metric) in present]
     primary = _primary(columns, primary or {})
     ordered = _grouped(accepted)
-    rows = [Row(run=run, cells={}, depth=depth, group=group, is_baseline=run.name == baseline) for run, depth, group in ordered]
+    rows = [
+        Row(run=run, cells={}, depth=depth, group=group, is_baseline=run.name == baseline)
+        for run, depth, group in ordered
+    ]
     by_name = {row.run.name: row for row in rows}
     matrices = _matrices(accepted, columns)
     for row in rows:
@@ -266,13 +281,24 @@ def build_board(
             if base in by_name and base != row.run.name:
                 _compare(row, by_name[base], columns, matrices, iterations, alpha, "vs_base")
             else:
-                notes.append(f"{row.run.name}: base model {base!r} is not on the board, so no difference to it is shown")
+                notes.append(
+                    f"{row.run.name}: base model {base!r} is not on the board, so no difference to it is shown"
+                )
         sampled = sorted(task for task, scores in row.run.tasks.items() if scores.decoding.get("sampled"))
         if sampled:
-            notes.append(f"{row.run.name}: sampled decoding (temperature > 0) on {', '.join(sampled)}; its scores vary between runs")
+            notes.append(
+                f"{row.run.name}: sampled decoding (temperature > 0) on {', '.join(sampled)}; its scores vary between runs"
+            )
     return Board(
-        columns=columns, rows=rows, rejected=rejected, baseline=baseline, primary=primary, alpha=alpha,
-        iterations=iterations, task_versions=task_versions(), notes=notes,
+        columns=columns,
+        rows=rows,
+        rejected=rejected,
+        baseline=baseline,
+        primary=primary,
+        alpha=alpha,
+        iterations=iterations,
+        task_versions=task_versions(),
+        notes=notes,
     )
 
 
@@ -338,7 +364,9 @@ def _fill_cells(row: Row, columns: list[Column], matrices: _Matrices, iterations
         )
 
 
-def _compare(row: Row, other: Row, columns: list[Column], matrices: _Matrices, iterations: int, alpha: float, slot: str) -> None:
+def _compare(
+    row: Row, other: Row, columns: list[Column], matrices: _Matrices, iterations: int, alpha: float, slot: str
+) -> None:
     """Paired test of ``row`` against ``other`` on every per-sample metric both have."""
     for task, scores in row.run.tasks.items():
         mine = matrices.get((row.run.name, task))
@@ -391,27 +419,29 @@ def as_records(board: Board) -> list[dict[str, Any]]:
             scores = run.tasks[column.task]
             baseline = cell.vs_baseline or {}
             base = cell.vs_base or {}
-            records.append({
-                "model": run.name,
-                "backbone": run.meta.backbone or "",
-                "variant": run.meta.variant,
-                "base_model": run.meta.base_model or "",
-                "task": column.task,
-                "task_version": scores.version,
-                "metric": column.metric,
-                "higher_is_better": column.higher_is_better,
-                "value": cell.value,
-                "stderr": cell.stderr,
-                "ci_low": cell.low,
-                "ci_high": cell.high,
-                "n_samples": len(scores.item_ids),
-                "check": cell.verdict,
-                "diff_vs_baseline": baseline.get("difference"),
-                "p_vs_baseline": baseline.get("p"),
-                "mark_vs_baseline": cell.mark or "",
-                "delta_vs_base": base.get("difference"),
-                "delta_vs_base_low": base.get("low"),
-                "delta_vs_base_high": base.get("high"),
-                "p_vs_base": base.get("p"),
-            })
+            records.append(
+                {
+                    "model": run.name,
+                    "backbone": run.meta.backbone or "",
+                    "variant": run.meta.variant,
+                    "base_model": run.meta.base_model or "",
+                    "task": column.task,
+                    "task_version": scores.version,
+                    "metric": column.metric,
+                    "higher_is_better": column.higher_is_better,
+                    "value": cell.value,
+                    "stderr": cell.stderr,
+                    "ci_low": cell.low,
+                    "ci_high": cell.high,
+                    "n_samples": len(scores.item_ids),
+                    "check": cell.verdict,
+                    "diff_vs_baseline": baseline.get("difference"),
+                    "p_vs_baseline": baseline.get("p"),
+                    "mark_vs_baseline": cell.mark or "",
+                    "delta_vs_base": base.get("difference"),
+                    "delta_vs_base_low": base.get("low"),
+                    "delta_vs_base_high": base.get("high"),
+                    "p_vs_base": base.get("p"),
+                }
+            )
     return records

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
-
-from medbench.errors import MedbenchError
 
 from leaderboard import stats
+from medbench.errors import MedbenchError
 
 CACHE_DIR = ".leaderboard-cache"
 
@@ -33,23 +32,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: _missing_subcommand(parser))
 
     build = commands.add_parser("build", help="build the board from result folders")
-    build.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="lmms-eval output folders or submission folders")
-    build.add_argument("--out", type=Path, required=True, help="output folder (index.html, leaderboard.md, leaderboard.csv, plots/)")
+    build.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN", help="lmms-eval output folders or submission folders"
+    )
+    build.add_argument(
+        "--out", type=Path, required=True, help="output folder (index.html, leaderboard.md, leaderboard.csv, plots/)"
+    )
     build.add_argument("--baseline", metavar="NAME", help="display name of the run every other run is tested against")
-    build.add_argument("--metric", action="append", default=[], metavar="TASK=METRIC",
-                       help="metric to plot and summarise for a task (default: the first per-sample metric of its YAML)")
-    build.add_argument("--iterations", type=int, default=stats.DEFAULT_ITERATIONS, help="bootstrap / permutation draws (default 1000)")
-    build.add_argument("--alpha", type=float, default=stats.DEFAULT_ALPHA, help="significance level of the paired tests (default 0.05)")
+    build.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="TASK=METRIC",
+        help="metric to plot and summarise for a task (default: the first per-sample metric of its YAML)",
+    )
+    build.add_argument(
+        "--iterations", type=int, default=stats.DEFAULT_ITERATIONS, help="bootstrap / permutation draws (default 1000)"
+    )
+    build.add_argument(
+        "--alpha", type=float, default=stats.DEFAULT_ALPHA, help="significance level of the paired tests (default 0.05)"
+    )
     build.add_argument("--title", default="medbench leaderboard", help="page title")
     build.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
-    build.add_argument("--no-cache", action="store_true", help=f"re-verify every run (default: reuse verifications in OUT/{CACHE_DIR} for unchanged files)")
+    build.add_argument(
+        "--no-cache",
+        action="store_true",
+        help=f"re-verify every run (default: reuse verifications in OUT/{CACHE_DIR} for unchanged files)",
+    )
     build.add_argument("--strict", action="store_true", help="exit 1 when any submission is rejected")
     build.set_defaults(func=run_build)
 
     validate = commands.add_parser("validate", help="check a submission against the schema and every trust rule")
     validate.add_argument("run", type=Path, metavar="RUN", help="submission folder (or an lmms-eval output folder)")
-    validate.add_argument("--board", nargs="+", type=Path, default=[], metavar="RUN",
-                          help="runs already on the board: also check for duplicates and for a different test set")
+    validate.add_argument(
+        "--board",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RUN",
+        help="runs already on the board: also check for duplicates and for a different test set",
+    )
     validate.set_defaults(func=run_validate)
 
 
@@ -101,16 +123,26 @@ def run_build(args: argparse.Namespace) -> int:
     (out / "leaderboard.md").write_text(render_markdown(board), encoding="utf-8")
     write_csv(board, out / "leaderboard.csv")
     (out / "rejected.json").write_text(
-        json.dumps([{"rule": r.rule, "where": r.where, "reason": r.reason} for r in board.rejected], indent=2, ensure_ascii=False) + "\n",
+        json.dumps(
+            [{"rule": r.rule, "where": r.where, "reason": r.reason} for r in board.rejected],
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n",
         encoding="utf-8",
     )
-    print(f"{len(board.rows)} runs on the board, {len(board.rejected)} rejected"
-          + (f" (verification cache: {cache.hits} reused, {cache.misses} verified)" if cache.folder else ""))
+    print(
+        f"{len(board.rows)} runs on the board, {len(board.rejected)} rejected"
+        + (f" (verification cache: {cache.hits} reused, {cache.misses} verified)" if cache.folder else "")
+    )
     for error in board.rejected:
         print(f"  rejected [{error.rule}] {error}")
     for note in board.notes:
         print(f"  note: {note}")
-    print(f"wrote {out / 'index.html'}, {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}" + (f", {len(plots)} plots" if plots else ""))
+    print(
+        f"wrote {out / 'index.html'}, {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}"
+        + (f", {len(plots)} plots" if plots else "")
+    )
     return 1 if args.strict and board.rejected else 0
 
 
@@ -138,8 +170,10 @@ def run_validate(args: argparse.Namespace) -> int:
         for scores in run.tasks.values():
             for verdict in scores.checks.values():
                 verdicts[verdict] = verdicts.get(verdict, 0) + 1
-        print(f"ok: {run.name} ({root}): {len(run.tasks)} tasks, {samples} samples; scores "
-              + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items())))
+        print(
+            f"ok: {run.name} ({root}): {len(run.tasks)} tasks, {samples} samples; scores "
+            + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
+        )
     return 2 if problems else 0
 
 

@@ -46,8 +46,16 @@ def plot_scores(board: Board, path: Path) -> Path | None:
                 continue
             color = "#b45309" if row.is_baseline else ("#2563eb" if row.depth == 0 else "#7c3aed")
             if cell.low is not None and cell.high is not None:
-                axis.errorbar(cell.value, position, xerr=[[max(cell.value - cell.low, 0)], [max(cell.high - cell.value, 0)]],
-                              fmt="o", color=color, ecolor=color, capsize=3, markersize=4)
+                axis.errorbar(
+                    cell.value,
+                    position,
+                    xerr=[[max(cell.value - cell.low, 0)], [max(cell.high - cell.value, 0)]],
+                    fmt="o",
+                    color=color,
+                    ecolor=color,
+                    capsize=3,
+                    markersize=4,
+                )
             else:
                 axis.plot(cell.value, position, "o", color=color, markersize=4)
         axis.set_title(f"{task.removeprefix('medbench_')}\n{metric} {column.arrow if column else ''}", fontsize=9)
@@ -91,8 +99,16 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
             color = ("#0a7d32" if value > 0 else "#b42318") if significant else "#6b7280"
             if delta["low"] is not None and delta["high"] is not None:
                 low, high = sorted((sign * delta["low"], sign * delta["high"]))
-                axis.errorbar(value, position, xerr=[[max(value - low, 0)], [max(high - value, 0)]], fmt="o",
-                              color=color, ecolor=color, capsize=3, markersize=4)
+                axis.errorbar(
+                    value,
+                    position,
+                    xerr=[[max(value - low, 0)], [max(high - value, 0)]],
+                    fmt="o",
+                    color=color,
+                    ecolor=color,
+                    capsize=3,
+                    markersize=4,
+                )
             else:
                 axis.plot(value, position, "o", color=color, markersize=4)
         axis.axvline(0, color="#111827", linewidth=0.8)

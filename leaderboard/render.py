@@ -29,7 +29,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
     """A score for display (``-`` when missing)."""
     if value is None:
         return "-"
-    if value != 0 and abs(value) < 10 ** -digits:
+    if value != 0 and abs(value) < 10**-digits:
         return f"{value:.1e}"
     return f"{value:.{digits}f}"
 
@@ -108,13 +108,23 @@ def render_markdown(board: Board) -> str:
     parts = ["# medbench leaderboard", ""]
     parts.append(
         f"Scores with bootstrap 95% CIs ({board.iterations} resamples of the test items). "
-        + (f"▲/▼: better/worse than the baseline **{md(board.baseline)}** (paired sign-flip permutation test, p < {board.alpha}). "
-           if board.baseline else "")
+        + (
+            f"▲/▼: better/worse than the baseline **{md(board.baseline)}** (paired sign-flip permutation test, p < {board.alpha}). "
+            if board.baseline
+            else ""
+        )
         + "‡: checked for consistency only (not recomputable offline); †: not verified. "
-        + "Task versions: " + ", ".join(f"{task} v{board.task_versions[task]}" for task in tasks) + "."
+        + "Task versions: "
+        + ", ".join(f"{task} v{board.task_versions[task]}" for task in tasks)
+        + "."
     )
     parts.append("")
-    header = ["model", "backbone", "variant", *[f"{task} {board.primary[task]} {_arrow(board, task)}" for task in tasks]]
+    header = [
+        "model",
+        "backbone",
+        "variant",
+        *[f"{task} {board.primary[task]} {_arrow(board, task)}" for task in tasks],
+    ]
     rows = []
     for row in board.rows:
         cells = [_md_cell(row.cells.get(f"{task}/{board.primary[task]}")) for task in tasks]
@@ -122,7 +132,12 @@ def render_markdown(board: Board) -> str:
     parts += ["## Summary", "", _md_table(header, rows), ""]
     variants = [row for row in board.rows if any(cell.vs_base for cell in row.cells.values())]
     if variants:
-        parts += ["## Variants against their base model", "", "Paired difference on the same items, with its bootstrap 95% CI and permutation p-value.", ""]
+        parts += [
+            "## Variants against their base model",
+            "",
+            "Paired difference on the same items, with its bootstrap 95% CI and permutation p-value.",
+            "",
+        ]
         header = ["variant", "base model", *[f"{task} Δ{board.primary[task]}" for task in tasks]]
         rows = []
         for row in variants:
@@ -131,14 +146,19 @@ def render_markdown(board: Board) -> str:
                 cell = row.cells.get(f"{task}/{board.primary[task]}")
                 delta = cell.vs_base if cell else None
                 cells.append(
-                    "-" if not delta else f"{delta['difference']:+.3f} [{fmt(delta['low'])}, {fmt(delta['high'])}] p={fmt_p(delta['p'])}"
+                    "-"
+                    if not delta
+                    else f"{delta['difference']:+.3f} [{fmt(delta['low'])}, {fmt(delta['high'])}] p={fmt_p(delta['p'])}"
                 )
             rows.append([md(row.run.name), md(row.run.meta.base_model), *cells])
         parts += [_md_table(header, rows), ""]
     for task in tasks:
         columns = [column for column in board.columns if column.task == task]
         header = ["model", *[f"{column.metric} {column.arrow}" for column in columns]]
-        rows = [[md(_display_name(row)), *[_md_cell(row.cells.get(column.key), ci=False) for column in columns]] for row in board.rows]
+        rows = [
+            [md(_display_name(row)), *[_md_cell(row.cells.get(column.key), ci=False) for column in columns]]
+            for row in board.rows
+        ]
         parts += [f"## {task} (v{board.task_versions[task]})", "", _md_table(header, rows), ""]
     if board.rejected:
         parts += ["## Rejected submissions", ""]
@@ -171,6 +191,7 @@ th[aria-sort=ascending] button::after{content:" ▴"}th[aria-sort=descending] bu
 #board thead tr:last-child th:first-child{background:#f4f6f9;z-index:2}
 tr.baseline td{background:#fff8e1}#board tr.baseline td.name{background:#fff8e1}
 tr.variant td.name{padding-left:1.6rem}
+td.name,td.base{max-width:20rem;overflow:hidden;text-overflow:ellipsis}
 .ci{display:block;color:#6b7280;font-size:.75rem}
 .better{color:#0a7d32;font-weight:600}.worse{color:#b42318;font-weight:600}
 .check{color:#8a6d00}
@@ -234,13 +255,18 @@ def _cell_html(column: Column, cell: Cell | None, first: bool, alpha: float) -> 
     classes = "first" if first else ""
     if cell is None:
         return f'<td class="{classes}" data-value="">-</td>'
-    tooltip = [f"{column.task} {column.metric} ({'higher' if column.higher_is_better else 'lower'} is better)", f"check: {cell.verdict}"]
+    tooltip = [
+        f"{column.task} {column.metric} ({'higher' if column.higher_is_better else 'lower'} is better)",
+        f"check: {cell.verdict}",
+    ]
     if cell.stderr is not None:
         tooltip.append(f"stderr {fmt(cell.stderr, 4)}")
     body = e(fmt(cell.value))
     if cell.mark:
         comparison = cell.vs_baseline or {}
-        tooltip.append(f"vs baseline: {comparison.get('difference', 0):+.4f}, p={fmt_p(comparison.get('p'))} (< {alpha})")
+        tooltip.append(
+            f"vs baseline: {comparison.get('difference', 0):+.4f}, p={fmt_p(comparison.get('p'))} (< {alpha})"
+        )
         body += f' <span class="{cell.mark}">{MARK_SYMBOL[cell.mark]}</span>'
     elif cell.vs_baseline:
         tooltip.append(f"vs baseline: {cell.vs_baseline['difference']:+.4f}, p={fmt_p(cell.vs_baseline['p'])}")
@@ -262,11 +288,13 @@ def _board_table(board: Board) -> str:
         else:
             tasks.append((column.task, 1))
     head1 = '<th class="text" colspan="4"></th>' + "".join(
-        f'<th class="task" colspan="{span}">{e(task)} <small>v{board.task_versions[task]}</small></th>' for task, span in tasks
+        f'<th class="task" colspan="{span}">{e(task)} <small>v{board.task_versions[task]}</small></th>'
+        for task, span in tasks
     )
     fixed = [("model", "model"), ("backbone", "backbone"), ("variant", "variant"), ("base", "base model")]
     head2 = "".join(
-        f'<th class="text" data-type="text" data-key="{key}"><button type="button">{e(label)}</button></th>' for key, label in fixed
+        f'<th class="text" data-type="text" data-key="{key}"><button type="button">{e(label)}</button></th>'
+        for key, label in fixed
     )
     previous = None
     for column in board.columns:
@@ -283,10 +311,10 @@ def _board_table(board: Board) -> str:
         classes = " ".join(filter(None, ["baseline" if row.is_baseline else "", "variant" if row.depth else ""]))
         name = e(meta.display_name) + (" <small>(baseline)</small>" if row.is_baseline else "")
         cells = [
-            f'<td class="text name" data-value="{e(meta.display_name)}"><a href="#run-{index}">{name}</a></td>',
+            f'<td class="text name" data-value="{e(meta.display_name)}" title="{e(meta.display_name)}"><a href="#run-{index}">{name}</a></td>',
             f'<td class="text" data-value="{e(meta.backbone or "")}">{e(meta.backbone or "-")}</td>',
             f'<td class="text" data-value="{e(meta.variant)}">{e(meta.variant)}</td>',
-            f'<td class="text" data-value="{e(meta.base_model or "")}">{e(meta.base_model or "-")}</td>',
+            f'<td class="text base" data-value="{e(meta.base_model or "")}" title="{e(meta.base_model or "")}">{e(meta.base_model or "-")}</td>',
         ]
         previous = None
         for column in board.columns:
@@ -295,7 +323,7 @@ def _board_table(board: Board) -> str:
         body.append(f'<tr class="{classes}" data-name="{e(meta.display_name)}">{"".join(cells)}</tr>')
     return (
         f'<div class="wrap"><table id="board"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
-        f'<tbody>{"".join(body)}</tbody></table></div>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -315,31 +343,40 @@ def _provenance(board: Board) -> str:
         run, meta = row.run, row.run.meta
         homepage = (
             f'<dt>homepage</dt><dd><a href="{e(meta.homepage)}" rel="noopener noreferrer nofollow">{e(meta.homepage)}</a></dd>'
-            if meta.homepage else ""
+            if meta.homepage
+            else ""
         )
-        general = _kv([
-            ("model", run.model.get("model")),
-            ("model arguments", run.model.get("model_args")),
-            ("model name", run.model.get("model_name")),
-            ("model revision", meta.model_revision or "not given"),
-            ("backbone", meta.backbone),
-            ("variant", meta.variant),
-            ("base model", meta.base_model),
-            ("contact", meta.contact),
-            ("notes", meta.notes),
-            ("lmms-eval", run.provenance.get("lmms_eval_version")),
-            ("evaluated", run.provenance.get("date")),
-            ("results files", run.provenance.get("results_files")),
-            ("submission folder", str(run.root)),
-            ("content hash", run.digest[:16]),
-        ])
-        training = _kv(sorted((meta.training or {}).items())) if meta.training else "<p>No training metadata (medbench_train.json) was submitted.</p>"
+        general = _kv(
+            [
+                ("model", run.model.get("model")),
+                ("model arguments", run.model.get("model_args")),
+                ("model name", run.model.get("model_name")),
+                ("model revision", meta.model_revision or "not given"),
+                ("backbone", meta.backbone),
+                ("variant", meta.variant),
+                ("base model", meta.base_model),
+                ("contact", meta.contact),
+                ("notes", meta.notes),
+                ("lmms-eval", run.provenance.get("lmms_eval_version")),
+                ("evaluated", run.provenance.get("date")),
+                ("results files", run.provenance.get("results_files")),
+                ("submission folder", str(run.root)),
+                ("content hash", run.digest[:16]),
+            ]
+        )
+        training = (
+            _kv(sorted((meta.training or {}).items()))
+            if meta.training
+            else "<p>No training metadata (medbench_train.json) was submitted.</p>"
+        )
         task_rows = []
         for task, scores in sorted(run.tasks.items()):
             judge = scores.judge or {}
             judge_text = (
                 f"{judge.get('model')} · prompts {', '.join(f'{k}: {v}' for k, v in (judge.get('prompts') or {}).items())}"
-                f" · {judge.get('source')}" if judge else "-"
+                f" · {judge.get('source')}"
+                if judge
+                else "-"
             )
             checks: dict[str, list[str]] = {}
             for metric, verdict in scores.checks.items():
@@ -357,7 +394,7 @@ def _provenance(board: Board) -> str:
         parts.append(
             f'<details id="run-{index}"><summary>{e(meta.display_name)}</summary>'
             f"{general.replace('</dl>', homepage + '</dl>')}"
-            f"<h3>Tasks</h3><table class=\"prov\"><thead><tr><th>task</th><th>version</th><th>samples</th><th>prompt</th>"
+            f'<h3>Tasks</h3><table class="prov"><thead><tr><th>task</th><th>version</th><th>samples</th><th>prompt</th>'
             f"<th>decoding</th><th>judge</th><th>checks</th></tr></thead><tbody>{''.join(task_rows)}</tbody></table>"
             f"<h3>Training</h3>{training}</details>"
         )
@@ -373,7 +410,8 @@ def render_html(board: Board, plots: dict[str, Path] | None = None, title: str =
         f"Paired tests against the baseline <strong>{e(board.baseline)}</strong>: "
         f'<span class="better">▲</span>/<span class="worse">▼</span> = significantly better/worse in the metric\'s direction '
         f"(sign-flip permutation test on the same items, p &lt; {board.alpha}, no multiple-comparison correction). "
-        if board.baseline else "No baseline chosen (pass --baseline NAME for paired tests). "
+        if board.baseline
+        else "No baseline chosen (pass --baseline NAME for paired tests). "
     )
     legend = (
         f"Scores are task means as lmms-eval reported them, each recomputed from the per-sample logs; below each, the "
@@ -384,7 +422,7 @@ def render_html(board: Board, plots: dict[str, Path] | None = None, title: str =
         "Click a column header to sort; variants are listed under the model they were trained from."
     )
     sections = [
-        f'<h1>{e(title)}</h1>',
+        f"<h1>{e(title)}</h1>",
         f'<p class="meta">{len(board.rows)} runs · {len(board.rejected)} rejected · task versions '
         + e(", ".join(f"{task} v{board.task_versions[task]}" for task in tasks))
         + f" · built {e(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
@@ -403,11 +441,14 @@ def render_html(board: Board, plots: dict[str, Path] | None = None, title: str =
     if board.rejected:
         sections.append(
             '<h2>Rejected submissions</h2><ul class="rejected">'
-            + "".join(f'<li><span class="rule">{e(error.rule)}</span> {e(error.where)}: {e(error.reason)}</li>' for error in board.rejected)
+            + "".join(
+                f'<li><span class="rule">{e(error.rule)}</span> {e(error.where)}: {e(error.reason)}</li>'
+                for error in board.rejected
+            )
             + "</ul>"
         )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{e(policy)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"

@@ -58,7 +58,9 @@ def as_matrix(columns: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray
     return np.where(mask, values, 0.0), mask.astype(np.float64)
 
 
-def bootstrap_ci(draws: Resampler, values: np.ndarray, mask: np.ndarray, alpha: float = DEFAULT_ALPHA) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_ci(
+    draws: Resampler, values: np.ndarray, mask: np.ndarray, alpha: float = DEFAULT_ALPHA
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of the mean of each column.
 
     Args:

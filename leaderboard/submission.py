@@ -16,17 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
-
-from medbench.errors import MedbenchError
-from medbench.results import NON_SCORE_METRICS, RunResults, find_runs
-from medbench.taskfiles import group_members, task_configs, task_versions
+from typing import Any
 
 from leaderboard.verify import REGISTRY, Sample, VerificationError, check_metric, logged_value, rule_for
+from medbench.errors import MedbenchError
+from medbench.results import NON_SCORE_METRICS, RunResults
+from medbench.taskfiles import group_members, task_configs, task_versions
 
 MANIFEST_NAME = "medbench-submission.json"
 MANIFEST_SCHEMA = "submission-v1.schema.json"
@@ -164,13 +164,13 @@ class Run:
 # ------------------------------------------------------------------------------------------- schemas
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped in ``leaderboard/schema``."""
     return json.loads(resources.files("leaderboard").joinpath("schema", name).read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str) -> Any:
     from jsonschema import Draft202012Validator
 
@@ -197,7 +197,11 @@ def _inside(root: Path, path: Path, what: str) -> Path:
     """``path`` resolved (links followed), refused when it leaves ``root``."""
     resolved = path.resolve()
     if not resolved.is_relative_to(root):
-        raise Rejected("path", path, f"{what} resolves to {resolved}, outside the submission folder {root}; keep every file inside it")
+        raise Rejected(
+            "path",
+            path,
+            f"{what} resolves to {resolved}, outside the submission folder {root}; keep every file inside it",
+        )
     return resolved
 
 
@@ -250,13 +254,18 @@ def find_submissions(paths: list[Path]) -> list[Path]:
                 candidates = []
                 for results in sorted(path.rglob("*_results.json")):
                     owner = next(
-                        (parent for parent in [results.parent, *results.parent.parents] if (parent / MANIFEST_NAME).is_file()
-                         and parent.is_relative_to(path)),
+                        (
+                            parent
+                            for parent in [results.parent, *results.parent.parents]
+                            if (parent / MANIFEST_NAME).is_file() and parent.is_relative_to(path)
+                        ),
                         results.parent,
                     )
                     candidates.append(owner)
                 if not candidates:
-                    raise MedbenchError(f"{path}: no lmms-eval results (*_results.json) below it; pass the --output_path folder of an lmms-eval run")
+                    raise MedbenchError(
+                        f"{path}: no lmms-eval results (*_results.json) below it; pass the --output_path folder of an lmms-eval run"
+                    )
         else:
             raise MedbenchError(f"{path} does not exist: pass lmms-eval output folders or submission folders")
         for candidate in candidates:
@@ -292,7 +301,11 @@ def _results_files(root: Path, manifest: dict[str, Any] | None, limits: Limits) 
     if not paths:
         raise Rejected("missing_samples", root, "no lmms-eval results file (*_results.json) in the submission folder")
     if len(paths) > limits.results_files:
-        raise Rejected("oversized", root, f"{len(paths)} results files, over the limit of {limits.results_files}; list the ones to use under 'results' in the manifest")
+        raise Rejected(
+            "oversized",
+            root,
+            f"{len(paths)} results files, over the limit of {limits.results_files}; list the ones to use under 'results' in the manifest",
+        )
     return paths
 
 
@@ -303,7 +316,7 @@ class _TaskSource:
     samples_path: Path
 
 
-def load_run(root: Path, limits: Limits = Limits(), cache: "VerificationCache | None" = None) -> Run:
+def load_run(root: Path, limits: Limits | None = None, cache: VerificationCache | None = None) -> Run:
     """Load and verify one submission folder.
 
     Args:
@@ -314,6 +327,7 @@ def load_run(root: Path, limits: Limits = Limits(), cache: "VerificationCache | 
     Raises:
         Rejected: The first trust rule the submission breaks.
     """
+    limits = limits or Limits()
     root = root.resolve()
     if not root.is_dir():
         raise Rejected("unreadable", root, "not a folder")
@@ -332,10 +346,18 @@ def load_run(root: Path, limits: Limits = Limits(), cache: "VerificationCache | 
         _check_limit(path, raw)
         for task in _result_tasks(path, raw):
             if task in sources:
-                raise Rejected("duplicate", path, f"task {task} is also in {_relative(root, sources[task].results.path)}; keep one results file per task")
+                raise Rejected(
+                    "duplicate",
+                    path,
+                    f"task {task} is also in {_relative(root, sources[task].results.path)}; keep one results file per task",
+                )
             samples_path = run.samples.get(task)
             if samples_path is None:
-                raise Rejected("missing_samples", path, f"no per-sample log for {task} (*_samples_{task}.jsonl); rerun lmms-eval with --log_samples")
+                raise Rejected(
+                    "missing_samples",
+                    path,
+                    f"no per-sample log for {task} (*_samples_{task}.jsonl); rerun lmms-eval with --log_samples",
+                )
             sources[task] = _TaskSource(task, run, samples_path)
     if not sources:
         raise Rejected("missing_samples", root, "the results files hold no medbench task")
@@ -381,10 +403,18 @@ def _as_run_results(path: Path, raw: dict[str, Any]) -> RunResults:
 def _check_limit(path: Path, raw: dict[str, Any]) -> None:
     limit = raw["config"].get("limit")
     if limit is not None:
-        raise Rejected("limit", path, f"evaluated with --limit {limit:g}; the board takes full test sets only, rerun without --limit")
+        raise Rejected(
+            "limit",
+            path,
+            f"evaluated with --limit {limit:g}; the board takes full test sets only, rerun without --limit",
+        )
     for task, counts in raw["n-samples"].items():
         if counts["effective"] != counts["original"]:
-            raise Rejected("limit", path, f"{task} evaluated on {counts['effective']} of {counts['original']} samples; rerun on the full test set")
+            raise Rejected(
+                "limit",
+                path,
+                f"{task} evaluated on {counts['effective']} of {counts['original']} samples; rerun on the full test set",
+            )
 
 
 def _result_tasks(path: Path, raw: dict[str, Any]) -> list[str]:
@@ -395,11 +425,16 @@ def _result_tasks(path: Path, raw: dict[str, Any]) -> list[str]:
         if task in groups:
             continue  # a group row aggregates its tasks; the board reads the tasks themselves
         if task not in known:
-            raise Rejected("unknown_task", path, f"task {task!r} is not a medbench task (known: {', '.join(sorted(known))}); remove it from the submission")
+            raise Rejected(
+                "unknown_task",
+                path,
+                f"task {task!r} is not a medbench task (known: {', '.join(sorted(known))}); remove it from the submission",
+            )
         version = raw["versions"].get(task)
         if not isinstance(version, (int, float)) or int(version) != versions[task]:
             raise Rejected(
-                "version", path,
+                "version",
+                path,
                 f"{task} was evaluated at task version {version}, the board is at version {versions[task]}; rerun with the current medbench tasks",
             )
         if task not in raw["n-samples"]:
@@ -427,11 +462,17 @@ def _parse_lines(path: Path, data: bytes, limits: Limits, what: str) -> Iterator
         if not line.strip():
             continue
         if len(line) > limits.sample_line_bytes:
-            raise Rejected("oversized", path, f"line {number} of {what} is {len(line)} bytes, over the {limits.sample_line_bytes}-byte limit")
+            raise Rejected(
+                "oversized",
+                path,
+                f"line {number} of {what} is {len(line)} bytes, over the {limits.sample_line_bytes}-byte limit",
+            )
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise Rejected("unreadable", path, f"line {number} of {what} is not JSON ({error.__class__.__name__})") from None
+            raise Rejected(
+                "unreadable", path, f"line {number} of {what} is not JSON ({error.__class__.__name__})"
+            ) from None
         yield number, record
 
 
@@ -452,7 +493,11 @@ def read_samples(path: Path, data: bytes, task: str, limits: Limits) -> list[Sam
     for number, record in _parse_lines(path, data, limits, f"the {task} per-sample log"):
         problem = schema_problem(record, SAMPLE_SCHEMA)
         if problem:
-            raise Rejected("schema", path, f"line {number}: {problem} (schema {SAMPLE_SCHEMA}; the log must come from lmms-eval --log_samples)")
+            raise Rejected(
+                "schema",
+                path,
+                f"line {number}: {problem} (schema {SAMPLE_SCHEMA}; the log must come from lmms-eval --log_samples)",
+            )
         prediction = _first_text(record["filtered_resps"])
         if prediction is None:
             raise Rejected("schema", path, f"line {number}: filtered_resps holds no answer text")
@@ -461,29 +506,39 @@ def read_samples(path: Path, data: bytes, task: str, limits: Limits) -> list[Sam
         if item_id in seen:
             raise Rejected("duplicate", path, f"line {number}: sample {item_id!r} is logged twice")
         seen.add(item_id)
-        samples.append(Sample(int(record["doc_id"]), item_id, prediction, record["target"], detail.get("answer_type"), record))
+        samples.append(
+            Sample(int(record["doc_id"]), item_id, prediction, record["target"], detail.get("answer_type"), record)
+        )
         if len(samples) > limits.samples_per_task:
             raise Rejected("oversized", path, f"more than {limits.samples_per_task} samples for {task}")
     return samples
 
 
-def _verify_task(root: Path, source: _TaskSource, data: bytes, judge_files: dict[str, bytes], limits: Limits) -> TaskScores:
+def _verify_task(
+    root: Path, source: _TaskSource, data: bytes, judge_files: dict[str, bytes], limits: Limits
+) -> TaskScores:
     task, raw = source.task, source.results.raw
     path = source.samples_path
     samples = read_samples(path, data, task, limits)
     expected = raw["n-samples"][task]["effective"]
     if len(samples) != expected:
-        raise Rejected("missing_samples", path, f"{len(samples)} samples logged for {task}, the results file evaluated {expected}; submit the complete --log_samples file")
+        raise Rejected(
+            "missing_samples",
+            path,
+            f"{len(samples)} samples logged for {task}, the results file evaluated {expected}; submit the complete --log_samples file",
+        )
     config = task_configs()[task]
     aggregations = {entry["metric"]: str(entry.get("aggregation", "")) for entry in config.get("metric_list", [])}
     reported = source.results.metrics(task)
-    counts = {metric: value for metric in NON_SCORE_METRICS if (value := source.results.count(task, metric)) is not None}
+    counts = {
+        metric: value for metric in NON_SCORE_METRICS if (value := source.results.count(task, metric)) is not None
+    }
     judge = _read_judge(path, task, samples, judge_files, limits) if judge_files else None
     scores: dict[str, float] = {}
     stderr: dict[str, float | None] = {}
     per_sample: dict[str, list[float | None]] = {}
     checks: dict[str, str] = {}
-    for metric in aggregations:
+    for metric, aggregation in aggregations.items():
         external = None
         if judge is not None and metric in judge["scores"]:
             value, error = judge["scores"][metric]
@@ -495,14 +550,18 @@ def _verify_task(root: Path, source: _TaskSource, data: bytes, judge_files: dict
         else:
             continue  # not computed in this run (e.g. METEOR without Java); the cell stays empty
         try:
-            check = check_metric(task, metric, rule_for(metric, aggregations[metric]), samples, value, external)
+            check = check_metric(task, metric, rule_for(metric, aggregation), samples, value, external)
         except VerificationError as error_message:
             raise Rejected("tampered", path, f"{error_message}; scores must be what the logged answers give") from None
         scores[metric], stderr[metric] = value, error
         per_sample[metric], checks[metric] = check.per_sample, check.verdict
     unexpected = sorted(set(reported) - set(aggregations))
     if unexpected:
-        raise Rejected("schema", source.results.path, f"{task} reports metrics its task YAML does not define: {', '.join(unexpected)}")
+        raise Rejected(
+            "schema",
+            source.results.path,
+            f"{task} reports metrics its task YAML does not define: {', '.join(unexpected)}",
+        )
     return TaskScores(
         task=task,
         version=int(raw["versions"][task]),
@@ -519,7 +578,9 @@ def _verify_task(root: Path, source: _TaskSource, data: bytes, judge_files: dict
     )
 
 
-def _read_judge(path: Path, task: str, samples: list[Sample], files: dict[str, bytes], limits: Limits) -> dict[str, Any]:
+def _read_judge(
+    path: Path, task: str, samples: list[Sample], files: dict[str, bytes], limits: Limits
+) -> dict[str, Any]:
     """Scores and per-sample values from a ``medbench judge`` re-score of this log."""
     results_path = path.with_name(files["results_name"].decode())
     try:
@@ -528,11 +589,21 @@ def _read_judge(path: Path, task: str, samples: list[Sample], files: dict[str, b
         raise Rejected("unreadable", results_path, f"not valid JSON ({error})") from None
     entry = document.get("results", {}).get(task) if isinstance(document, dict) else None
     if not isinstance(entry, dict) or not isinstance(document.get("medbench_judge"), dict):
-        raise Rejected("schema", results_path, f"not a medbench judge results file for {task} (no results.{task} / medbench_judge)")
-    verdicts_path = results_path.with_name(results_path.name.replace("_judge_results_", "_judge_samples_").replace(".json", ".jsonl"))
-    verdicts = [record for _, record in _parse_lines(verdicts_path, files["samples"], limits, f"the {task} judge verdicts")]
+        raise Rejected(
+            "schema", results_path, f"not a medbench judge results file for {task} (no results.{task} / medbench_judge)"
+        )
+    verdicts_path = results_path.with_name(
+        results_path.name.replace("_judge_results_", "_judge_samples_").replace(".json", ".jsonl")
+    )
+    verdicts = [
+        record for _, record in _parse_lines(verdicts_path, files["samples"], limits, f"the {task} judge verdicts")
+    ]
     if [str(v.get("id")) for v in verdicts] != [s.item_id for s in samples]:
-        raise Rejected("tampered", verdicts_path, f"the judge verdicts do not cover the logged {task} samples one to one, in order; rerun medbench judge on this log")
+        raise Rejected(
+            "tampered",
+            verdicts_path,
+            f"the judge verdicts do not cover the logged {task} samples one to one, in order; rerun medbench judge on this log",
+        )
     scores: dict[str, tuple[float, float | None]] = {}
     per_sample: dict[str, list[float | None]] = {}
     for key, value in entry.items():
@@ -555,7 +626,9 @@ def _read_judge(path: Path, task: str, samples: list[Sample], files: dict[str, b
             "source": results_path.name,
             "model": judge.get("model"),
             "scoring": judge.get("scoring"),
-            "prompts": {role: spec.get("id") for role, spec in (judge.get("prompts") or {}).items() if isinstance(spec, dict)},
+            "prompts": {
+                role: spec.get("id") for role, spec in (judge.get("prompts") or {}).items() if isinstance(spec, dict)
+            },
             "date": info.get("date"),
         },
     }
@@ -571,8 +644,14 @@ def _inline_judge(samples: list[Sample]) -> dict[str, Any] | None:
     }
     if not idents:
         return None
-    model, *prompts = sorted(idents)[0].split(" ")
-    return {"source": "lmms-eval run", "model": model, "prompts": {p.split(":", 1)[0]: p for p in prompts}, "scoring": None}
+    model, *prompts = min(idents).split(" ")
+    prompt_ids = [prompt.split(":", 1)[0] for prompt in prompts]
+    return {
+        "source": "lmms-eval run",
+        "model": model,
+        "prompts": {pid.rsplit("-v", 1)[0]: full for pid, full in zip(prompt_ids, prompts)},
+        "scoring": None,
+    }
 
 
 def _prompt(raw: dict[str, Any], task: str) -> dict[str, Any]:
@@ -591,7 +670,9 @@ def _decoding(raw: dict[str, Any], task: str) -> dict[str, Any]:
     if override:
         decoding["override"] = override  # lmms-eval's --gen_kwargs replaces the YAML's settings
     text = json.dumps(decoding).lower()
-    decoding["sampled"] = bool(decoding.get("do_sample")) or (decoding.get("temperature") or 0) > 0 or "do_sample=true" in text
+    decoding["sampled"] = (
+        bool(decoding.get("do_sample")) or (decoding.get("temperature") or 0) > 0 or "do_sample=true" in text
+    )
     return decoding
 
 
@@ -615,7 +696,11 @@ def _meta(root: Path, manifest: dict[str, Any] | None, model: dict[str, Any], li
         path = root / manifest["training_metadata"]
         document, _ = _read_json(root, path, limits.training_metadata_bytes, "the training metadata")
         if not isinstance(document, dict):
-            raise Rejected("schema", path, f"the training metadata must be the JSON object {TRAINING_METADATA_NAME} written by medbench-train")
+            raise Rejected(
+                "schema",
+                path,
+                f"the training metadata must be the JSON object {TRAINING_METADATA_NAME} written by medbench-train",
+            )
         training = _training_summary(document)
     args = _model_args(model["model_args"])
     fallback_name = args.get("pretrained") or model["model_name"] or model["model"] or root.name
@@ -656,7 +741,9 @@ def _verifier_identity() -> str:
     from leaderboard import __version__
     from medbench import __version__ as medbench_version
 
-    return json.dumps({"leaderboard": __version__, "medbench": medbench_version, "tasks": task_versions()}, sort_keys=True)
+    return json.dumps(
+        {"leaderboard": __version__, "medbench": medbench_version, "tasks": task_versions()}, sort_keys=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------- cache

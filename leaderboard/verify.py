@@ -15,6 +15,8 @@ run is rejected when the results file or the per-sample values disagree with tha
   API); the task score must equal the mean of the logged per-sample values, so editing the aggregate alone
   is caught, and the board shows the metric as *consistent* rather than *recomputed*.
 * ``count``: ``judge_unscored``: the task score must equal the number of samples logged as unscored.
+* ``none``: corpus-level scores from a model the board cannot run and with no per-sample values to
+  check against (CheXbert-F1 is an F1 over all reports' extracted labels); shown as *unverified*.
 
 A metric present in a task YAML but missing here gets the ``consistency`` rule when its aggregation is
 ``mean`` and is shown as unverified otherwise; ``tests/leaderboard`` fails when a YAML metric has no
@@ -24,10 +26,11 @@ entry, so a new metric gets a deliberate rule.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
-CheckKind = Literal["sample", "sum", "corpus", "java", "consistency", "count"]
+CheckKind = Literal["sample", "sum", "corpus", "java", "consistency", "count", "none"]
 Verdict = Literal["recomputed", "consistent", "unverified"]
 
 # Recomputation uses the very functions that produced the logged values, so values agree to rounding noise.
@@ -150,6 +153,10 @@ REGISTRY: dict[str, MetricRule] = {
     "bertscore_f1": MetricRule("consistency"),
     **{name: MetricRule("consistency") for name in _JUDGE},
     "judge_unscored": MetricRule("count", mean_of_samples=False),
+    # Chest X-ray clinical metrics (medbench.metrics.clinical): RadGraph-F1 is a mean of per-report values,
+    # CheXbert-F1 a corpus F1 over extracted labels; both need model weights the board does not have.
+    **{f"radgraph_f1_{level}": MetricRule("consistency") for level in ("partial", "simple", "complete")},
+    **{f"chexbert_f1_{avg}_{n}": MetricRule("none", mean_of_samples=False) for avg in ("micro", "macro") for n in (14, 5)},
 }
 
 
@@ -229,7 +236,7 @@ def check_metric(
         VerificationError: A per-sample value or the task score does not match.
     """
     logged = list(external) if external is not None else [logged_value(s.record, metric) for s in samples]
-    if rule is None:
+    if rule is None or rule.kind == "none":
         return MetricCheck(logged, "unverified")
     kind: str = rule.kind
     if kind == "java" and not java_available():
@@ -261,10 +268,14 @@ def check_metric(
         _compare_aggregate(task, metric, aggregate, expected_score, "the logged answers")
         return MetricCheck(logged if expected_samples is not None else [None] * len(samples), "recomputed")
     if kind == "consistency":
-        _compare_aggregate(task, metric, aggregate, _mean([v for v in logged if v is not None]), "the logged per-sample values")
+        _compare_aggregate(
+            task, metric, aggregate, _mean([v for v in logged if v is not None]), "the logged per-sample values"
+        )
         return MetricCheck(logged, "consistent")
     if kind == "count":
-        _compare_aggregate(task, metric, aggregate, math.fsum(v for v in logged if v is not None), "the logged per-sample values")
+        _compare_aggregate(
+            task, metric, aggregate, math.fsum(v for v in logged if v is not None), "the logged per-sample values"
+        )
         return MetricCheck(logged, "consistent")
     raise ValueError(f"unknown check kind {kind!r} for {metric}")
 

@@ -17,7 +17,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 # Without the background-networking flags Chromium keeps trying to reach Google services and logs the refusals.
 FLAGS = (
@@ -72,7 +72,7 @@ class Chromium:
         self.session: str | None = None
         self.console: list[str] = []
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Self:
         to_browser_read, self._write_fd = os.pipe()
         self._read_fd, from_browser_write = os.pipe()
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -83,8 +83,14 @@ class Chromium:
             (os.POSIX_SPAWN_DUP2, to_browser_read, 3),
             (os.POSIX_SPAWN_DUP2, from_browser_write, 4),
         ]
-        argv = [self.binary, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={self._profile}",
-                f"--window-size={self.width},{self.height}", "about:blank"]
+        argv = [
+            self.binary,
+            *FLAGS,
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self._profile}",
+            f"--window-size={self.width},{self.height}",
+            "about:blank",
+        ]
         self.pid = os.posix_spawn(self.binary, argv, dict(os.environ), file_actions=actions)
         for fd in (to_browser_read, from_browser_write, devnull):
             os.close(fd)
@@ -92,7 +98,10 @@ class Chromium:
         self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime"):
             self.call(f"{domain}.enable")
-        self.call("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -182,7 +191,9 @@ class Chromium:
         """Run JavaScript in the page; returns its value (promises awaited)."""
         result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
         if "exceptionDetails" in result:
-            raise ChromiumError(f"JavaScript failed: {result['exceptionDetails'].get('exception', {}).get('description')}")
+            raise ChromiumError(
+                f"JavaScript failed: {result['exceptionDetails'].get('exception', {}).get('description')}"
+            )
         return result["result"].get("value")
 
     def screenshot(self, path: Path, full_page: bool = False) -> Path:
@@ -190,7 +201,10 @@ class Chromium:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             size = self.call("Page.getLayoutMetrics")["cssContentSize"]
-            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+            )
         data = self.call("Page.captureScreenshot", params)["data"]
         path.write_bytes(base64.b64decode(data))
         return path

@@ -1,0 +1,98 @@
+"""The board page in a real headless Chromium: it renders, sorts, and shows an injected model name as text.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``) or ``$CHROMIUM``; skipped without it. Set
+``MEDBENCH_LEADERBOARD_SCREENSHOT=docs/leaderboard.png`` to refresh the screenshot in the docs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from _lbbrowser import Chromium, find_chromium
+from _lbfiles import copy_run
+
+from medbench.cli import main as medbench_main
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary: apt-get install -y chromium (Debian), or set CHROMIUM=/path/to/chrome"
+)
+INJECTED = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+
+ROW_NAMES = "Array.from(document.querySelectorAll('#board tbody tr')).map(r => r.getAttribute('data-name'))"
+
+
+def _column_values(key: str) -> str:
+    return (
+        "(() => { const heads = Array.from(document.querySelectorAll('#board thead tr:last-child th'));"
+        f" const i = heads.findIndex(h => h.getAttribute('data-key') === {key!r});"
+        " return Array.from(document.querySelectorAll('#board tbody tr')).map(r => r.cells[i].getAttribute('data-value')); })()"
+    )
+
+
+def _click(key: str) -> str:
+    return f"document.querySelector('#board th[data-key=\"{key}\"] button').click()"
+
+
+@pytest.fixture(scope="module")
+def board_page(demo_results, judged_results, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser_board")
+    evil = copy_run(demo_results["baseline"], root / "evil", {
+        "schema": "medbench-submission/1", "display_name": INJECTED, "backbone": "rule-based", "variant": "baseline",
+        "notes": "</pre><script>window.__pwned=3</script>",
+    })
+    judged = copy_run(judged_results["inline"], root / "judged", {
+        "schema": "medbench-submission/1", "display_name": "baseline, judged", "backbone": "rule-based",
+        "variant": "judged", "base_model": INJECTED,
+    })
+    out = root / "board"
+    code = medbench_main(["leaderboard", "build", str(evil), str(demo_results["tiny-llava"]), str(judged),
+                          "--baseline", INJECTED, "--metric", "medbench_mimic_cxr=rouge_l", "--out", str(out)])
+    assert code == 0
+    return out / "index.html"
+
+
+def test_the_table_renders_sorts_and_keeps_injected_names_as_text(board_page, tmp_path):
+    with Chromium(CHROMIUM) as browser:
+        browser.open(board_page.as_uri())
+        assert browser.evaluate("document.getElementById('board').getAttribute('data-ready')") == "true"
+
+        # rendered: three runs, grouped (the judged run under its base model), every task metric a column
+        assert browser.evaluate(ROW_NAMES) == [INJECTED, "baseline, judged", "tiny-llava"]
+        headers = browser.evaluate("Array.from(document.querySelectorAll('#board thead tr:last-child th')).map(h => h.textContent)")
+        assert headers[:4] == ["model", "backbone", "variant", "base model"]
+        assert "overall ↑" in headers and "closed_unparsed ↓" in headers and "judge_hallucination ↓" in headers
+
+        # sorting: first click puts the best first (descending for ↑, ascending for ↓), second click reverses
+        rouge = "medbench_mimic_cxr/rouge_l"
+        browser.evaluate(_click(rouge))
+        values = [float(v) for v in browser.evaluate(_column_values(rouge))]
+        assert values == sorted(values, reverse=True) and len(set(values)) > 1
+        assert browser.evaluate(f"document.querySelector('#board th[data-key=\"{rouge}\"]').getAttribute('aria-sort')") == "descending"
+        browser.evaluate(_click(rouge))
+        assert [float(v) for v in browser.evaluate(_column_values(rouge))] == sorted(values)
+        unparsed = "medbench_vqa_rad/closed_unparsed"
+        browser.evaluate(_click(unparsed))
+        present = [v for v in browser.evaluate(_column_values(unparsed)) if v != ""]
+        assert [float(v) for v in present] == sorted(float(v) for v in present)
+        assert browser.evaluate(_column_values(unparsed))[-1] == "", "runs without the task sort last"
+        browser.evaluate(_click("model"))
+        assert browser.evaluate(ROW_NAMES) == sorted([INJECTED, "baseline, judged", "tiny-llava"])
+        browser.evaluate("document.getElementById('grouped').click()")
+        assert browser.evaluate(ROW_NAMES)[0] == INJECTED
+
+        # the injected name is text: nothing ran, no element was created from it
+        assert browser.evaluate("typeof window.__pwned") == "undefined"
+        assert browser.evaluate("document.querySelector('#board tbody tr td.name a').textContent").startswith("<script>window.__pwned=1")
+        assert browser.evaluate("document.querySelectorAll('script').length") == 1
+        assert browser.evaluate("document.querySelectorAll('#board img, details img').length") == 0
+        assert not [line for line in browser.console if "exception" in line]
+
+        shot = browser.screenshot(tmp_path / "board.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        target = os.environ.get("MEDBENCH_LEADERBOARD_SCREENSHOT")
+        if target:
+            browser.evaluate("document.getElementById('grouped').click()")
+            browser.screenshot(Path(target))
