@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except MedbenchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{PROG}: done; model for evaluation: {result.model_dir}")
+    if result.model_dir is not None:
+        print(f"{PROG}: done; model for evaluation: {result.model_dir}")
+    else:
+        print(f"{PROG}: done; LoRA adapter (not merged: merge_lora is false) in {result.output_dir}")
     print(f"{PROG}: metadata: {result.metadata_path}")
     return 0
 

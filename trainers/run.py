@@ -23,14 +23,15 @@ class TrainResult:
 
     Attributes:
         output_dir: The run folder (checkpoint or LoRA adapter, processor, metadata, logs, plot).
-        model_dir: A full model directory ready for evaluation (``output_dir`` or ``output_dir/merged`` for LoRA).
+        model_dir: A full model directory ready for evaluation (``output_dir``, or ``output_dir/merged`` for LoRA);
+            None for LoRA with ``merge_lora: false`` (only the adapter was saved).
         metadata_path: The metadata JSON.
         plot_path: The training-curve PNG (None if nothing was logged).
         log_history: The trainer's log history.
     """
 
     output_dir: Path
-    model_dir: Path
+    model_dir: Path | None
     metadata_path: Path
     plot_path: Path | None
     log_history: list[dict[str, Any]]
@@ -213,11 +214,13 @@ def train(
     trainer.save_model(str(output_dir))
 
     accelerator = trainer.accelerator
-    model_dir = output_dir / MERGED_DIR if recipe.use_lora and recipe.merge_lora else output_dir
+    model_dir: Path | None = output_dir
+    if recipe.use_lora:
+        model_dir = output_dir / MERGED_DIR if recipe.merge_lora else None
     plot_path = None
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir)
-        if recipe.use_lora and recipe.merge_lora:
+        if model_dir is not None and model_dir != output_dir:
             merge_lora(output_dir, model, model_dir, recipe)
         log_history = trainer.state.log_history
         write_log_history(output_dir / LOG_FILE, log_history)
@@ -273,7 +276,7 @@ def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, An
         "outputs": {
             "checkpoint": ".",
             "merged": MERGED_DIR if recipe.use_lora and recipe.merge_lora else None,
-            "evaluate": str(model_dir.resolve()),
+            "evaluate": str(model_dir.resolve()) if model_dir is not None else None,
         },
         "result": {
             "global_step": train_output.global_step,

@@ -227,3 +227,39 @@ def test_import_trainers_is_light():
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_lora_without_merge_saves_only_the_adapter(tmp_path, tiny_model_dirs, pref_file, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(
+        [
+            "--config",
+            "dpo",
+            "--model",
+            tiny_model_dirs["llava"],
+            "--data",
+            pref_file,
+            "--output_dir",
+            out_dir,
+            "--use_lora",
+            "--merge_lora",
+            "false",
+            *fast_args(),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert f"LoRA adapter (not merged: merge_lora is false) in {out_dir}" in out
+    assert (out_dir / "adapter_model.safetensors").is_file() and not (out_dir / "merged").exists()
+    assert json.loads((out_dir / "medbench_train.json").read_text())["outputs"]["evaluate"] is None
+
+
+def test_system_prompt_is_rendered_before_the_question(tiny_model_dirs):
+    from transformers import AutoProcessor
+
+    from trainers.collator import render_prompt_and_answers
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dirs["qwen2_5_vl"])
+    prompt, answers = render_prompt_and_answers(processor, "Is it normal?", {"chosen": "yes"}, "You are a radiologist.")
+    assert prompt.index("You are a radiologist.") < prompt.index("<|vision_start|>") < prompt.index("Is it normal?")
+    assert answers["chosen"].startswith("yes")
