@@ -108,7 +108,7 @@ class PreferenceCollator:
                 row_images.append([images[source]])
                 answers.append(texts[answer_field])
         batch = self._tokenize(prompts, row_images, answers, examples)
-        if self.objective.name == "mmedpo":
+        if "weight" in self.objective.requires:
             batch["weight"] = torch.tensor([float(example["weight"]) for example in examples], dtype=torch.float32)
         if self.objective.per_record_rows:
             batch["is_visual"] = torch.tensor(
