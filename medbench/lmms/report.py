@@ -22,6 +22,11 @@ mean; ``judge_unscored`` counts them.
 
 Metrics whose requirements are missing are *omitted*, with one log line saying what to set: METEOR without
 Java, BERTScore without ``MEDBENCH_BERTSCORE_MODEL``, judge metrics without ``MEDBENCH_JUDGE_MODEL``.
+
+Chest X-ray reports (``medbench_mimic_cxr``, through :func:`process_results_chest_xray`) add the clinical
+metrics of :mod:`medbench.metrics.clinical` — CheXbert-F1 and RadGraph-F1, deferred as well (one batched
+pass of the extractor over all reports) — when their local weights are configured
+(``MEDBENCH_CHEXBERT_WEIGHTS``, ``MEDBENCH_RADGRAPH_WEIGHTS``); otherwise they are omitted the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from medbench.errors import MedbenchError
-from medbench.metrics import text
+from medbench.metrics import clinical, text
 from medbench.metrics.text import MetricUnavailable, rouge_l, sentence_bleu4
 
 logger = logging.getLogger("medbench.report")
@@ -164,6 +169,28 @@ def process_results(doc: dict, results: list[str]) -> dict:
     if facts is not None:
         detail["facts"] = list(facts)  # so `medbench judge` can re-score from the sample logs alone
     scores["medbench_detail"] = detail
+    return scores
+
+
+def process_results_chest_xray(doc: dict, results: list[str]) -> dict:
+    """:func:`process_results` plus CheXbert-F1 and RadGraph-F1 (chest X-ray reports only).
+
+    Each family is added when its weights are configured and present; otherwise it is left out with one
+    log line saying what to download and which variable to set, and the other metrics run as usual.
+    """
+    scores = process_results(doc, results)
+    prediction = results[0] if results else ""
+    task = _current_task()
+    families = (("chexbert", clinical.CheXbertSettings, clinical.CHEXBERT_METRICS),
+                ("radgraph", clinical.RadGraphSettings, clinical.RADGRAPH_METRICS))
+    for family, settings, metrics in families:
+        try:
+            settings.from_env()  # file checks only; the model loads in the aggregation
+        except MetricUnavailable as error:
+            _warn_once(family, str(error))
+            continue
+        for metric in metrics:
+            scores[metric] = Deferred(str(doc["id"]), prediction, doc["reference"], doc.get("facts"), task)
     return scores
 
 
@@ -391,3 +418,69 @@ def judge_unscored(items: list[Deferred], args: Any = None) -> float:
         item["score"] = float(bool(verdict.failures))
         count += bool(verdict.failures)
     return float(count)
+
+
+# ------------------------------------------------------------------------------- clinical (chest X-ray)
+
+
+def _chexbert_metric(items: list[Deferred], metric: str) -> float | None:
+    try:
+        settings = clinical.CheXbertSettings.from_env()
+        result = _memoised(f"chexbert:{settings}", items, lambda: clinical.chexbert_f1(*_texts(items), settings))
+    except MetricUnavailable as error:
+        _warn_once("chexbert", str(error))
+        return None
+    # Corpus-level F1: no per-sample score (a CLT standard error of it would be meaningless); the labels
+    # behind it go into the sample logs instead.
+    for item, reference, prediction in zip(items, result.reference_labels, result.prediction_labels):
+        item["reference_positive"] = clinical.positive_observations(reference)
+        item["prediction_positive"] = clinical.positive_observations(prediction)
+    return result.scores[metric]
+
+
+def chexbert_f1_micro_14(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, micro-averaged over the 14 CheXpert observations (uncertain = positive), higher is better."""
+    return _chexbert_metric(items, "chexbert_f1_micro_14")
+
+
+def chexbert_f1_macro_14(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, macro-averaged over the 14 CheXpert observations, higher is better."""
+    return _chexbert_metric(items, "chexbert_f1_macro_14")
+
+
+def chexbert_f1_micro_5(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, micro-averaged over the 5 competition observations, higher is better."""
+    return _chexbert_metric(items, "chexbert_f1_micro_5")
+
+
+def chexbert_f1_macro_5(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, macro-averaged over the 5 competition observations, higher is better."""
+    return _chexbert_metric(items, "chexbert_f1_macro_5")
+
+
+def _radgraph_metric(items: list[Deferred], level: str) -> float | None:
+    try:
+        settings = clinical.RadGraphSettings.from_env()
+        result = _memoised(f"radgraph:{settings}", items, lambda: clinical.radgraph_f1(*_texts(items), settings))
+    except MetricUnavailable as error:
+        _warn_once("radgraph", str(error))
+        return None
+    for item, per_sample, (predicted, reference) in zip(items, result.per_sample, result.entities):
+        item["score"] = per_sample[level]  # the metric is the mean of these: lmms-eval's CLT stderr applies
+        item["entities"] = {"prediction": predicted, "reference": reference}
+    return result.scores[f"radgraph_f1_{level}"]
+
+
+def radgraph_f1_partial(items: list[Deferred]) -> float | None:
+    """RadGraph-F1 RG_ER (entities + has-relation; Delbrouck et al. 2022), mean over reports, higher is better."""
+    return _radgraph_metric(items, "partial")
+
+
+def radgraph_f1_simple(items: list[Deferred]) -> float | None:
+    """RadGraph-F1 RG_E (entities only), mean over reports, higher is better."""
+    return _radgraph_metric(items, "simple")
+
+
+def radgraph_f1_complete(items: list[Deferred]) -> float | None:
+    """RadGraph-F1 RG_ER-bar (entities matched through their relations), mean over reports, higher is better."""
+    return _radgraph_metric(items, "complete")
