@@ -22,14 +22,13 @@ against ``rejected_image_root`` (default: ``image_root``), mirroring the authors
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medbench.data.loading import iter_json_records
 from medbench.errors import DataError
 
 from .objectives import RECORD_FIELDS, Objective, is_visual_error
@@ -48,28 +47,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _iter_raw(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line or item number, parsed object)`` from a JSONL file or a JSON list."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".json" or stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: a .json preference file must hold a list of records")
-        yield from enumerate(data, start=1)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
 
 
 def _strip_placeholder(text: str) -> str:
@@ -168,7 +145,7 @@ def load_preference_file(
     root = Path(image_root) if image_root is not None else path.parent
     rejected_root = Path(rejected_image_root) if rejected_image_root is not None else root
     records: list[Record] = []
-    for number, raw in _iter_raw(path):
+    for number, raw in iter_json_records(path):
         where = f"{path}:{number}"
         record = _normalise(raw, where, number)
         record["_where"] = where

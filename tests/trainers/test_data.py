@@ -105,7 +105,7 @@ def test_rejected_images_can_live_elsewhere(tmp_path, pref_dir):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"id": 1, "image": "images/retina.png"\n', "data.jsonl:1: not valid JSON"),
+        ('{"id": 1, "image": "images/retina.png"\n', "data.jsonl: line 1 is not valid JSON"),
         (json.dumps({"image": "images/retina.png", "weight": -1}) + "\n", "`weight` must be a finite number >= 0"),
         (json.dumps({"image": "images/retina.png", "weight": "high"}) + "\n", "`weight` must be a finite number"),
         (json.dumps({"image": ["a.png", "b.png"]}) + "\n", "`image` lists 2 images"),
