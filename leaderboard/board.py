@@ -271,19 +271,24 @@ def build_board(
     by_name = {row.run.name: row for row in rows}
     matrices = _matrices(accepted, columns)
     for row in rows:
-        _fill_cells(row, columns, matrices, iterations, alpha)
+        _fill_cells(row, columns)
+    pairs: list[tuple[Row, Row, str]] = []
     notes: list[str] = []
     for row in rows:
         if baseline is not None and not row.is_baseline:
-            _compare(row, by_name[baseline], columns, matrices, iterations, alpha, "vs_baseline")
+            pairs.append((row, by_name[baseline], "vs_baseline"))
         base = row.run.meta.base_model
         if base:
             if base in by_name and base != row.run.name:
-                _compare(row, by_name[base], columns, matrices, iterations, alpha, "vs_base")
+                pairs.append((row, by_name[base], "vs_base"))
             else:
                 notes.append(
                     f"{row.run.name}: base model {base!r} is not on the board, so no difference to it is shown"
                 )
+    for task in dict.fromkeys(column.task for column in columns):
+        _intervals(task, rows, matrices, iterations, alpha)
+        _compare(task, pairs, matrices, iterations, alpha)
+    for row in rows:
         sampled = sorted(task for task, scores in row.run.tasks.items() if scores.decoding.get("sampled"))
         if sampled:
             notes.append(
@@ -340,65 +345,76 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _fill_cells(row: Row, columns: list[Column], matrices: _Matrices, iterations: int, alpha: float) -> None:
-    run = row.run
-    intervals: dict[str, tuple[float | None, float | None]] = {}
-    for task, scores in run.tasks.items():
-        if (run.name, task) not in matrices:
-            continue
-        task_columns, values, mask = matrices[(run.name, task)]
-        low, high = stats.bootstrap_ci(stats.resampler(task, len(scores.item_ids), iterations), values, mask, alpha)
-        for index, column in enumerate(task_columns):
-            intervals[column.key] = (_finite(low[index]), _finite(high[index]))
+def _fill_cells(row: Row, columns: list[Column]) -> None:
+    """The row's cells with scores and checks (intervals and comparisons are added per task, batched)."""
     for column in columns:
-        scores = run.tasks.get(column.task)
+        scores = row.run.tasks.get(column.task)
         if scores is None or column.metric not in scores.scores:
             continue
-        low, high = intervals.get(column.key, (None, None))
         row.cells[column.key] = Cell(
             value=scores.scores[column.metric],
             stderr=scores.stderr.get(column.metric),
-            low=low,
-            high=high,
+            low=None,
+            high=None,
             verdict=scores.checks.get(column.metric, "unverified"),
         )
 
 
-def _compare(
-    row: Row, other: Row, columns: list[Column], matrices: _Matrices, iterations: int, alpha: float, slot: str
-) -> None:
-    """Paired test of ``row`` against ``other`` on every per-sample metric both have."""
-    for task, scores in row.run.tasks.items():
+def _intervals(task: str, rows: list[Row], matrices: _Matrices, iterations: int, alpha: float) -> None:
+    """Bootstrap CIs of every run's per-sample metrics of ``task`` in one batch (one matrix product)."""
+    entries = [(row, matrices[(row.run.name, task)]) for row in rows if (row.run.name, task) in matrices]
+    if not entries:
+        return
+    values = np.hstack([matrix[1] for _, matrix in entries])
+    mask = np.hstack([matrix[2] for _, matrix in entries])
+    low, high = stats.bootstrap_ci(stats.resampler(task, values.shape[0], iterations), values, mask, alpha)
+    offset = 0
+    for row, (task_columns, _, _) in entries:
+        for index, column in enumerate(task_columns):
+            cell = row.cells.get(column.key)
+            if cell is not None:
+                cell.low, cell.high = _finite(low[offset + index]), _finite(high[offset + index])
+        offset += len(task_columns)
+
+
+def _compare(task: str, pairs: list[tuple[Row, Row, str]], matrices: _Matrices, iterations: int, alpha: float) -> None:
+    """Paired tests of every (run, other run) pair on ``task``'s per-sample metrics, batched into one call."""
+    picked: list[tuple[Row, str, Column]] = []
+    mine_values, mine_mask, theirs_values, theirs_mask = [], [], [], []
+    for row, other, slot in pairs:
         mine = matrices.get((row.run.name, task))
         theirs = matrices.get((other.run.name, task))
         if mine is None or theirs is None:
             continue
         shared = [c for c in mine[0] if c in theirs[0]]
-        if not shared:
-            continue
         pick_mine = [mine[0].index(c) for c in shared]
         pick_theirs = [theirs[0].index(c) for c in shared]
-        result = stats.paired_test(
-            stats.resampler(task, len(scores.item_ids), iterations),
-            (mine[1][:, pick_mine], mine[2][:, pick_mine]),
-            (theirs[1][:, pick_theirs], theirs[2][:, pick_theirs]),
-            alpha,
-        )
-        for index, column in enumerate(shared):
-            cell = row.cells.get(column.key)
-            if cell is None or not result.n_pairs[index]:
-                continue
-            comparison = {
-                "difference": float(result.difference[index]),
-                "low": _finite(result.low[index]),
-                "high": _finite(result.high[index]),
-                "p": float(result.p_value[index]),
-                "n": int(result.n_pairs[index]),
-            }
-            setattr(cell, slot, comparison)
-            if slot == "vs_baseline" and comparison["p"] < alpha and comparison["difference"] != 0:
-                better = (comparison["difference"] > 0) == column.higher_is_better
-                cell.mark = "better" if better else "worse"
+        mine_values.append(mine[1][:, pick_mine])
+        mine_mask.append(mine[2][:, pick_mine])
+        theirs_values.append(theirs[1][:, pick_theirs])
+        theirs_mask.append(theirs[2][:, pick_theirs])
+        picked += [(row, slot, column) for column in shared]
+    if not picked:
+        return
+    run_matrix = (np.hstack(mine_values), np.hstack(mine_mask))
+    other_matrix = (np.hstack(theirs_values), np.hstack(theirs_mask))
+    draws = stats.resampler(task, run_matrix[0].shape[0], iterations)
+    result = stats.paired_test(draws, run_matrix, other_matrix, alpha)
+    for index, (row, slot, column) in enumerate(picked):
+        cell = row.cells.get(column.key)
+        if cell is None or not result.n_pairs[index]:
+            continue
+        comparison = {
+            "difference": float(result.difference[index]),
+            "low": _finite(result.low[index]),
+            "high": _finite(result.high[index]),
+            "p": float(result.p_value[index]),
+            "n": int(result.n_pairs[index]),
+        }
+        setattr(cell, slot, comparison)
+        if slot == "vs_baseline" and comparison["p"] < alpha and comparison["difference"] != 0:
+            better = (comparison["difference"] > 0) == column.higher_is_better
+            cell.mark = "better" if better else "worse"
 
 
 def summary_value(board: Board, row: Row, task: str) -> Cell | None:

@@ -46,8 +46,8 @@ class Resampler:
 def resampler(task: str, n_items: int, iterations: int = DEFAULT_ITERATIONS) -> Resampler:
     """The draws for ``task`` with ``n_items`` items (seeded by the task name: reproducible boards)."""
     rng = np.random.default_rng(zlib.crc32(f"{task}:{n_items}".encode()))
-    weights = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=iterations).astype(np.float32)
-    signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(iterations, n_items))
+    weights = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=iterations).astype(np.float64)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(iterations, n_items))
     return Resampler(weights=weights, signs=signs)
 
 
@@ -72,19 +72,23 @@ def bootstrap_ci(
     Returns:
         ``(low, high)`` arrays of length ``m`` (NaN where a column has no values).
     """
-    weights = draws.weights.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = (weights @ (values * mask)) / (weights @ mask)
+        means = (draws.weights @ (values * mask)) / (draws.weights @ mask)
     return _percentiles(means, alpha)
 
 
 def _percentiles(samples: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise percentiles; a resample that drew no applicable item (NaN mean) is left out."""
+    levels = [alpha / 2, 1 - alpha / 2]
     low = np.full(samples.shape[1], np.nan)
     high = np.full(samples.shape[1], np.nan)
-    for column in range(samples.shape[1]):
-        finite = samples[:, column][np.isfinite(samples[:, column])]
-        if finite.size:
-            low[column], high[column] = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
+    complete = np.isfinite(samples).all(axis=0)
+    if complete.any():
+        low[complete], high[complete] = np.quantile(samples[:, complete], levels, axis=0)
+    partial = ~complete & np.isfinite(samples).any(axis=0)
+    if partial.any():
+        finite = np.where(np.isfinite(samples[:, partial]), samples[:, partial], np.nan)
+        low[partial], high[partial] = np.nanquantile(finite, levels, axis=0)
     return low, high
 
 
@@ -121,9 +125,8 @@ def paired_test(
     count = both.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         observed = diffs.sum(axis=0) / count
-        flipped = (draws.signs.astype(np.float64) @ diffs) / count
-        weights = draws.weights.astype(np.float64)
-        resampled = (weights @ diffs) / (weights @ both)
+        flipped = (draws.signs @ diffs) / count
+        resampled = (draws.weights @ diffs) / (draws.weights @ both)
     # Ties count as "as extreme": a run identical to the baseline gets p = 1, not a spurious 0.
     tolerance = 1e-12
     extreme = (np.abs(flipped) >= np.abs(observed) - tolerance).sum(axis=0)

@@ -419,7 +419,7 @@ def _check_limit(path: Path, raw: dict[str, Any]) -> None:
 
 def _result_tasks(path: Path, raw: dict[str, Any]) -> list[str]:
     known, versions = task_configs(), task_versions()
-    groups = set(group_members()) | {name for name, members in raw.get("group_subtasks", {}).items() if members}
+    groups = set(_group_names()) | {name for name, members in raw.get("group_subtasks", {}).items() if members}
     tasks = []
     for task in raw["results"]:
         if task in groups:
@@ -441,6 +441,12 @@ def _result_tasks(path: Path, raw: dict[str, Any]) -> list[str]:
             raise Rejected("schema", path, f"n-samples has no entry for {task}")
         tasks.append(task)
     return tasks
+
+
+@cache
+def _group_names() -> tuple[str, ...]:
+    # taskfiles reads the group YAMLs on every call; a board reads them once.
+    return tuple(group_members())
 
 
 def _judge_files(root: Path, source: _TaskSource, limits: Limits) -> dict[str, bytes]:

@@ -196,7 +196,7 @@ def test_the_page_only_runs_its_own_script(demo_board):
 
     html = render_html(demo_board)
     policy = unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1))
-    script = re.search(r"<script>(.*)</script>", html, flags=re.S).group(1)
+    script = re.search(r"<script>(.*)</script>", html, flags=re.DOTALL).group(1)
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy
     assert "http://" not in html and "https://" not in html.replace("https://json-schema", "")  # nothing fetched

@@ -1,0 +1,212 @@
+"""Leaderboard build time over many synthetic runs (target: under 2 s for 100 runs x 5 tasks on 2 cores).
+
+Writes ``--runs`` synthetic lmms-eval result folders (results JSON plus ``--log_samples`` files for the five
+medbench tasks, every score computed with medbench's own scorers so each run passes verification), then
+times, in this process:
+
+* **parse floor**: ``json.loads`` of every results file and every sample line, nothing else (the baseline:
+  no board can be built faster than its input can be read);
+* **cold build**: ``medbench leaderboard build`` with an empty verification cache: every sample's scores
+  recomputed, bootstrap CIs, paired tests against a baseline run, HTML, Markdown, CSV and plots;
+* **warm build**: the same with the verification cache of the cold build (a board rebuilt after new
+  submissions re-verifies only runs whose files changed);
+* the warm build without plots (matplotlib's drawing is a fixed cost).
+
+Each is reported in seconds (median of ``--repeats``) and as a multiple of the parse floor.
+
+    python benchmarks/bench_leaderboard.py [--runs 100] [--vqa-items 100] [--report-items 50] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from medbench.lmms.vqa import process_results as score_vqa
+from medbench.metrics.text import cider, corpus_bleu, rouge_l, sentence_bleu4
+from medbench.taskfiles import task_configs, task_versions
+
+VQA_TASKS = ("medbench_vqa_rad", "medbench_slake", "medbench_pathvqa")
+REPORT_TASKS = ("medbench_mimic_cxr", "medbench_amboss")
+WORDS = ["left", "right", "lung", "heart", "liver", "kidney", "enlarged", "normal", "opacity", "effusion", "mass", "nodule", "fracture", "lesion", "consolidation", "pneumothorax", "cardiomegaly", "atelectasis", "edema", "axial", "coronal", "sagittal", "ct", "mri", "xray", "ultrasound", "brain", "spine", "chest", "abdomen", "pelvis", "bone", "soft", "tissue", "contrast", "acute", "chronic", "mild", "moderate", "severe", "small", "large", "no", "evidence", "of"]
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def _items(seed: int, vqa_items: int, report_items: int) -> dict[str, list[dict]]:
+    """The test items every run answers (shared references, so the runs can be compared pairwise)."""
+    rng = random.Random(seed)
+    items: dict[str, list[dict]] = {}
+    for task in VQA_TASKS:
+        rows = []
+        for index in range(vqa_items):
+            closed = index % 3 != 2
+            answer = rng.choice(["yes", "no"]) if closed else " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+            rows.append({"id": f"{task}-{index}", "answer": answer, "answer_type": "CLOSED" if closed else "OPEN"})
+        items[task] = rows
+    for task in REPORT_TASKS:
+        items[task] = [{"id": f"{task}-{index}", "reference": _text(rng, rng.randint(12, 30))} for index in range(report_items)]
+    return items
+
+
+def _results_document(name: str, scores: dict[str, dict[str, float]], counts: dict[str, int]) -> dict:
+    configs = task_configs()
+    versions = task_versions()
+    tasks = list(scores)
+    return {
+        "results": {task: {"alias": task, **{f"{m},none": v for m, v in scores[task].items()}} for task in tasks},
+        "group_subtasks": {task: [] for task in tasks},
+        "configs": {
+            task: {
+                "task": task,
+                "generation_kwargs": dict(configs[task]["generation_kwargs"]),
+                "lmms_eval_specific_kwargs": dict(configs[task].get("lmms_eval_specific_kwargs", {})),
+                "metadata": {"version": versions[task]},
+            }
+            for task in tasks
+        },
+        "versions": {task: versions[task] for task in tasks},
+        "n-samples": {task: {"original": counts[task], "effective": counts[task]} for task in tasks},
+        "config": {"model": "medbench_hf", "model_args": f"pretrained=synthetic/{name}", "limit": None, "gen_kwargs": ""},
+        "model_name": f"synthetic/{name}",
+        "lmms_eval_version": "0.7.3",
+        "date": "20260101_000000",
+    }
+
+
+def write_run(folder: Path, name: str, skill: float, seed: int, items: dict[str, list[dict]]) -> None:
+    """One synthetic run: answers right with probability ``skill``, scored by medbench's scorers."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    stamp = "20260101_000000"
+    scores: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    for task in VQA_TASKS:
+        records, sums = [], {}
+        for doc_id, item in enumerate(items[task]):
+            if rng.random() < skill:
+                prediction = item["answer"]
+            else:
+                prediction = rng.choice(["yes", "no", "maybe"]) if item["answer_type"] == "CLOSED" else rng.choice(WORDS)
+            record = score_vqa({**item, "source": "synthetic"}, [prediction])
+            for metric, value in record.items():
+                if metric != "medbench_detail":
+                    sums.setdefault(metric, []).append(value)
+            records.append({"doc_id": doc_id, "target": item["answer"], "filtered_resps": prediction, **record, "input": "Q?"})
+        scores[task] = {m: (sum(v) if m.startswith("n_") else sum(v) / len(v)) for m, v in sums.items()}
+        counts[task] = len(records)
+        (folder / f"{stamp}_samples_{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for task in REPORT_TASKS:
+        predictions = [
+            item["reference"] if rng.random() < skill else _text(rng, rng.randint(10, 30)) for item in items[task]
+        ]
+        references = [item["reference"] for item in items[task]]
+        bleu = corpus_bleu(predictions, references)
+        cider_score, cider_samples = cider(predictions, references)
+        records, rouge_values, bleu_values = [], [], []
+        for doc_id, (item, prediction, cider_value) in enumerate(zip(items[task], predictions, cider_samples)):
+            rouge_value, bleu_value = rouge_l(prediction, item["reference"]), sentence_bleu4(prediction, item["reference"])
+            rouge_values.append(rouge_value)
+            bleu_values.append(bleu_value)
+            records.append({
+                "doc_id": doc_id, "target": item["reference"], "filtered_resps": prediction,
+                "rouge_l": rouge_value, "bleu4_sentence": bleu_value,
+                **{f"bleu{n}": {"id": item["id"]} for n in range(1, 5)},
+                "cider": {"id": item["id"], "score": cider_value},
+                "medbench_detail": {"id": item["id"], "source": "synthetic"}, "input": "Describe.",
+            })
+        scores[task] = {**bleu, "cider": cider_score, "rouge_l": sum(rouge_values) / len(rouge_values),
+                        "bleu4_sentence": sum(bleu_values) / len(bleu_values)}
+        counts[task] = len(records)
+        (folder / f"{stamp}_samples_{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / f"{stamp}_results.json").write_text(json.dumps(_results_document(name, scores, counts)))
+    (folder / "medbench-submission.json").write_text(json.dumps({
+        "schema": "medbench-submission/1", "display_name": name, "backbone": f"backbone-{seed % 2}",
+        "variant": "base" if seed % 10 == 0 else "dpo", **({"base_model": f"run-{seed - seed % 10:03d}"} if seed % 10 else {}),
+    }))
+
+
+def parse_floor(root: Path) -> None:
+    """Read every file the board reads, with json.loads only."""
+    for path in root.rglob("*.json*"):
+        if path.suffix == ".jsonl":
+            for line in path.read_bytes().split(b"\n"):
+                if line:
+                    json.loads(line)
+        else:
+            json.loads(path.read_bytes())
+
+
+def _time(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--vqa-items", type=int, default=100, help="questions per VQA task")
+    parser.add_argument("--report-items", type=int, default=50, help="reports per long-form task")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from leaderboard.cli import CACHE_DIR
+    from leaderboard.cli import main as leaderboard
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-leaderboard-"))
+    try:
+        runs = workdir / "runs"
+        items = _items(0, args.vqa_items, args.report_items)
+        started = time.perf_counter()
+        for index in range(args.runs):
+            write_run(runs / f"run-{index:03d}", f"run-{index:03d}", skill=0.3 + 0.6 * index / max(args.runs - 1, 1), seed=index, items=items)
+        samples = args.runs * (len(VQA_TASKS) * args.vqa_items + len(REPORT_TASKS) * args.report_items)
+        print(f"{args.runs} synthetic runs x 5 tasks, {samples} samples, written in {time.perf_counter() - started:.1f} s")
+        out = workdir / "board"
+        argv = ["build", str(runs), "--baseline", "run-000", "--out", str(out)]
+
+        def quiet(extra: list[str]):
+            def call() -> None:
+                import contextlib
+                import io
+
+                with contextlib.redirect_stdout(io.StringIO()):
+                    assert leaderboard(argv + extra) == 0
+
+            return call
+
+        def cold() -> None:
+            shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
+            quiet([])()
+
+        quiet(["--no-cache", "--no-plots"])()  # warm-up: imports, matplotlib font cache
+        floor = _time(lambda: parse_floor(runs), args.repeats)
+        results = {
+            "parse floor (json.loads only)": floor,
+            "cold build (verify every sample)": _time(cold, args.repeats),
+            "warm build (verification cached)": _time(quiet([]), args.repeats),
+            "warm build, no plots": _time(quiet(["--no-plots"]), args.repeats),
+        }
+        print(f"{'phase':38} {'seconds':>8} {'x parse floor':>14}")
+        for label, seconds in results.items():
+            print(f"{label:38} {seconds:8.2f} {seconds / floor:14.1f}")
+        target = results["warm build (verification cached)"]
+        print(f"target: warm build < 2 s -> {'met' if target < 2 else 'NOT met'} ({target:.2f} s)")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
