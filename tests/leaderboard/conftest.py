@@ -80,6 +80,7 @@ def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
         rescored = root / "rescored"
         shutil.copytree(demo_results["baseline"], rescored)
         samples = next(rescored.glob("*_samples_medbench_amboss.jsonl"))
+        # a cache file of our own: `medbench judge --cache off` currently falls back to the user's cache
         assert (
             judge_main(
                 [
