@@ -34,7 +34,53 @@ from medbench.taskfiles import task_configs, task_versions
 
 VQA_TASKS = ("medbench_vqa_rad", "medbench_slake", "medbench_pathvqa")
 REPORT_TASKS = ("medbench_mimic_cxr", "medbench_amboss")
-WORDS = ["left", "right", "lung", "heart", "liver", "kidney", "enlarged", "normal", "opacity", "effusion", "mass", "nodule", "fracture", "lesion", "consolidation", "pneumothorax", "cardiomegaly", "atelectasis", "edema", "axial", "coronal", "sagittal", "ct", "mri", "xray", "ultrasound", "brain", "spine", "chest", "abdomen", "pelvis", "bone", "soft", "tissue", "contrast", "acute", "chronic", "mild", "moderate", "severe", "small", "large", "no", "evidence", "of"]
+WORDS = [
+    "left",
+    "right",
+    "lung",
+    "heart",
+    "liver",
+    "kidney",
+    "enlarged",
+    "normal",
+    "opacity",
+    "effusion",
+    "mass",
+    "nodule",
+    "fracture",
+    "lesion",
+    "consolidation",
+    "pneumothorax",
+    "cardiomegaly",
+    "atelectasis",
+    "edema",
+    "axial",
+    "coronal",
+    "sagittal",
+    "ct",
+    "mri",
+    "xray",
+    "ultrasound",
+    "brain",
+    "spine",
+    "chest",
+    "abdomen",
+    "pelvis",
+    "bone",
+    "soft",
+    "tissue",
+    "contrast",
+    "acute",
+    "chronic",
+    "mild",
+    "moderate",
+    "severe",
+    "small",
+    "large",
+    "no",
+    "evidence",
+    "of",
+]
 
 
 def _text(rng: random.Random, n: int) -> str:
@@ -49,11 +95,15 @@ def _items(seed: int, vqa_items: int, report_items: int) -> dict[str, list[dict]
         rows = []
         for index in range(vqa_items):
             closed = index % 3 != 2
-            answer = rng.choice(["yes", "no"]) if closed else " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+            answer = (
+                rng.choice(["yes", "no"]) if closed else " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+            )
             rows.append({"id": f"{task}-{index}", "answer": answer, "answer_type": "CLOSED" if closed else "OPEN"})
         items[task] = rows
     for task in REPORT_TASKS:
-        items[task] = [{"id": f"{task}-{index}", "reference": _text(rng, rng.randint(12, 30))} for index in range(report_items)]
+        items[task] = [
+            {"id": f"{task}-{index}", "reference": _text(rng, rng.randint(12, 30))} for index in range(report_items)
+        ]
     return items
 
 
@@ -75,7 +125,12 @@ def _results_document(name: str, scores: dict[str, dict[str, float]], counts: di
         },
         "versions": {task: versions[task] for task in tasks},
         "n-samples": {task: {"original": counts[task], "effective": counts[task]} for task in tasks},
-        "config": {"model": "medbench_hf", "model_args": f"pretrained=synthetic/{name}", "limit": None, "gen_kwargs": ""},
+        "config": {
+            "model": "medbench_hf",
+            "model_args": f"pretrained=synthetic/{name}",
+            "limit": None,
+            "gen_kwargs": "",
+        },
         "model_name": f"synthetic/{name}",
         "lmms_eval_version": "0.7.3",
         "date": "20260101_000000",
@@ -95,12 +150,16 @@ def write_run(folder: Path, name: str, skill: float, seed: int, items: dict[str,
             if rng.random() < skill:
                 prediction = item["answer"]
             else:
-                prediction = rng.choice(["yes", "no", "maybe"]) if item["answer_type"] == "CLOSED" else rng.choice(WORDS)
+                prediction = (
+                    rng.choice(["yes", "no", "maybe"]) if item["answer_type"] == "CLOSED" else rng.choice(WORDS)
+                )
             record = score_vqa({**item, "source": "synthetic"}, [prediction])
             for metric, value in record.items():
                 if metric != "medbench_detail":
                     sums.setdefault(metric, []).append(value)
-            records.append({"doc_id": doc_id, "target": item["answer"], "filtered_resps": prediction, **record, "input": "Q?"})
+            records.append(
+                {"doc_id": doc_id, "target": item["answer"], "filtered_resps": prediction, **record, "input": "Q?"}
+            )
         scores[task] = {m: (sum(v) if m.startswith("n_") else sum(v) / len(v)) for m, v in sums.items()}
         counts[task] = len(records)
         (folder / f"{stamp}_samples_{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -113,25 +172,45 @@ def write_run(folder: Path, name: str, skill: float, seed: int, items: dict[str,
         cider_score, cider_samples = cider(predictions, references)
         records, rouge_values, bleu_values = [], [], []
         for doc_id, (item, prediction, cider_value) in enumerate(zip(items[task], predictions, cider_samples)):
-            rouge_value, bleu_value = rouge_l(prediction, item["reference"]), sentence_bleu4(prediction, item["reference"])
+            rouge_value, bleu_value = (
+                rouge_l(prediction, item["reference"]),
+                sentence_bleu4(prediction, item["reference"]),
+            )
             rouge_values.append(rouge_value)
             bleu_values.append(bleu_value)
-            records.append({
-                "doc_id": doc_id, "target": item["reference"], "filtered_resps": prediction,
-                "rouge_l": rouge_value, "bleu4_sentence": bleu_value,
-                **{f"bleu{n}": {"id": item["id"]} for n in range(1, 5)},
-                "cider": {"id": item["id"], "score": cider_value},
-                "medbench_detail": {"id": item["id"], "source": "synthetic"}, "input": "Describe.",
-            })
-        scores[task] = {**bleu, "cider": cider_score, "rouge_l": sum(rouge_values) / len(rouge_values),
-                        "bleu4_sentence": sum(bleu_values) / len(bleu_values)}
+            records.append(
+                {
+                    "doc_id": doc_id,
+                    "target": item["reference"],
+                    "filtered_resps": prediction,
+                    "rouge_l": rouge_value,
+                    "bleu4_sentence": bleu_value,
+                    **{f"bleu{n}": {"id": item["id"]} for n in range(1, 5)},
+                    "cider": {"id": item["id"], "score": cider_value},
+                    "medbench_detail": {"id": item["id"], "source": "synthetic"},
+                    "input": "Describe.",
+                }
+            )
+        scores[task] = {
+            **bleu,
+            "cider": cider_score,
+            "rouge_l": sum(rouge_values) / len(rouge_values),
+            "bleu4_sentence": sum(bleu_values) / len(bleu_values),
+        }
         counts[task] = len(records)
         (folder / f"{stamp}_samples_{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (folder / f"{stamp}_results.json").write_text(json.dumps(_results_document(name, scores, counts)))
-    (folder / "medbench-submission.json").write_text(json.dumps({
-        "schema": "medbench-submission/1", "display_name": name, "backbone": f"backbone-{seed % 2}",
-        "variant": "base" if seed % 10 == 0 else "dpo", **({"base_model": f"run-{seed - seed % 10:03d}"} if seed % 10 else {}),
-    }))
+    (folder / "medbench-submission.json").write_text(
+        json.dumps(
+            {
+                "schema": "medbench-submission/1",
+                "display_name": name,
+                "backbone": f"backbone-{seed % 2}",
+                "variant": "base" if seed % 10 == 0 else "dpo",
+                **({"base_model": f"run-{seed - seed % 10:03d}"} if seed % 10 else {}),
+            }
+        )
+    )
 
 
 def parse_floor(root: Path) -> None:
@@ -171,9 +250,17 @@ def main() -> None:
         items = _items(0, args.vqa_items, args.report_items)
         started = time.perf_counter()
         for index in range(args.runs):
-            write_run(runs / f"run-{index:03d}", f"run-{index:03d}", skill=0.3 + 0.6 * index / max(args.runs - 1, 1), seed=index, items=items)
+            write_run(
+                runs / f"run-{index:03d}",
+                f"run-{index:03d}",
+                skill=0.3 + 0.6 * index / max(args.runs - 1, 1),
+                seed=index,
+                items=items,
+            )
         samples = args.runs * (len(VQA_TASKS) * args.vqa_items + len(REPORT_TASKS) * args.report_items)
-        print(f"{args.runs} synthetic runs x 5 tasks, {samples} samples, written in {time.perf_counter() - started:.1f} s")
+        print(
+            f"{args.runs} synthetic runs x 5 tasks, {samples} samples, written in {time.perf_counter() - started:.1f} s"
+        )
         out = workdir / "board"
         argv = ["build", str(runs), "--baseline", "run-000", "--out", str(out)]
 

@@ -7,11 +7,12 @@ drawn as plain text: mathtext is switched off so a ``$`` in a model name cannot 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from leaderboard.board import Board, Row
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -22,7 +23,7 @@ def _pyplot():
     return plt
 
 
-def _draw(axis, points: list[tuple[float, float, float | None, float | None, str]]) -> None:
+def _draw(axis: Any, points: list[tuple[float, float, float | None, float | None, str]]) -> None:
     """Points ``(x, y, low, high, colour)``, one errorbar call per colour (per-point calls are slow)."""
     by_colour: dict[str, list[tuple[float, float, float | None, float | None]]] = {}
     for x, y, low, high, colour in points:
@@ -35,7 +36,7 @@ def _draw(axis, points: list[tuple[float, float, float | None, float | None, str
         axis.errorbar(xs, ys, xerr=[below, above], fmt="o", color=colour, ecolor=colour, capsize=3, markersize=4)
 
 
-def _layout(figure, axes, positions: list[int], labels: list[str], top_inches: float = 0.9) -> None:
+def _layout(figure: Any, axes: Any, positions: list[int], labels: list[str], top_inches: float = 0.9) -> None:
     """Shared rows without ``sharey``/``tight_layout``: both lay out every tick of every panel, which for a
     board of 100 runs costs seconds; fixed margins from the longest label cost nothing."""
     width, height = figure.get_size_inches()

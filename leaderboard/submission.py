@@ -296,8 +296,22 @@ def read_manifest(root: Path, limits: Limits) -> dict[str, Any] | None:
 def _results_files(root: Path, manifest: dict[str, Any] | None, limits: Limits) -> list[Path]:
     if manifest and "results" in manifest:
         paths = [root / relative for relative in manifest["results"]]
-    else:
+    elif manifest:
         paths = sorted(path for path in root.rglob("*_results.json") if ".leaderboard-cache" not in path.parts)
+    else:
+        # Without a manifest a folder is one run: the results beside it, else the one folder below holding some
+        # (lmms-eval nests them in <output>/<model>/); results spread over several folders are several runs.
+        paths = sorted(root.glob("*_results.json"))
+        if not paths:
+            paths = sorted(path for path in root.rglob("*_results.json") if ".leaderboard-cache" not in path.parts)
+            folders = sorted({str(path.parent.relative_to(root)) for path in paths})
+            if len(folders) > 1:
+                raise Rejected(
+                    "duplicate",
+                    root,
+                    f"results of several runs below it ({', '.join(folders[:4])}); pass each run's folder, or add a "
+                    f"{MANIFEST_NAME} saying they are one submission",
+                )
     if not paths:
         raise Rejected("missing_samples", root, "no lmms-eval results file (*_results.json) in the submission folder")
     if len(paths) > limits.results_files:

@@ -156,7 +156,11 @@ REGISTRY: dict[str, MetricRule] = {
     # Chest X-ray clinical metrics (medbench.metrics.clinical): RadGraph-F1 is a mean of per-report values,
     # CheXbert-F1 a corpus F1 over extracted labels; both need model weights the board does not have.
     **{f"radgraph_f1_{level}": MetricRule("consistency") for level in ("partial", "simple", "complete")},
-    **{f"chexbert_f1_{avg}_{n}": MetricRule("none", mean_of_samples=False) for avg in ("micro", "macro") for n in (14, 5)},
+    **{
+        f"chexbert_f1_{avg}_{n}": MetricRule("none", mean_of_samples=False)
+        for avg in ("micro", "macro")
+        for n in (14, 5)
+    },
 }
 
 

@@ -73,7 +73,9 @@ def test_board_scores_are_the_lmms_eval_scores(demo_board, demo_results):
 def test_columns_come_from_the_task_yamls():
     columns = all_columns()
     for task, config in task_configs().items():
-        expected = [m["metric"] for m in config["metric_list"] if m["metric"] not in ("n_closed", "n_open", "judge_unscored")]
+        expected = [
+            m["metric"] for m in config["metric_list"] if m["metric"] not in ("n_closed", "n_open", "judge_unscored")
+        ]
         assert [c.metric for c in columns if c.task == task] == expected
         directions = {m["metric"]: m["higher_is_better"] for m in config["metric_list"]}
         assert all(c.higher_is_better == directions[c.metric] for c in columns if c.task == task)
@@ -95,14 +97,24 @@ def test_tiny_model_is_significantly_worse_than_the_baseline_where_the_intervals
     for key, cell in tiny.cells.items():
         if cell.vs_baseline is None:
             continue
-        assert (cell.mark is not None) == (cell.vs_baseline["p"] < demo_board.alpha and cell.vs_baseline["difference"] != 0)
+        assert (cell.mark is not None) == (
+            cell.vs_baseline["p"] < demo_board.alpha and cell.vs_baseline["difference"] != 0
+        )
         assert cell.vs_baseline["difference"] == pytest.approx(cell.value - baseline.cells[key].value, abs=1e-9)
 
 
 def test_judge_metrics_are_read_from_both_judge_paths(judged_results, tmp_path):
     # Both are the baseline model, so each needs its own display name on one board.
-    inline_copy = copy_run(judged_results["inline"], tmp_path / "inline", {"schema": "medbench-submission/1", "display_name": "judged in lmms-eval"})
-    rescored_copy = copy_run(judged_results["rescored"], tmp_path / "rescored", {"schema": "medbench-submission/1", "display_name": "re-scored"})
+    inline_copy = copy_run(
+        judged_results["inline"],
+        tmp_path / "inline",
+        {"schema": "medbench-submission/1", "display_name": "judged in lmms-eval"},
+    )
+    rescored_copy = copy_run(
+        judged_results["rescored"],
+        tmp_path / "rescored",
+        {"schema": "medbench-submission/1", "display_name": "re-scored"},
+    )
     runs, rejected = load_runs([inline_copy, rescored_copy])
     assert not rejected
     board = build_board(runs, rejected)
@@ -112,7 +124,11 @@ def test_judge_metrics_are_read_from_both_judge_paths(judged_results, tmp_path):
     assert inline.run.tasks["medbench_mimic_cxr"].judge["model"] == "loopback-judge"
     assert inline.run.tasks["medbench_mimic_cxr"].judge["prompts"]["nli"].startswith("nli-v1:")
     amboss = rescored.run.tasks["medbench_amboss"]
-    assert amboss.judge["model"] == "loopback-judge" and amboss.judge["prompts"] == {"facts": "facts-v1", "nli": "nli-v1", "severity": "severity-v1"}
+    assert amboss.judge["model"] == "loopback-judge" and amboss.judge["prompts"] == {
+        "facts": "facts-v1",
+        "nli": "nli-v1",
+        "severity": "severity-v1",
+    }
     assert {"judge_completeness", "judge_hallucination", "judge_severe"} <= set(amboss.scores)
     assert rescored.cells["medbench_amboss/judge_completeness"].low is not None  # per-sample verdicts give a CI
     html = render_html(board)
@@ -169,8 +185,16 @@ def test_paired_test_uses_only_items_both_runs_scored():
 
 
 def test_user_text_is_escaped_in_every_format(demo_results, tmp_path):
-    folder = copy_run(demo_results["baseline"], tmp_path / "evil", {"schema": "medbench-submission/1", "display_name": INJECTED,
-                                                                       "backbone": "| x |", "notes": "</pre><script>bad()</script>"})
+    folder = copy_run(
+        demo_results["baseline"],
+        tmp_path / "evil",
+        {
+            "schema": "medbench-submission/1",
+            "display_name": INJECTED,
+            "backbone": "| x |",
+            "notes": "</pre><script>bad()</script>",
+        },
+    )
     runs, rejected = load_runs([folder])
     board = build_board(runs, rejected)
     html = render_html(board)
@@ -181,7 +205,7 @@ def test_user_text_is_escaped_in_every_format(demo_results, tmp_path):
     write_csv(board, tmp_path / "board.csv")
     rows = list(csv.DictReader((tmp_path / "board.csv").open()))
     assert rows[0]["model"] == INJECTED  # a leading "<" is harmless in CSV and kept verbatim
-    assert csv_cell("=HYPERLINK(\"x\")") == "'=HYPERLINK(\"x\")" and csv_cell("-1") == "'-1" and csv_cell(0.5) == 0.5
+    assert csv_cell('=HYPERLINK("x")') == '\'=HYPERLINK("x")' and csv_cell("-1") == "'-1" and csv_cell(0.5) == 0.5
 
 
 def test_markdown_escape_keeps_text_literal():
@@ -216,9 +240,21 @@ def test_manifest_schema_is_valid_and_documented_example_passes():
 
 def test_build_and_validate_from_the_command_line(demo_results, limited_results, tmp_path, capsys):
     out = tmp_path / "board"
-    code = medbench_main(["leaderboard", "build", str(demo_results["baseline"]), str(demo_results["tiny-llava"]),
-                          str(limited_results), "--baseline", "medbench_baseline", "--metric", "medbench_mimic_cxr=rouge_l",
-                          "--out", str(out)])
+    code = medbench_main(
+        [
+            "leaderboard",
+            "build",
+            str(demo_results["baseline"]),
+            str(demo_results["tiny-llava"]),
+            str(limited_results),
+            "--baseline",
+            "medbench_baseline",
+            "--metric",
+            "medbench_mimic_cxr=rouge_l",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "2 runs on the board, 1 rejected" in printed and "rejected [limit]" in printed
     for name in ("index.html", "leaderboard.md", "leaderboard.csv", "plots/scores.png", "rejected.json"):
@@ -226,7 +262,12 @@ def test_build_and_validate_from_the_command_line(demo_results, limited_results,
     assert (out / "plots" / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "rejected.json").read_text())[0]["rule"] == "limit"
     assert "medbench_mimic_cxr rouge_l ↑" in (out / "leaderboard.md").read_text()
-    assert medbench_main(["leaderboard", "build", str(demo_results["baseline"]), str(limited_results), "--out", str(out), "--strict"]) == 1
+    assert (
+        medbench_main(
+            ["leaderboard", "build", str(demo_results["baseline"]), str(limited_results), "--out", str(out), "--strict"]
+        )
+        == 1
+    )
     capsys.readouterr()
 
     assert medbench_main(["leaderboard", "validate", str(demo_results["tiny-llava"])]) == 0

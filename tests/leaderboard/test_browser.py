@@ -39,17 +39,44 @@ def _click(key: str) -> str:
 @pytest.fixture(scope="module")
 def board_page(demo_results, judged_results, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser_board")
-    evil = copy_run(demo_results["baseline"], root / "evil", {
-        "schema": "medbench-submission/1", "display_name": INJECTED, "backbone": "rule-based", "variant": "baseline",
-        "notes": "</pre><script>window.__pwned=3</script>",
-    })
-    judged = copy_run(judged_results["inline"], root / "judged", {
-        "schema": "medbench-submission/1", "display_name": "baseline, judged", "backbone": "rule-based",
-        "variant": "judged", "base_model": INJECTED,
-    })
+    evil = copy_run(
+        demo_results["baseline"],
+        root / "evil",
+        {
+            "schema": "medbench-submission/1",
+            "display_name": INJECTED,
+            "backbone": "rule-based",
+            "variant": "baseline",
+            "notes": "</pre><script>window.__pwned=3</script>",
+        },
+    )
+    judged = copy_run(
+        judged_results["inline"],
+        root / "judged",
+        {
+            "schema": "medbench-submission/1",
+            "display_name": "baseline, judged",
+            "backbone": "rule-based",
+            "variant": "judged",
+            "base_model": INJECTED,
+        },
+    )
     out = root / "board"
-    code = medbench_main(["leaderboard", "build", str(evil), str(demo_results["tiny-llava"]), str(judged),
-                          "--baseline", INJECTED, "--metric", "medbench_mimic_cxr=rouge_l", "--out", str(out)])
+    code = medbench_main(
+        [
+            "leaderboard",
+            "build",
+            str(evil),
+            str(demo_results["tiny-llava"]),
+            str(judged),
+            "--baseline",
+            INJECTED,
+            "--metric",
+            "medbench_mimic_cxr=rouge_l",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out / "index.html"
 
@@ -61,7 +88,9 @@ def test_the_table_renders_sorts_and_keeps_injected_names_as_text(board_page, tm
 
         # rendered: three runs, grouped (the judged run under its base model), every task metric a column
         assert browser.evaluate(ROW_NAMES) == [INJECTED, "baseline, judged", "tiny-llava"]
-        headers = browser.evaluate("Array.from(document.querySelectorAll('#board thead tr:last-child th')).map(h => h.textContent)")
+        headers = browser.evaluate(
+            "Array.from(document.querySelectorAll('#board thead tr:last-child th')).map(h => h.textContent)"
+        )
         assert headers[:4] == ["model", "backbone", "variant", "base model"]
         assert "overall ↑" in headers and "closed_unparsed ↓" in headers and "judge_hallucination ↓" in headers
 
@@ -70,7 +99,10 @@ def test_the_table_renders_sorts_and_keeps_injected_names_as_text(board_page, tm
         browser.evaluate(_click(rouge))
         values = [float(v) for v in browser.evaluate(_column_values(rouge))]
         assert values == sorted(values, reverse=True) and len(set(values)) > 1
-        assert browser.evaluate(f"document.querySelector('#board th[data-key=\"{rouge}\"]').getAttribute('aria-sort')") == "descending"
+        assert (
+            browser.evaluate(f"document.querySelector('#board th[data-key=\"{rouge}\"]').getAttribute('aria-sort')")
+            == "descending"
+        )
         browser.evaluate(_click(rouge))
         assert [float(v) for v in browser.evaluate(_column_values(rouge))] == sorted(values)
         unparsed = "medbench_vqa_rad/closed_unparsed"
@@ -85,7 +117,9 @@ def test_the_table_renders_sorts_and_keeps_injected_names_as_text(board_page, tm
 
         # the injected name is text: nothing ran, no element was created from it
         assert browser.evaluate("typeof window.__pwned") == "undefined"
-        assert browser.evaluate("document.querySelector('#board tbody tr td.name a').textContent").startswith("<script>window.__pwned=1")
+        assert browser.evaluate("document.querySelector('#board tbody tr td.name a').textContent").startswith(
+            "<script>window.__pwned=1"
+        )
         assert browser.evaluate("document.querySelectorAll('script').length") == 1
         assert browser.evaluate("document.querySelectorAll('#board img, details img').length") == 0
         assert not [line for line in browser.console if "exception" in line]
