@@ -9,6 +9,7 @@ checked against values computed by hand.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,7 +144,7 @@ def test_radgraph_rewards_edge_cases():
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("MEDBENCH_"):
             monkeypatch.delenv(name)
     monkeypatch.setattr(clinical, "_models", {})
@@ -359,3 +360,126 @@ def test_the_task_lists_the_templates_metrics_plus_the_clinical_ones():
     assert names == [item["metric"] for item in template["metric_list"]] + list(CHEXBERT_METRICS + RADGRAPH_METRICS)
     amboss = task_configs()["medbench_amboss"]
     assert not {item["metric"] for item in amboss["metric_list"]} & set(CHEXBERT_METRICS + RADGRAPH_METRICS)
+
+
+# ------------------------------------------------------------------ parity with the reference packages
+
+REFERENCE_PATH = "MEDBENCH_CLINICAL_REFERENCE_PATH"
+_REFERENCE = os.environ.get(REFERENCE_PATH)  # read at import: fixtures clear MEDBENCH_* variables
+PARITY_TEXTS = REFERENCES + PREDICTIONS + [
+    "The lungs are clear. No pneumothorax/effusion (stable) - 3 cm; ET tube 2.5 cm above carina?!",
+    'Right-sided PICC terminates in the mid SVC. 50% collapse, "stable".',
+    "small left effusion /. unchanged",
+    "Heart size is top normal, unchanged. " * 12,
+    "x",
+]
+
+# Runs under PYTHONPATH=$MEDBENCH_CLINICAL_REFERENCE_PATH: the reference packages' own model classes,
+# tokenisation and post-processing, fed our checkpoints (loaded from local folders, no download).
+_REFERENCE_SCRIPT = r'''
+import json, shutil, sys, torch
+from collections import OrderedDict
+from pathlib import Path
+job = json.loads(Path(sys.argv[1]).read_text())
+texts = job["texts"]
+out = {"radgraph": {}, "chexbert": {}}
+import radgraph.radgraph as R
+for name, spec in job["radgraph"].items():
+    cache = Path(spec["cache"]); model_dir = cache / spec["dataset"]
+    rg = R.RadGraph(model_type=spec["dataset"], model_cache_dir=str(cache), cuda=-1)
+    out["radgraph"][name] = [rg([t])["0"] if t.strip() else None for t in texts]
+torch.nn.Module.load_state_dict = globals().get("_orig", torch.nn.Module.load_state_dict)
+import f1chexbert.f1chexbert as F
+from transformers import BertTokenizer
+for name, spec in job["chexbert"].items():
+    scorer = F.F1CheXbert.__new__(F.F1CheXbert); torch.nn.Module.__init__(scorer)
+    scorer.device = torch.device("cpu")
+    scorer.tokenizer = BertTokenizer(vocab_file=spec["vocab"])
+    model = F.bert_labeler(pretrain_path=spec["encoder"])
+    state = torch.load(spec["weights"], map_location="cpu")["model_state_dict"]
+    missing = model.load_state_dict(OrderedDict((k.replace("module.", ""), v) for k, v in state.items()), strict=False).missing_keys
+    assert not missing, missing
+    scorer.model = model.eval()
+    out["chexbert"][name] = [scorer.get_label(t.strip()) for t in texts]
+print(json.dumps(out))
+'''
+
+
+def _reference_encoder(folder: Path, vocab: Path, max_positions: int) -> Path:
+    """A Hugging Face BERT folder (random weights, overwritten by the checkpoint) the packages can load."""
+    import shutil
+
+    from transformers import BertModel
+
+    from medbench.metrics.clinical.tiny import _tiny_bert_config
+
+    BertModel(_tiny_bert_config(max_position_embeddings=max_positions)).save_pretrained(folder)
+    shutil.copy(vocab, folder / "vocab.txt")
+    (folder / "tokenizer_config.json").write_text('{"do_lower_case": true, "tokenizer_class": "BertTokenizer"}')
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _REFERENCE, reason=f"set {REFERENCE_PATH} to run")
+def test_parity_with_the_reference_packages(tmp_path):
+    """Our CheXbert labels and RadGraph annotations equal f1chexbert 0.0.2's and radgraph 0.1.18's.
+
+    Opt-in: ``MEDBENCH_CLINICAL_REFERENCE_PATH`` is a PYTHONPATH holding ``radgraph==0.1.18``,
+    ``f1chexbert==0.0.2``, their small dependencies and ``transformers<5`` (both packages call tokenizer
+    methods transformers 5 removed), e.g. ``pip install --target DIR "transformers==4.46.3" "tokenizers<0.21"
+    "huggingface_hub<1" radgraph==0.1.18 f1chexbert==0.0.2 appdirs dotmap jsonpickle h5py nltk --no-deps``
+    plus their other requirements. torch comes from this environment.
+    """
+    import shutil
+
+    from medbench.metrics.clinical.chexbert import CheXbert
+    from medbench.metrics.clinical.radgraph import RadGraph
+    from medbench.metrics.clinical.tiny import build_tiny_chexbert, build_tiny_radgraph
+
+    job: dict = {"texts": PARITY_TEXTS, "radgraph": {}, "chexbert": {}}
+    ours: dict = {"radgraph": {}, "chexbert": {}}
+    for name, dataset, max_length in (("rg", "radgraph", 512), ("xl", "radgraph-xl", 512), ("fold", "radgraph", 12)):
+        folder = build_tiny_radgraph(tmp_path / name, dataset=dataset, max_length=max_length, seed=3)
+        encoder = _reference_encoder(tmp_path / f"{name}-encoder", folder / "vocab.txt", max(max_length, 16))
+        # The package's layout: <cache>/<model type>/{config.json, vocabulary, weights.th}; it loads
+        # strictly, coreference and event modules included, so those come from its own (random) init.
+        cache = tmp_path / f"{name}-cache"
+        model_dir = cache / dataset
+        shutil.copytree(folder / "vocabulary", model_dir / "vocabulary")
+        config = json.loads((folder / "config.json").read_text())
+        config["dataset_reader"]["token_indexers"]["bert"]["model_name"] = str(encoder)
+        config["model"]["embedder"]["token_embedders"]["bert"]["model_name"] = str(encoder)
+        (model_dir / "config.json").write_text(json.dumps(config))
+        shutil.copy(folder / "weights.th", model_dir / "weights.th")
+        job["radgraph"][name] = {"cache": str(cache), "dataset": dataset}
+        annotator = RadGraph(folder, folder, device="cpu")
+        ours["radgraph"][name] = [annotator.annotate(t) for t in PARITY_TEXTS]
+    for seed in range(3):
+        weights = build_tiny_chexbert(tmp_path / f"chexbert{seed}", seed=seed, max_positions=512)
+        encoder = _reference_encoder(tmp_path / f"chexbert{seed}-encoder", weights.parent / "vocab.txt", 512)
+        job["chexbert"][str(seed)] = {"weights": str(weights), "vocab": str(weights.parent / "vocab.txt"), "encoder": str(encoder)}
+        ours["chexbert"][str(seed)] = CheXbert(weights, weights.parent, device="cpu").labels(PARITY_TEXTS)
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    # The package's strict load needs its coref/event parameters: complete our state dicts from its init.
+    patch = (
+        "import torch\n_orig = torch.nn.Module.load_state_dict\n"
+        "def _complete(self, state, strict=True):\n"
+        "    own = self.state_dict(); extra = set(state) - set(own)\n"
+        "    assert not extra, sorted(extra)[:5]\n"
+        "    own.update(state); return _orig(self, own, strict=True)\n"
+        "torch.nn.Module.load_state_dict = _complete\n"
+    )
+    script = tmp_path / "reference.py"
+    script.write_text(_REFERENCE_SCRIPT.replace("import radgraph.radgraph as R", patch + "import radgraph.radgraph as R"))
+    env = dict(os.environ, PYTHONPATH=_REFERENCE)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "job.json")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    theirs = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, graphs in ours["radgraph"].items():
+        # (the package adds two constant bookkeeping keys, data_source and data_split)
+        reference = [{"text": g["text"], "entities": g["entities"]} if g else None for g in theirs["radgraph"][name]]
+        assert graphs == reference, name
+        assert sum(len(a["entities"]) for a in graphs if a) > 10
+    for name, labels in ours["chexbert"].items():
+        assert labels == theirs["chexbert"][name], name
+        assert len({tuple(row) for row in labels}) > 1
