@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from medbench.errors import MedbenchError
+
+if TYPE_CHECKING:
+    from medbench.judge.config import JudgeConfig
 
 PARTS = ("nli", "fabrication", "severity")
 
@@ -48,16 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Judge every samples file given; returns 0 when every sample got every requested score, 1 otherwise."""
-    from medbench.judge.config import JudgeConfig, load_prices
-    from medbench.judge.runner import JudgeRunner
-    from medbench.judge.samples import find_samples_files, load_reference_data, read_samples_file, write_outputs
+def config_from_args(args: argparse.Namespace) -> JudgeConfig:
+    """The judge configuration: the environment, with the command-line flags winning."""
+    from medbench.judge.config import ENV_CACHE, JudgeConfig, load_prices
 
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise MedbenchError(f"--parts {args.parts!r}: choose from {','.join(PARTS)}")
     overrides: dict[str, object] = {
         "model": args.model,
         "base_url": args.base_url,
@@ -67,13 +65,27 @@ def run(args: argparse.Namespace) -> int:
         "scoring": args.scoring,
         "progress": False if args.no_progress else None,
     }
+    env = dict(os.environ)
     if args.cache is not None:
-        overrides["cache_path"] = None if args.cache.lower() in ("off", "none", "memory") else Path(args.cache)
+        env[ENV_CACHE] = args.cache  # "off" is understood where the variable is parsed
     if args.prices is not None:
         overrides["prices"] = load_prices(args.prices)
-    config = JudgeConfig.from_env(**overrides)
+    config = JudgeConfig.from_env(env, **overrides)
     if config is None:
         raise MedbenchError("no judge configured: set MEDBENCH_JUDGE_MODEL (and MEDBENCH_JUDGE_API_KEY / MEDBENCH_JUDGE_BASE_URL) or pass --model")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    """Judge every samples file given; returns 0 when every sample got every requested score, 1 otherwise."""
+    from medbench.judge.runner import JudgeRunner
+    from medbench.judge.samples import find_samples_files, load_reference_data, read_samples_file, write_outputs
+
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise MedbenchError(f"--parts {args.parts!r}: choose from {','.join(PARTS)}")
+    config = config_from_args(args)
     data = load_reference_data(args.data) if args.data else None
     runner = JudgeRunner(config)
     incomplete = 0

@@ -365,3 +365,16 @@ def test_prompt_files_are_frozen():
         load_prompt("vibes")
     with pytest.raises(MedbenchError, match="has no version 9"):
         load_prompt("nli-v9")
+
+
+def test_command_line_cache_flag_can_turn_the_cache_off(tmp_path, monkeypatch):
+    from medbench.cli import build_parser
+    from medbench.commands.judge import config_from_args
+
+    monkeypatch.setenv("MEDBENCH_JUDGE_MODEL", "m")
+    monkeypatch.setenv("MEDBENCH_JUDGE_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("MEDBENCH_JUDGE_CACHE", str(tmp_path / "env.sqlite"))
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["judge", "x.jsonl"])).cache_path == tmp_path / "env.sqlite"
+    assert config_from_args(parse(["judge", "x.jsonl", "--cache", "off"])).cache_path is None
+    assert config_from_args(parse(["judge", "x.jsonl", "--cache", str(tmp_path / "c.sqlite")])).cache_path == tmp_path / "c.sqlite"
