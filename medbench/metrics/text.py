@@ -65,9 +65,25 @@ def _bleu4():
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer
+    from nltk.stem import porter
+    from rouge_score import rouge_scorer, tokenize, tokenizers
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    class _MemoStemmer(porter.PorterStemmer):
+        # Porter stemming is most of ROUGE-L's cost and reports reuse a small vocabulary, so remember each
+        # word's stem; the stems, and therefore the scores, are rouge-score's own.
+        @lru_cache(maxsize=65536)
+        def stem(self, word: str, to_lowercase: bool = True) -> str:
+            return super().stem(word, to_lowercase)
+
+    class _Tokenizer(tokenizers.Tokenizer):
+        # rouge-score's default tokenisation (its `tokenize` function) with the memoising stemmer
+        def __init__(self) -> None:
+            self.stemmer = _MemoStemmer()
+
+        def tokenize(self, text: str) -> list[str]:
+            return tokenize.tokenize(text, self.stemmer)
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
 
 
 def sentence_bleu4(prediction: str, reference: str) -> float:

@@ -137,3 +137,19 @@ class TestBertScore:
         folder.mkdir()
         (folder / "config.json").write_text("{}")
         assert BertScoreSettings.from_env({"MEDBENCH_BERTSCORE_MODEL": str(folder)}).num_layers == 17
+
+
+def test_rouge_l_equals_stock_rouge_score_with_stemming():
+    import random
+
+    from rouge_score import rouge_scorer
+
+    from medbench.metrics.text import rouge_l
+
+    stock = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    words = "The lungs are clear; no focal consolidations, effusions or pneumothoraces. Stable running changes!".split()
+    rng = random.Random(7)
+    for _ in range(300):
+        prediction = " ".join(rng.choices(words, k=rng.randint(1, 25)))
+        reference = " ".join(rng.choices(words, k=rng.randint(1, 25)))
+        assert rouge_l(prediction, reference) == stock.score(reference, prediction)["rougeL"].fmeasure
