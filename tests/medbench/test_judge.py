@@ -45,7 +45,7 @@ def make_config(server: LoopbackJudgeServer, **overrides) -> JudgeConfig:
         model="loopback-judge",
         base_url=server.base_url,
         api_key=SECRET,
-        timeout=0.5,
+        timeout=3.0,  # generous: a loaded CI machine must not turn slow answers into timeouts
         backoff_base=0.001,
         backoff_max=0.01,
         max_retries=3,
