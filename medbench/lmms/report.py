@@ -21,7 +21,7 @@ per-sample judge verdicts land there, and ``score`` feeds lmms-eval's CLT standa
 mean; ``judge_unscored`` counts them.
 
 Metrics whose requirements are missing are *omitted*, with one log line saying what to set: METEOR without
-Java, BERTScore without ``MEDBENCH_BERTSCORE_MODEL``, judge metrics without ``MEDBENCH_JUDGE_MODEL``.
+Java (or with ``MEDBENCH_METEOR=off``), BERTScore without ``MEDBENCH_BERTSCORE_MODEL``, judge metrics without ``MEDBENCH_JUDGE_MODEL``.
 
 Chest X-ray reports (``medbench_mimic_cxr``, through :func:`process_results_chest_xray`) add the clinical
 metrics of :mod:`medbench.metrics.clinical` — CheXbert-F1 and RadGraph-F1, deferred as well (one batched
@@ -47,6 +47,8 @@ from medbench.metrics.text import MetricUnavailable, rouge_l, sentence_bleu4
 logger = logging.getLogger("medbench.report")
 
 ENV_JUDGE_PARTS = "MEDBENCH_JUDGE_PARTS"
+# METEOR's Java start-up costs seconds once per process: worth it on a real run, not on a quick check.
+ENV_METEOR = "MEDBENCH_METEOR"
 JUDGE_PARTS_DEFAULT = ("nli", "fabrication", "severity")
 JUDGE_METRIC_PART = {
     "judge_completeness": "nli",
@@ -144,7 +146,9 @@ def process_results(doc: dict, results: list[str]) -> dict:
     }
     for metric in CORPUS_METRICS:
         scores[metric] = deferred()
-    if text.java_available():
+    if os.environ.get(ENV_METEOR, "").strip().lower() == "off":
+        _warn_once("meteor", f"METEOR skipped: {ENV_METEOR}=off")
+    elif text.java_available():
         scores["meteor"] = deferred()
     else:
         _warn_once("meteor", "METEOR skipped: no 'java' on PATH; install a Java runtime (e.g. apt-get install default-jre-headless)")

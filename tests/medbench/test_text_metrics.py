@@ -153,3 +153,13 @@ def test_rouge_l_equals_stock_rouge_score_with_stemming():
         prediction = " ".join(rng.choices(words, k=rng.randint(1, 25)))
         reference = " ".join(rng.choices(words, k=rng.randint(1, 25)))
         assert rouge_l(prediction, reference) == stock.score(reference, prediction)["rougeL"].fmeasure
+
+
+def test_meteor_can_be_switched_off_for_quick_runs(monkeypatch):
+    from medbench.lmms import report
+
+    doc = {"id": "r1", "reference": "The heart is normal.", "facts": [], "source": "demo"}
+    monkeypatch.setenv("MEDBENCH_METEOR", "off")
+    assert "meteor" not in report.process_results(doc, ["The heart is normal."])
+    monkeypatch.delenv("MEDBENCH_METEOR")
+    assert ("meteor" in report.process_results(doc, ["The heart is normal."])) == text.java_available()
