@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from leaderboard import stats
+from medbench.cli import dispatch
 from medbench.errors import MedbenchError
 
 CACHE_DIR = ".leaderboard-cache"
@@ -183,11 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers = parser.add_subparsers()
     register(subparsers)
     args = parser.parse_args(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except MedbenchError as error:
-        print(f"medbench: error: {error}", file=sys.stderr)
-        return 2
+    return dispatch(args)
 
 
 if __name__ == "__main__":

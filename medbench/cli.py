@@ -51,10 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace, prog: str = "medbench") -> int:
+    """Run a parsed subcommand; a :class:`MedbenchError` becomes one line on stderr and exit status 2."""
     try:
         return int(args.func(args) or 0)
     except MedbenchError as error:
-        print(f"medbench: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
 
 
