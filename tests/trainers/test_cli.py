@@ -263,3 +263,11 @@ def test_system_prompt_is_rendered_before_the_question(tiny_model_dirs):
     prompt, answers = render_prompt_and_answers(processor, "Is it normal?", {"chosen": "yes"}, "You are a radiologist.")
     assert prompt.index("You are a radiologist.") < prompt.index("<|vision_start|>") < prompt.index("Is it normal?")
     assert answers["chosen"].startswith("yes")
+
+
+def test_lazy_exports_name_every_loss_function():
+    import trainers
+    from trainers import losses
+
+    lazy_losses = {name for name, module in trainers._LAZY.items() if module == "trainers.losses"}
+    assert lazy_losses == set(losses.__all__)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from medbench.commands.demo import demo_environment
 
 from _prefdata import FAST
 
@@ -25,14 +26,7 @@ def test_merged_checkpoint_evaluates_on_a_demo_task(tmp_path, tiny_model_dirs, p
     assert model_dir == (tmp_path / "run" / "merged").resolve()
 
     out = tmp_path / "eval"
-    env = {
-        **os.environ,
-        "MEDBENCH_DATA": "demo",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": str(REPO),
-    }
+    env = {**demo_environment(), "PYTHONPATH": str(REPO)}
     command = [
         str(Path(sys.executable).parent / "lmms-eval"),
         "--include_path",
