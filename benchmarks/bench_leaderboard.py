@@ -241,8 +241,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from leaderboard.cli import CACHE_DIR
-    from leaderboard.cli import main as leaderboard
+    from medbench.leaderboard.cli import CACHE_DIR
+    from medbench.leaderboard.cli import main as leaderboard
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-leaderboard-"))
     try:

@@ -105,9 +105,9 @@ def build(arch: str, root: Path, batch_size: int):
     from trl import DPOTrainer
 
     from medbench.tiny import build_tiny_model
-    from trainers.config import load_recipe
-    from trainers.data import load_image, load_preference_file
-    from trainers.run import build_trainer
+    from medbench.train.config import load_recipe
+    from medbench.train.data import load_image, load_preference_file
+    from medbench.train.run import build_trainer
 
     model_dir = build_tiny_model(root / arch, arch)
     data = write_data(root / "data", batch_size)

@@ -1,6 +1,6 @@
 """Assemble verified runs into a board: columns from the task YAMLs, rows grouped under base models, statistics.
 
-Board-level trust rules live here (the per-run ones are in :mod:`leaderboard.submission`): a run whose
+Board-level trust rules live here (the per-run ones are in :mod:`medbench.leaderboard.submission`): a run whose
 answers equal another's on every item, or whose display name is taken, is a duplicate; a run evaluated on
 other items or references than the board's reference run (the baseline, else the first accepted run) is a
 data mismatch. Either rejects the later run.
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from leaderboard import stats
-from leaderboard.submission import Limits, Rejected, Run, VerificationCache, find_submissions, load_run
-from leaderboard.verify import rule_for
+from medbench.leaderboard import stats
+from medbench.leaderboard.submission import Limits, Rejected, Run, VerificationCache, find_submissions, load_run
+from medbench.leaderboard.verify import rule_for
 from medbench.errors import MedbenchError
 from medbench.taskfiles import group_members, task_configs, task_versions
 

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from leaderboard import stats
-from medbench.cli import dispatch
+from medbench.leaderboard import stats
+
 from medbench.errors import MedbenchError
 
 CACHE_DIR = ".leaderboard-cache"
@@ -93,9 +93,9 @@ def _primary(pairs: list[str]) -> dict[str, str]:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build the board into ``args.out``; returns 0 (1 with ``--strict`` when something was rejected)."""
-    from leaderboard.board import build_board, load_runs
-    from leaderboard.render import render_html, render_markdown, write_csv
-    from leaderboard.submission import VerificationCache
+    from medbench.leaderboard.board import build_board, load_runs
+    from medbench.leaderboard.render import render_html, render_markdown, write_csv
+    from medbench.leaderboard.submission import VerificationCache
 
     if args.iterations < 100:
         raise MedbenchError(f"--iterations {args.iterations}: use at least 100 draws for a 95% interval")
@@ -111,7 +111,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise MedbenchError(f"no run was accepted, nothing to show ({reasons})")
     plots: dict[str, Path] = {}
     if not args.no_plots:
-        from leaderboard.plots import plot_deltas, plot_scores
+        from medbench.leaderboard.plots import plot_deltas, plot_scores
 
         (out / "plots").mkdir(exist_ok=True)
         scores = plot_scores(board, out / "plots" / "scores.png")
@@ -149,8 +149,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Validate one submission; one line per problem; returns 0 when it would be accepted."""
-    from leaderboard.board import load_runs, screen
-    from leaderboard.submission import Rejected, find_submissions, load_run
+    from medbench.leaderboard.board import load_runs, screen
+    from medbench.leaderboard.submission import Rejected, find_submissions, load_run
 
     board_runs, board_rejected = load_runs(args.board) if args.board else ([], [])
     for error in board_rejected:
@@ -179,13 +179,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``medbench-leaderboard``: the same as ``medbench leaderboard``."""
-    parser = argparse.ArgumentParser(prog="medbench-leaderboard")
-    subparsers = parser.add_subparsers()
-    register(subparsers)
-    args = parser.parse_args(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
-    return dispatch(args)
+    """``medbench-leaderboard``: an alias of ``medbench leaderboard``."""
+    from medbench.cli import main as medbench_main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return medbench_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from leaderboard.board import Board, Row
+from medbench.leaderboard.board import Board, Row
 
 
 def _pyplot() -> Any:

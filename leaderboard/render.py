@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from leaderboard.board import Board, Cell, Column, Row, as_records
+from medbench.leaderboard.board import Board, Cell, Column, Row, as_records
 
 # --------------------------------------------------------------------------------------------- format
 

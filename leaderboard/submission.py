@@ -7,7 +7,7 @@ names the model and points at the ``medbench_train.json`` written by ``medbench-
 
 Everything a submission says is untrusted: every file read must lie inside the submission folder (links
 included), every file has a size cap, JSON is checked against the versioned schemas, and every score is
-recomputed from the per-sample logs (:mod:`leaderboard.verify`). The first problem found rejects the run
+recomputed from the per-sample logs (:mod:`medbench.leaderboard.verify`). The first problem found rejects the run
 with a :class:`Rejected` error whose ``rule`` says which trust rule failed.
 """
 
@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from leaderboard.verify import REGISTRY, Sample, VerificationError, check_metric, logged_value, rule_for
+from medbench.leaderboard.verify import REGISTRY, Sample, VerificationError, check_metric, logged_value, rule_for
 from medbench.errors import MedbenchError
 from medbench.results import NON_SCORE_METRICS, RunResults
 from medbench.taskfiles import group_members, task_configs, task_versions
@@ -758,7 +758,7 @@ def _training_summary(document: dict[str, Any]) -> dict[str, Any]:
 
 def _verifier_identity() -> str:
     # A cached verdict is only reused by the same verifier and the same task versions.
-    from leaderboard import __version__
+    from medbench.leaderboard import __version__
     from medbench import __version__ as medbench_version
 
     return json.dumps(

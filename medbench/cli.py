@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from importlib.metadata import entry_points
 from typing import Sequence
@@ -24,6 +25,7 @@ BUILTIN_COMMANDS = (
     "medbench.commands.eval",
     "medbench.commands.demo",
     "medbench.commands.judge",
+    "medbench.commands.doctor",
 )
 
 
@@ -55,13 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace, prog: str = "medbench") -> int:
-    """Run a parsed subcommand; a :class:`MedbenchError` becomes one line on stderr and exit status 2."""
+    """Run a parsed subcommand; a :class:`MedbenchError` becomes one line on stderr and exit status 2.
+
+    Every ``medbench`` command and its aliases (``medbench-train``, ``medbench-leaderboard``) end here.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except MedbenchError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Locate and read the medbench lmms-eval task files (the ``tasks`` folder installed with medbench).
+"""Locate and read the medbench lmms-eval task files (``tasks/``, installed as ``medbench.tasks``).
 
 The YAMLs are read without importing the ``!function`` targets, so listing tasks stays cheap.
 """
@@ -14,21 +14,12 @@ import yaml
 
 from medbench.errors import MedbenchError
 
-_MARKER = "medbench.yaml"
-
-
 def tasks_dir() -> Path:
-    """The folder holding the medbench task YAMLs (pass it to ``lmms-eval --include_path``)."""
-    spec = importlib.util.find_spec("tasks")
+    """The folder holding the medbench task YAMLs (the package ``medbench.tasks``, the repository's ``tasks/``)."""
+    spec = importlib.util.find_spec("medbench.tasks")
     if spec is None or not spec.submodule_search_locations:
         raise MedbenchError("the medbench task folder is not installed; reinstall with `pip install medbench[eval]`")
-    for location in spec.submodule_search_locations:
-        if (Path(location) / _MARKER).is_file():
-            return Path(location)
-    raise MedbenchError(
-        f"the importable 'tasks' package ({', '.join(spec.submodule_search_locations)}) is not medbench's; "
-        "another package named 'tasks' shadows it"
-    )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 class _TaskYamlLoader(yaml.SafeLoader):

@@ -1,10 +1,10 @@
-"""``medbench-train``: preference-optimise a vision-language model with one of the study's recipes.
+"""``medbench train`` (alias ``medbench-train``): preference-optimise a vision-language model with a recipe.
 
 Usage::
 
-    medbench-train --config trainers/recipes/<recipe>.yaml --model PATH_OR_ID --data FILE --output_dir DIR \\
+    medbench train --config trainers/recipes/<recipe>.yaml --model PATH_OR_ID --data FILE --output_dir DIR \\
         [--backbone NAME] [--image_root DIR] [--rejected_image_root DIR] [--key value ...]
-    medbench-train --list
+    medbench train --list
 
 ``--key value`` overrides any recipe field (``--beta 0.2``, ``--use_lora``, ``--max_steps 100``) or passes any
 ``trl.DPOConfig`` argument through (``--save_steps 500``). A flag without a value means ``true``.
@@ -20,12 +20,14 @@ from typing import Any
 
 from medbench.errors import MedbenchError
 
-PROG = "medbench-train"
+PROG = "medbench train"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train`` to the ``medbench`` command line (entry point ``medbench.commands``)."""
+    parser = subparsers.add_parser(
+        "train",
+        help="preference-optimise a vision-language model with one of the study's recipes",
         description="Preference optimisation (DPO family) for vision-language models, recipe by recipe.",
         epilog="Any other --key value overrides a recipe field or a trl.DPOConfig argument. See trainers/README.md.",
     )
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", help="backbone profile from trainers/backbones/ (see --list)")
     parser.add_argument("--image_root", help="folder relative image paths resolve against (default: data folder)")
     parser.add_argument("--rejected_image_root", help="folder for relative rejected_image paths (default: image_root)")
-    return parser
+    parser.set_defaults(func=run, passthrough=True)
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, Any]:
@@ -69,44 +71,38 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status (2 for user errors, printed as one line)."""
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    try:
-        if args.list:
-            from .docs import list_text
+def run(args: argparse.Namespace) -> int:
+    """Train one recipe (``medbench train``); unknown ``--key value`` pairs in ``args.extra`` are overrides."""
+    if args.list:
+        from .docs import list_text
 
-            print(list_text())
-            return 0
-        missing = [name for name in ("config", "model", "data", "output_dir") if getattr(args, name) is None]
-        if missing:
-            raise MedbenchError(
-                f"missing --{', --'.join(missing)} (usage: {PROG} --config RECIPE --model PATH --data FILE "
-                "--output_dir DIR)"
-            )
-        overrides = parse_overrides(extra)
-        if args.backbone:
-            overrides["backbone"] = args.backbone
-        from .config import load_recipe
-
-        recipe = load_recipe(args.config, overrides)
-        # Our progress messages at INFO; other libraries stay at WARNING (transformers logs through its own handler).
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("trainers").setLevel(logging.INFO)
-        from .run import train
-
-        result = train(
-            recipe,
-            args.model,
-            args.data,
-            args.output_dir,
-            image_root=args.image_root,
-            rejected_image_root=args.rejected_image_root,
+        print(list_text())
+        return 0
+    missing = [name for name in ("config", "model", "data", "output_dir") if getattr(args, name) is None]
+    if missing:
+        raise MedbenchError(
+            f"missing --{', --'.join(missing)} (usage: {PROG} --config RECIPE --model PATH --data FILE "
+            "--output_dir DIR)"
         )
-    except MedbenchError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    overrides = parse_overrides(args.extra)
+    if args.backbone:
+        overrides["backbone"] = args.backbone
+    from .config import load_recipe
+
+    recipe = load_recipe(args.config, overrides)
+    # Our progress messages at INFO; other libraries stay at WARNING (transformers logs through its own handler).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medbench.train").setLevel(logging.INFO)
+    from .run import train
+
+    result = train(
+        recipe,
+        args.model,
+        args.data,
+        args.output_dir,
+        image_root=args.image_root,
+        rejected_image_root=args.rejected_image_root,
+    )
     if result.model_dir is not None:
         print(f"{PROG}: done; model for evaluation: {result.model_dir}")
     else:
@@ -115,5 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    """``medbench-train``: an alias of ``medbench train``."""
+    from medbench.cli import main as medbench_main
+
+    return medbench_main(["train", *(sys.argv[1:] if argv is None else argv)])

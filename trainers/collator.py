@@ -73,11 +73,11 @@ class PreferenceCollator:
 
     Args:
         processor: The model's processor (tokenizer + image processor + chat template).
-        objective: Which rows to build (see :class:`trainers.objectives.Objective`).
+        objective: Which rows to build (see :class:`medbench.train.objectives.Objective`).
         max_length: Truncate each row to this many tokens (prompt incl. image tokens + answer); None keeps all.
         visual_error_types: Error types routed to the image-side term by per-record objectives.
         system_prompt: Optional system message before every question.
-        image_loader: Function opening an image path (defaults to :func:`trainers.data.load_image`).
+        image_loader: Function opening an image path (defaults to :func:`medbench.train.data.load_image`).
 
     Returns (when called on a list of records) a dict with ``input_ids``, ``attention_mask``, ``completion_mask``,
     the processor's image tensors (``pixel_values``, ``image_grid_thw``, ...), and, when the objective uses them,

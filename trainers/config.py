@@ -59,7 +59,7 @@ class RecipeConfig:
 
     # Identity
     name: str = field(default="custom", metadata={"help": "Recipe name (the recipe file's stem)."})
-    description: str = field(default="", metadata={"help": "One-line description shown by `medbench-train --list`."})
+    description: str = field(default="", metadata={"help": "One-line description shown by `medbench train --list`."})
     objective: str = field(default="dpo", metadata={"help": f"Loss to optimise, one of: {', '.join(OBJECTIVES)}."})
     paper: str = field(default="", metadata={"help": "Link to the method's paper."})
 
@@ -242,7 +242,7 @@ class RecipeConfig:
         allowed = dpo_config_fields()
         for key in self.trainer_args:
             if key in _MANAGED_TRAINER_ARGS:
-                self._fail(f"trainer_args.{key}", f"is managed by medbench-train: {_MANAGED_TRAINER_ARGS[key]}")
+                self._fail(f"trainer_args.{key}", f"is managed by medbench train: {_MANAGED_TRAINER_ARGS[key]}")
             if key in own:
                 self._fail(f"trainer_args.{key}", "is a recipe field; set it at the top level instead")
             if key not in allowed:
@@ -380,7 +380,7 @@ def load_recipe(
         if key in own:
             field_overrides[key] = value
         elif key in _MANAGED_TRAINER_ARGS:
-            raise RecipeError(f"--{key} is managed by medbench-train: {_MANAGED_TRAINER_ARGS[key]}")
+            raise RecipeError(f"--{key} is managed by medbench train: {_MANAGED_TRAINER_ARGS[key]}")
         elif key in dpo_config_fields():
             trainer_args[key] = _parse_trainer_arg(key, value)
         else:

@@ -6,7 +6,7 @@ Native schema (one JSON object per line; ``.json`` files holding a list of objec
      "chosen": "Yes, a small right pleural effusion.", "rejected": "Yes, a small left pleural effusion.",
      "rejected_image": "noised/ct_017.png", "weight": 0.8, "error_type": "visual_misinterpretation"}
 
-Only the fields a recipe needs must be present (see :data:`trainers.objectives.RECORD_FIELDS`).
+Only the fields a recipe needs must be present (see :data:`medbench.train.objectives.RECORD_FIELDS`).
 
 The study's released data (LLaVA conversation style) loads too::
 
@@ -134,7 +134,7 @@ def load_preference_file(
         rejected_image_root: Folder relative ``rejected_image`` paths resolve against; default ``image_root``.
 
     Returns:
-        Records as dicts with every key of :data:`trainers.objectives.RECORD_FIELDS` (None where absent).
+        Records as dicts with every key of :data:`medbench.train.objectives.RECORD_FIELDS` (None where absent).
 
     Raises:
         DataError: unreadable file, malformed record, or an image file that does not exist (one line naming it).

@@ -1,7 +1,7 @@
 """The objectives a recipe can name, with what each needs from the data and which sequences it scores.
 
 This module is import-light (no torch): the CLI lists recipes and validates data with it before any model is
-loaded. The arithmetic lives in :mod:`trainers.losses`; the trainer maps an objective's scored sequences
+loaded. The arithmetic lives in :mod:`medbench.train.losses`; the trainer maps an objective's scored sequences
 ("rows") to those functions.
 
 A *row* is one sequence the model scores per record: an answer field paired with an image field, e.g.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Record fields, as produced by ``trainers.data`` from either accepted file schema.
+# Record fields, as produced by ``medbench.train.data`` from either accepted file schema.
 RECORD_FIELDS: dict[str, str] = {
     "id": "record identifier (string); defaults to the line number",
     "image": "path of the image the question is about",

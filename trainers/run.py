@@ -176,7 +176,7 @@ def train(
     Args:
         recipe: The validated recipe.
         model: Checkpoint directory or hub id of an ``AutoModelForImageTextToText`` model.
-        data: Preference file (see :mod:`trainers.data`).
+        data: Preference file (see :mod:`medbench.train.data`).
         output_dir: Run folder; created if needed.
         image_root: Folder relative image paths resolve against (default: the data file's folder).
         rejected_image_root: Folder relative ``rejected_image`` paths resolve against (default: ``image_root``).

@@ -5,7 +5,7 @@ The subclass overrides two public methods only:
 * :meth:`MedPreferenceTrainer.compute_loss` scores every row block the collator built (one policy forward and, for
   reference-based objectives, one reference forward, both through TRL's fused log-prob head), splits the
   per-sequence log-probabilities into blocks and hands them to the objective's pure loss function from
-  :mod:`trainers.losses`. ``objective: trl`` defers to TRL's own ``compute_loss`` unchanged.
+  :mod:`medbench.train.losses`. ``objective: trl`` defers to TRL's own ``compute_loss`` unchanged.
 * :meth:`MedPreferenceTrainer.log` adds the objective's metrics (rewards, margins, loss components), averaged
   over the logging window and across processes.
 
@@ -126,13 +126,13 @@ def objective_terms(
 
 
 class MedPreferenceTrainer(DPOTrainer):
-    """``trl.DPOTrainer`` whose loss is one of the study's objectives (see :mod:`trainers.objectives`).
+    """``trl.DPOTrainer`` whose loss is one of the study's objectives (see :mod:`medbench.train.objectives`).
 
     Args:
         *args: Positional arguments of ``trl.DPOTrainer``.
-        recipe: The run's :class:`trainers.config.RecipeConfig` (objective and its hyperparameters).
+        recipe: The run's :class:`medbench.train.config.RecipeConfig` (objective and its hyperparameters).
         **kwargs: Keyword arguments of ``trl.DPOTrainer`` (``model``, ``args``, ``train_dataset``,
-            ``processing_class``, ``data_collator`` (a :class:`trainers.collator.PreferenceCollator`),
+            ``processing_class``, ``data_collator`` (a :class:`medbench.train.collator.PreferenceCollator`),
             ``peft_config``, ...).
     """
 

@@ -7,6 +7,7 @@ from collections import Counter
 
 from medbench.data.loading import load_task_docs, resolve_source
 from medbench.data.sources import SOURCES
+from medbench.errors import MedbenchError
 from medbench.taskfiles import expand_task_names
 
 
@@ -48,8 +49,7 @@ def check_tasks(names: list[str], environ: dict[str, str] | None = None) -> list
 def _check(args: argparse.Namespace) -> int:
     unknown = [name for name in args.tasks if not expand_task_names([name])]
     if unknown:
-        print(f"medbench: error: not medbench tasks: {', '.join(unknown)} (see `medbench tasks`)")
-        return 2
+        raise MedbenchError(f"not medbench tasks: {', '.join(unknown)} (see `medbench tasks`)")
     for line in check_tasks(args.tasks):
         print(line)
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from medbench.commands.data import check_tasks
 from medbench.errors import MedbenchError
+from medbench.lmms.tasklink import link_status, link_tasks
 from medbench.taskfiles import group_members, tasks_dir
 
 DEFAULT_OUTPUT = "medbench-results"
@@ -74,6 +75,12 @@ def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_d
         MedbenchError: When the data check fails, lmms-eval fails, or no results were written.
     """
     args = prepare_lmms_args(argv)
+    # lmms-eval's own task folder wins over --include_path, so a copy left by an older `medbench tasks link`
+    # would shadow the current task files: refresh it (it is medbench's own, as its marker file proves).
+    if link_status().state == "stale":
+        link_tasks()
+        print("medbench eval: refreshed the lmms-eval copy of the medbench tasks (see `medbench tasks link`)",
+              file=sys.stderr)
     environment = dict(os.environ if env is None else env)
     tasks = (_flag_value(args, "--tasks") or "").split(",")
     if check_data:

@@ -13,11 +13,9 @@ The API key is read from the environment only (a flag would end up in shell hist
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from medbench.errors import MedbenchError
 
@@ -116,20 +114,3 @@ def _print_report(task: str, report, results_path: Path) -> None:
     if usage["errors"]:
         print("  request problems: " + ", ".join(f"{k} ×{v}" for k, v in usage["errors"].items()))
     print(f"  wrote {results_path}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``medbench judge`` on its own (``python -m medbench.commands.judge``)."""
-    parser = argparse.ArgumentParser(prog="medbench")
-    register(parser.add_subparsers())
-    args = parser.parse_args(["judge", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except MedbenchError as error:
-        print(f"medbench: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

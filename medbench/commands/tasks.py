@@ -1,4 +1,8 @@
-"""``medbench tasks-dir`` and ``medbench tasks``: where the task YAMLs are and what they contain."""
+"""``medbench tasks-dir``, ``medbench tasks`` and ``medbench tasks link|unlink``.
+
+Where the task YAMLs are, what they contain, and their registration inside lmms-eval (so a bare
+``lmms-eval --tasks medbench_*`` finds them; see :mod:`medbench.lmms.tasklink`).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description='Print the medbench task folder, e.g. lmms-eval --include_path "$(medbench tasks-dir)" ...',
     )
     where.set_defaults(func=lambda args: print(tasks_dir()))
-    listing = subparsers.add_parser("tasks", help="list the medbench tasks, their versions and data sources")
+    listing = subparsers.add_parser(
+        "tasks",
+        help="list the medbench tasks; `tasks link` registers them in lmms-eval",
+        description="List the medbench tasks, their versions and data sources (no action), or register them "
+        "inside the lmms-eval installation so that `lmms-eval --tasks medbench_*` works without --include_path.",
+    )
     listing.set_defaults(func=_list_tasks)
+    actions = listing.add_subparsers(dest="tasks_command", metavar="{link,unlink}")
+    actions.add_parser(
+        "link", help="copy the task files into lmms-eval's task folder (idempotent; refreshes a stale copy)"
+    ).set_defaults(func=_link)
+    actions.add_parser(
+        "unlink", help="remove exactly what `medbench tasks link` created (run it before uninstalling medbench)"
+    ).set_defaults(func=_unlink)
+
+
+def _link(args: argparse.Namespace) -> int:
+    from medbench.lmms.tasklink import link_tasks
+
+    status = link_tasks()
+    print(f"lmms-eval task registration: {status.detail}")
+    return 0
+
+
+def _unlink(args: argparse.Namespace) -> int:
+    from medbench.lmms.tasklink import unlink_tasks
+
+    print(unlink_tasks())
+    return 0
 
 
 def _list_tasks(args: argparse.Namespace) -> int:

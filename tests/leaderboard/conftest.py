@@ -51,7 +51,7 @@ def limited_results(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
     """``{"inline": lmms-eval folder judged during the run, "rescored": demo baseline copy + medbench judge}``."""
-    from medbench.commands.judge import main as judge_main
+    from medbench.cli import main as medbench_main
     from medbench.judge.loopback import LoopbackJudgeServer
 
     root = tmp_path_factory.mktemp("leaderboard_judge")
@@ -82,8 +82,9 @@ def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
         samples = next(rescored.glob("*_samples_medbench_amboss.jsonl"))
         # a cache file of our own: `medbench judge --cache off` currently falls back to the user's cache
         assert (
-            judge_main(
+            medbench_main(
                 [
+                    "judge",
                     str(samples),
                     "--model",
                     "loopback-judge",

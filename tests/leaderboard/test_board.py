@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from _lbfiles import copy_run
 
-from leaderboard import stats
-from leaderboard.board import all_columns, as_records, build_board, load_runs
-from leaderboard.render import csv_cell, md, render_html, render_markdown, write_csv
-from leaderboard.submission import MANIFEST_SCHEMA, load_schema, schema_problem
-from leaderboard.verify import REGISTRY
+from medbench.leaderboard import stats
+from medbench.leaderboard.board import all_columns, as_records, build_board, load_runs
+from medbench.leaderboard.render import csv_cell, md, render_html, render_markdown, write_csv
+from medbench.leaderboard.submission import MANIFEST_SCHEMA, load_schema, schema_problem
+from medbench.leaderboard.verify import REGISTRY
 from medbench.cli import main as medbench_main
 from medbench.results import find_runs
 from medbench.taskfiles import task_configs
@@ -83,9 +83,9 @@ def test_columns_come_from_the_task_yamls():
 
 
 def test_every_yaml_metric_has_a_verification_rule():
-    # A new metric in a task YAML must be given a deliberate recompute/consistency rule in leaderboard.verify.
+    # A new metric in a task YAML must be given a deliberate recompute/consistency rule in medbench.leaderboard.verify.
     missing = {m["metric"] for config in task_configs().values() for m in config["metric_list"]} - set(REGISTRY)
-    assert not missing, f"add {sorted(missing)} to leaderboard.verify.REGISTRY"
+    assert not missing, f"add {sorted(missing)} to medbench.leaderboard.verify.REGISTRY"
 
 
 def test_tiny_model_is_significantly_worse_than_the_baseline_where_the_intervals_say_so(demo_board):
@@ -280,7 +280,7 @@ def test_build_and_validate_from_the_command_line(demo_results, limited_results,
 
 
 def test_command_line_mistakes_are_one_line_errors(demo_results, tmp_path, capsys):
-    from leaderboard.cli import main
+    from medbench.leaderboard.cli import main
 
     assert main(["build", str(demo_results["baseline"]), "--out", str(tmp_path), "--baseline", "nobody"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from _lbfiles import copy_run, edit_results, edit_samples, forge_vqa, results_file, samples_file
 
-from leaderboard.board import build_board, load_runs, screen
-from leaderboard.submission import Limits, Rejected, load_run
+from medbench.leaderboard.board import build_board, load_runs, screen
+from medbench.leaderboard.submission import Limits, Rejected, load_run
 
 VQA = "medbench_vqa_rad"
 
@@ -295,7 +295,7 @@ def test_rejected_runs_do_not_stop_the_board(demo_results, baseline_copy, limite
 
 
 def test_a_cached_verification_is_not_reused_after_an_edit(baseline_copy, tmp_path):
-    from leaderboard.submission import VerificationCache
+    from medbench.leaderboard.submission import VerificationCache
 
     cache = VerificationCache(tmp_path / "cache")
     load_run(baseline_copy, cache=cache)

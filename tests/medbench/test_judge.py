@@ -277,7 +277,7 @@ def _write_samples(path: Path, items: list[JudgeItem]) -> None:
 
 def _run_cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "medbench.commands.judge", *args],
+        [sys.executable, "-m", "medbench", "judge", *args],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
     )
 

@@ -136,9 +136,9 @@ def test_demo_data_through_lmms_eval_with_a_loopback_judge(tmp_path):
         assert json.loads(sidecars[0].read_text())["judge"]["prompts"]["nli"]["id"] == "nli-v1"
 
         # Re-score the sample logs with the standalone command: same judge, same cache -> no new request.
-        from medbench.commands.judge import main
+        from medbench.cli import main
 
-        code = main([str(out), "--parts", "nli,fabrication,severity", "--no-progress",
+        code = main(["judge", str(out), "--parts", "nli,fabrication,severity", "--no-progress",
                      "--base-url", server.base_url, "--model", "loopback", "--cache", str(tmp_path / "cache.sqlite")])
         assert code == 0 and server.count() == requests_in_lmms
     for task in ("medbench_mimic_cxr", "medbench_amboss"):

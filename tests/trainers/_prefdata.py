@@ -73,7 +73,7 @@ def write_images(root: Path) -> Path:
     from PIL import Image
     from skimage import data as skdata
 
-    from trainers.data import load_image
+    from medbench.train.data import load_image
 
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "noised").mkdir(parents=True, exist_ok=True)

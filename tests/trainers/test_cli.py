@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from _prefdata import FAST, RECORDS, write_jsonl
 
-from trainers.cli import main, parse_overrides
-from trainers.config import list_backbones, list_recipes
-from trainers.docs import README, generated_block, render_readme
+from medbench.train.cli import main, parse_overrides
+from medbench.train.config import list_backbones, list_recipes
+from medbench.train.docs import README, generated_block, render_readme
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_console_script_lists_recipes():
 
 def test_readme_recipe_table_is_current():
     text = README.read_text(encoding="utf-8")
-    assert render_readme(text) == text, "trainers/README.md is stale: run `python -m trainers.docs`"
+    assert render_readme(text) == text, "trainers/README.md is stale: run `python -m medbench.train.docs`"
     for recipe in list_recipes():
         assert f"| `{recipe.name}` |" in generated_block()
 
@@ -82,7 +82,7 @@ def test_recipe_whose_data_lacks_a_field_stops_with_one_line(tmp_path, tiny_mode
     )
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("medbench-train: error: recipe 'copo' needs field 'rejected_image'")
+    assert err.startswith("medbench: error: recipe 'copo' needs field 'rejected_image'")
     assert not (tmp_path / "out").exists()  # stopped before loading the model
 
 
@@ -125,7 +125,7 @@ def test_unloadable_model_is_one_line(tmp_path, pref_file, capsys):
     # Progress logs may precede it on stderr; the error itself is the one last line, without a traceback.
     last = err.strip().splitlines()[-1]
     assert last.startswith(
-        f"medbench-train: error: cannot load an image-text-to-text model from {tmp_path / 'empty_model'}"
+        f"medbench: error: cannot load an image-text-to-text model from {tmp_path / 'empty_model'}"
     )
     assert "Traceback" not in err
 
@@ -162,7 +162,7 @@ def test_backbone_profiles_on_tiny_same_architecture_models(
     assert metadata["config"]["max_length"] == 128  # the command line wins over the profile's 1024/2048
     from transformers import AutoProcessor
 
-    from trainers.collator import render_prompt_and_answers
+    from medbench.train.collator import render_prompt_and_answers
 
     processor = AutoProcessor.from_pretrained(out_dir / "merged")
     prompt, answers = render_prompt_and_answers(processor, "Is the lung normal?", {"chosen": "yes"})
@@ -210,12 +210,12 @@ def test_tiny_qwen2_vl_trains_too(tmp_path, tiny_model_dirs, pref_file, capsys):
 def test_import_trainers_is_light():
     code = (
         "import sys, trainers\n"
-        "from trainers import load_recipe, list_recipes, OBJECTIVES\n"
-        "from trainers.cli import main\n"
+        "from medbench.train import load_recipe, list_recipes, OBJECTIVES\n"
+        "from medbench.train.cli import main\n"
         "list_recipes(); load_recipe('mdpo')\n"
         "heavy = [m for m in ('torch', 'trl', 'transformers', 'peft', 'lmms_eval') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
-        "from trainers import dpo_loss\n"
+        "from medbench.train import dpo_loss\n"
         "assert 'torch' in sys.modules\n"
     )
     done = subprocess.run(
@@ -257,7 +257,7 @@ def test_lora_without_merge_saves_only_the_adapter(tmp_path, tiny_model_dirs, pr
 def test_system_prompt_is_rendered_before_the_question(tiny_model_dirs):
     from transformers import AutoProcessor
 
-    from trainers.collator import render_prompt_and_answers
+    from medbench.train.collator import render_prompt_and_answers
 
     processor = AutoProcessor.from_pretrained(tiny_model_dirs["qwen2_5_vl"])
     prompt, answers = render_prompt_and_answers(processor, "Is it normal?", {"chosen": "yes"}, "You are a radiologist.")
@@ -266,8 +266,8 @@ def test_system_prompt_is_rendered_before_the_question(tiny_model_dirs):
 
 
 def test_lazy_exports_name_every_loss_function():
-    import trainers
-    from trainers import losses
+    import medbench.train
+    from medbench.train import losses
 
-    lazy_losses = {name for name, module in trainers._LAZY.items() if module == "trainers.losses"}
+    lazy_losses = {name for name, module in medbench.train._LAZY.items() if module == "medbench.train.losses"}
     assert lazy_losses == set(losses.__all__)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from medbench.errors import MedbenchError
-from trainers.config import (
+from medbench.train.config import (
     RecipeConfig,
     RecipeError,
     list_backbones,
@@ -16,7 +16,7 @@ from trainers.config import (
     load_recipe,
     recipe_paths,
 )
-from trainers.objectives import OBJECTIVES
+from medbench.train.objectives import OBJECTIVES
 
 STUDY_VARIANTS = {
     "dpo",
@@ -100,7 +100,7 @@ def test_overrides_are_typed_from_strings():
         ({"precision": "fp16"}, "`precision` is 'fp16'"),
         ({"label_smoothing": "0.5"}, "`label_smoothing` must lie in [0, 0.5)"),
         ({"no_such_option": "1"}, "unknown option --no_such_option"),
-        ({"output_dir": "x"}, "--output_dir is managed by medbench-train"),
+        ({"output_dir": "x"}, "--output_dir is managed by medbench train"),
         ({"loss_type": "hinge"}, "set `objective: trl` and `trl_loss_type`"),
         ({"precompute_ref_log_probs": "true"}, "cannot precompute reference log-probs for image data"),
         ({"objective": "trl", "trl_loss_type": "sigmoid,bogus"}, "unknown loss types ['bogus']"),

@@ -8,8 +8,8 @@ import pytest
 from _prefdata import RECORDS, to_llava_conversations, write_jsonl
 
 from medbench.errors import DataError
-from trainers.data import load_image, load_preference_file, records_to_dataset, validate_records
-from trainers.objectives import OBJECTIVES
+from medbench.train.data import load_image, load_preference_file, records_to_dataset, validate_records
+from medbench.train.objectives import OBJECTIVES
 
 VISUAL = frozenset({"visual_misinterpretation"})
 

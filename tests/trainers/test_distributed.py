@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from trainers.config import ACCELERATE_DIR
+from medbench.train.config import ACCELERATE_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,8 @@ def test_two_cpu_processes_train_mdpo_with_lora(tmp_path, tiny_model_dirs, pref_
         "--main_process_port",
         str(_free_port()),
         "-m",
-        "trainers",
+        "medbench",
+        "train",
         "--config",
         "mdpo",
         "--model",

@@ -11,8 +11,8 @@ from medbench.commands.demo import demo_environment
 
 from _prefdata import FAST
 
-from trainers.config import load_recipe
-from trainers.run import train
+from medbench.train.config import load_recipe
+from medbench.train.run import train
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import trainers
-from trainers import losses as L
+import medbench.train
+from medbench.train import losses as L
 
 LN2 = 0.6931471805599453
 SP1 = 0.3132616875182228  # -log σ(1)
@@ -43,9 +43,9 @@ def close(actual: torch.Tensor, expected: list[float]) -> None:
 
 
 def test_losses_are_importable_from_the_package():
-    assert trainers.dpo_loss is L.dpo_loss
-    assert trainers.mdpo_loss is L.mdpo_loss
-    assert trainers.error_targeted_loss is L.error_targeted_loss
+    assert medbench.train.dpo_loss is L.dpo_loss
+    assert medbench.train.mdpo_loss is L.mdpo_loss
+    assert medbench.train.error_targeted_loss is L.error_targeted_loss
 
 
 def test_dpo():

@@ -10,11 +10,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trainers.collator import PreferenceCollator
-from trainers.config import load_recipe
-from trainers.data import load_image, load_preference_file, records_to_dataset
-from trainers.objectives import OBJECTIVES
-from trainers.trainer import MedPreferenceTrainer
+from medbench.train.collator import PreferenceCollator
+from medbench.train.config import load_recipe
+from medbench.train.data import load_image, load_preference_file, records_to_dataset
+from medbench.train.objectives import OBJECTIVES
+from medbench.train.trainer import MedPreferenceTrainer
 
 ARCHES = ["llava", "qwen2_5_vl"]
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from _prefdata import FAST
 
-from trainers import losses as L
-from trainers.collator import PreferenceCollator
-from trainers.config import load_recipe
-from trainers.data import load_image, load_preference_file
-from trainers.objectives import OBJECTIVES
-from trainers.run import build_trainer, precision_flags
-from trainers.trainer import NON_MODEL_KEYS
+from medbench.train import losses as L
+from medbench.train.collator import PreferenceCollator
+from medbench.train.config import load_recipe
+from medbench.train.data import load_image, load_preference_file
+from medbench.train.objectives import OBJECTIVES
+from medbench.train.run import build_trainer, precision_flags
+from medbench.train.trainer import NON_MODEL_KEYS
 
 ARCHES = ["llava", "qwen2_5_vl"]
 
@@ -195,7 +195,7 @@ def test_lora_trains_an_unfrozen_projector_in_full(tmp_path, tiny_model_dirs, pr
 
 
 def test_precision_is_bf16_on_gpu_and_fp32_on_cpu():
-    from trainers.config import RecipeError
+    from medbench.train.config import RecipeError
 
     auto = load_recipe("dpo")
     assert precision_flags(auto, cuda_available=True, bf16_supported=True) == (False, True)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from _prefdata import FAST
 
-from trainers.config import load_recipe, recipe_paths
-from trainers.data import file_sha256, load_preference_file
-from trainers.objectives import OBJECTIVES
-from trainers.outputs import LOG_FILE, METADATA_FILE, PLOT_FILE
-from trainers.run import MERGED_DIR, train
+from medbench.train.config import load_recipe, recipe_paths
+from medbench.train.data import file_sha256, load_preference_file
+from medbench.train.objectives import OBJECTIVES
+from medbench.train.outputs import LOG_FILE, METADATA_FILE, PLOT_FILE
+from medbench.train.run import MERGED_DIR, train
 
 RECIPES = [path.stem for path in recipe_paths()]
 ARCHES = ["llava", "qwen2_5_vl"]
@@ -62,7 +62,7 @@ def test_merged_lora_model_equals_base_plus_adapter(tmp_path, tiny_model_dirs, p
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from trainers.collator import PreferenceCollator
+    from medbench.train.collator import PreferenceCollator
 
     recipe = load_recipe("dpo", {**FAST, "use_lora": True, "learning_rate": "5e-2"})
     result = train(recipe, tiny_model_dirs["llava"], pref_file, tmp_path / "run")
@@ -83,8 +83,8 @@ def test_merged_lora_model_equals_base_plus_adapter(tmp_path, tiny_model_dirs, p
 def test_full_checkpoint_reloads_for_generation(tmp_path, tiny_model_dirs, pref_file):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from trainers.collator import render_prompt_and_answers
-    from trainers.data import load_image
+    from medbench.train.collator import render_prompt_and_answers
+    from medbench.train.data import load_image
 
     recipe = load_recipe("mdpo", FAST)
     result = train(recipe, tiny_model_dirs["qwen2_5_vl"], pref_file, tmp_path / "run")
