@@ -1,0 +1,300 @@
+"""A study file (``STUDY.yaml``) and the grid of cells it expands to.
+
+A study is backbones × recipes × seeds, plus each backbone's base model and an SFT comparator. Every cell is
+one command (build preference data, train, evaluate, build the board) with an output folder and a config hash:
+the hash covers the command, its environment, the content of its input files and the hashes of the cells it
+depends on, so a changed setting invalidates exactly the cells it reaches.
+
+Keys of a study file (relative paths are relative to the working directory, as on any command line;
+``${VAR}`` is read from the environment)::
+
+    study: NAME                     # the folder under --out (default: the file's stem)
+    backbones:                      # name -> the checkpoint to start from and its medbench train profile
+      NAME: {model: PATH_OR_HUB_ID, profile: llava_med_v1_5, eval_model_args: "key=value,..."}
+    recipes: [dpo, copo, ...]       # medbench train recipes trained for every backbone and seed
+    seeds: [42]
+    sft: true                       # train the `sft` comparator (once per backbone and seed)
+    base: true                      # evaluate each base checkpoint too
+    variants_from: base             # or `sft`: start each variant from the SFT checkpoint of its seed
+    data:
+      preferences: FILE             # given preference data (medbench train's schema), or
+      build: [ARGS...]              # arguments of `medbench prefs build` (run once per recipe)
+      sft: FILE                     # supervised data for `sft` (default: the preference file)
+      image_root: DIR
+    train: {key: value}             # `medbench train --key value` for every training cell
+    recipe_train: {RECIPE: {key: value}}
+    launcher: [accelerate, launch, --config_file, FILE]   # optional: how training cells start
+    eval:
+      model: medbench_hf
+      tasks: [medbench_vqa_rad]
+      args: [--batch_size, "8"]     # further lmms-eval flags
+      env: {MEDBENCH_DATA: demo}    # environment of evaluation cells (judge variables go here too)
+    board: {baseline: sft}          # `base`, `sft` or a recipe: the run every other one is tested against
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medbench.errors import MedbenchError
+
+SFT = "sft"
+BASE = "base"
+CELL_KINDS = ("prefs", "train", "eval", "board")
+_KNOWN_KEYS = {
+    "study", "description", "backbones", "recipes", "seeds", "sft", "base", "variants_from", "data", "train",
+    "recipe_train", "launcher", "eval", "board",
+}
+
+
+@dataclass
+class Cell:
+    """One unit of work of a study.
+
+    Attributes:
+        id: ``backbone/variant/sSEED/kind`` (``prefs/RECIPE``, ``board``), also its folder under the study.
+        kind: ``prefs``, ``train``, ``eval`` or ``board``.
+        argv: The ``medbench`` arguments (``["train", "--config", ...]``), without the program.
+        launcher: Words placed before ``-m medbench`` for training cells (``accelerate launch ...``).
+        env: Extra environment variables.
+        deps: Ids of the cells whose outputs this one reads.
+        inputs: Files whose content is part of the hash.
+        meta: What the board and the report need (backbone, variant, seed).
+        hash: The config hash, set by :func:`expand`.
+    """
+
+    id: str
+    kind: str
+    argv: list[str]
+    launcher: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    deps: list[str] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    hash: str = ""
+
+
+@dataclass
+class Study:
+    """A parsed study file with its cells in dependency order."""
+
+    name: str
+    path: Path
+    root: Path
+    cells: list[Cell]
+    baseline: str | None
+
+    def cell(self, cell_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        raise MedbenchError(f"{self.path}: no cell {cell_id!r} (see `medbench study plan {self.path}`)")
+
+    def folder(self, cell: Cell) -> Path:
+        return self.root / cell.id
+
+
+def _expand_vars(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        def substitute(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise MedbenchError(f"{where}: ${{{name}}} is not set; export {name}=... before using this study")
+            return os.environ[name]
+
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", substitute, value)
+    if isinstance(value, list):
+        return [_expand_vars(item, where) for item in value]
+    if isinstance(value, dict):
+        return {key: _expand_vars(item, where) for key, item in value.items()}
+    return value
+
+
+def _flags(mapping: dict[str, Any], where: str) -> list[str]:
+    """``{"beta": 0.1, "use_lora": true}`` -> ``["--beta", "0.1", "--use_lora", "true"]``."""
+    if not isinstance(mapping, dict):
+        raise MedbenchError(f"{where}: expected a mapping of option: value")
+    argv = []
+    for key, value in mapping.items():
+        if isinstance(value, (dict, list)):
+            raise MedbenchError(f"{where}.{key}: give a single value (a string, number or boolean)")
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def _file(value: str) -> Path:
+    return Path(value)
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_study(path: Path, out: Path | None = None) -> Study:
+    """Read ``path`` and expand it into cells (nothing is run).
+
+    Args:
+        path: The study YAML.
+        out: Folder holding every study's outputs (default ``studies-out``); the study's own folder is
+            ``out/NAME``.
+
+    Raises:
+        MedbenchError: The file is missing or malformed; the message names the key and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MedbenchError(f"{path}: no such study file (examples: medbench/studies/paper.yaml, tiny.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise MedbenchError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from error
+    if not isinstance(raw, dict):
+        raise MedbenchError(f"{path}: a study file is a mapping (study:, backbones:, recipes:, ...)")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        raise MedbenchError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN_KEYS))}")
+    raw = _expand_vars(raw, str(path))
+    name = str(raw.get("study") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise MedbenchError(f"{path}: study {name!r}: use letters, digits, '.', '_' or '-'")
+    out = Path(out) if out else Path("studies-out")
+    root = out / name
+
+    backbones = raw.get("backbones")
+    if not isinstance(backbones, dict) or not backbones:
+        raise MedbenchError(f"{path}: backbones: name at least one, e.g. backbones: {{tiny: {{model: DIR}}}}")
+    recipes = [str(recipe) for recipe in raw.get("recipes") or []]
+    seeds = raw.get("seeds") or [42]
+    if not all(isinstance(seed, int) for seed in seeds):
+        raise MedbenchError(f"{path}: seeds: give whole numbers, e.g. seeds: [1, 2]")
+    want_sft = _is_true(raw.get("sft", True))
+    want_base = _is_true(raw.get("base", True))
+    variants_from = str(raw.get("variants_from", BASE))
+    if variants_from not in (BASE, SFT):
+        raise MedbenchError(f"{path}: variants_from: {variants_from!r}; choose base or sft")
+    if variants_from == SFT and not want_sft:
+        raise MedbenchError(f"{path}: variants_from: sft needs sft: true")
+    if SFT in recipes:
+        raise MedbenchError(f"{path}: recipes: leave out sft; it is trained by `sft: true`")
+
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise MedbenchError(f"{path}: data: expected preferences:, build:, sft:, image_root:")
+    if bool(data.get("preferences")) == bool(data.get("build")):
+        raise MedbenchError(f"{path}: data: give exactly one of preferences: FILE or build: [medbench prefs build args]")
+    train_flags = _flags(raw.get("train") or {}, f"{path}: train")
+    recipe_train = raw.get("recipe_train") or {}
+    launcher = [str(word) for word in raw.get("launcher") or []]
+    evaluation = raw.get("eval") or {}
+    tasks = evaluation.get("tasks") or []
+    if not tasks:
+        raise MedbenchError(f"{path}: eval.tasks: name the medbench tasks to evaluate, e.g. [medbench_vqa_rad]")
+    eval_env = {str(k): str(v) for k, v in (evaluation.get("env") or {}).items()}
+    eval_args = [str(arg) for arg in evaluation.get("args") or []]
+    eval_model = str(evaluation.get("model") or "medbench_hf")
+    use_lora = _is_true((raw.get("train") or {}).get("use_lora", False))
+
+    cells: list[Cell] = []
+    image_root = data.get("image_root")
+    image_flags = ["--image_root", str(_file(image_root))] if image_root else []
+
+    def preference_file(recipe: str) -> tuple[Path, list[str], list[Path]]:
+        if data.get("preferences"):
+            file = _file(str(data["preferences"]))
+            return file, [], [file]
+        return root / f"prefs/{recipe}" / "prefs.jsonl", [f"prefs/{recipe}"], []
+
+    if data.get("build"):
+        build_args = [str(arg) for arg in data["build"]]
+        for recipe in recipes + ([SFT] if want_sft and not data.get("sft") else []):
+            cells.append(Cell(
+                id=f"prefs/{recipe}", kind="prefs",
+                argv=["prefs", "build", *build_args, "--recipe", recipe, "--out", str(root / f"prefs/{recipe}")],
+                meta={"recipe": recipe},
+            ))
+
+    def train_cell(backbone: str, spec: dict, recipe: str, seed: int, start: str, start_deps: list[str]) -> Cell:
+        if recipe == SFT and data.get("sft"):
+            file, deps, inputs = _file(str(data["sft"])), [], [_file(str(data["sft"]))]
+        else:
+            file, deps, inputs = preference_file(recipe)
+        cell_id = f"{backbone}/{recipe}/s{seed}/train"
+        argv = ["train", "--config", recipe, "--model", start, "--data", str(file),
+                "--output_dir", str(root / cell_id), *image_flags]
+        if spec.get("profile"):
+            argv += ["--backbone", str(spec["profile"])]
+        argv += ["--seed", str(seed), *train_flags,
+                 *_flags(recipe_train.get(recipe) or {}, f"{path}: recipe_train.{recipe}")]
+        return Cell(id=cell_id, kind="train", argv=argv, launcher=launcher, deps=deps + start_deps,
+                    inputs=inputs, meta={"backbone": backbone, "variant": recipe, "seed": seed})
+
+    def model_of(train: Cell) -> str:
+        folder = root / train.id
+        return str(folder / "merged") if use_lora else str(folder)
+
+    def eval_cell(backbone: str, spec: dict, variant: str, seed: int | None, model: str, deps: list[str]) -> Cell:
+        cell_id = f"{backbone}/{variant}/{'s' + str(seed) if seed is not None else 'model'}/eval"
+        model_args = f"pretrained={model}" + (f",{spec['eval_model_args']}" if spec.get("eval_model_args") else "")
+        argv = ["eval", "--model", eval_model, "--model_args", model_args, "--tasks", ",".join(map(str, tasks)),
+                "--output_path", str(root / cell_id), *eval_args]
+        return Cell(id=cell_id, kind="eval", argv=argv, env=eval_env, deps=deps,
+                    meta={"backbone": backbone, "variant": variant, "seed": seed})
+
+    for backbone, spec in backbones.items():
+        if not isinstance(spec, dict) or not spec.get("model"):
+            raise MedbenchError(f"{path}: backbones.{backbone}: give model: PATH_OR_HUB_ID")
+        model = str(spec["model"])
+        if want_base:
+            cells.append(eval_cell(backbone, spec, BASE, None, model, []))
+        for seed in seeds:
+            sft_train = None
+            if want_sft:
+                sft_train = train_cell(backbone, spec, SFT, seed, model, [])
+                cells += [sft_train, eval_cell(backbone, spec, SFT, seed, model_of(sft_train), [sft_train.id])]
+            for recipe in recipes:
+                start, deps = (model_of(sft_train), [sft_train.id]) if variants_from == SFT and sft_train else (model, [])
+                train = train_cell(backbone, spec, recipe, seed, start, deps)
+                cells += [train, eval_cell(backbone, spec, recipe, seed, model_of(train), [train.id])]
+
+    board = raw.get("board") or {}
+    baseline = board.get("baseline")
+    if baseline is not None and baseline not in {BASE, SFT, *recipes}:
+        raise MedbenchError(f"{path}: board.baseline: {baseline!r}; choose base, sft or one of the recipes")
+    evals = [cell for cell in cells if cell.kind == "eval"]
+    cells.append(Cell(id="board", kind="board", argv=["study", "board", str(path), "--out", str(out)], deps=[c.id for c in evals]))
+    _hash_cells(cells)
+    return Study(name=name, path=path, root=root, cells=cells, baseline=baseline)
+
+
+def _file_digest(path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_cells(cells: list[Cell]) -> None:
+    """Set each cell's hash from its command, environment, input contents and its dependencies' hashes."""
+    by_id: dict[str, Cell] = {}
+    for cell in cells:
+        missing = [dep for dep in cell.deps if dep not in by_id]
+        if missing:
+            raise MedbenchError(f"study cell {cell.id} depends on {missing[0]}, which comes later or is absent")
+        record = {
+            "argv": cell.argv, "launcher": cell.launcher, "env": cell.env,
+            "inputs": {str(path): _file_digest(path) for path in cell.inputs},
+            "deps": {dep: by_id[dep].hash for dep in cell.deps},
+        }
+        cell.hash = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        by_id[cell.id] = cell
