@@ -18,9 +18,9 @@ Keys of a study file (relative paths are relative to the working directory, as o
     variants_from: base             # or `sft`: start each variant from the SFT checkpoint of its seed
     data:
       preferences: FILE             # given preference data (medbench train's schema), or
-      build: [ARGS...]              # arguments of `medbench prefs build` (run once per recipe)
+      build: [INPUT, ARGS...]       # `medbench prefs build INPUT ARGS --recipe R` (once per recipe)
       sft: FILE                     # supervised data for `sft` (default: the preference file)
-      image_root: DIR
+      image_root: DIR               # where the given files' relative image paths resolve
     train: {key: value}             # `medbench train --key value` for every training cell
     recipe_train: {RECIPE: {key: value}}
     launcher: [accelerate, launch, --config_file, FILE]   # optional: how training cells start
@@ -217,7 +217,7 @@ def load_study(path: Path, out: Path | None = None) -> Study:
         for recipe in recipes + ([SFT] if want_sft and not data.get("sft") else []):
             cells.append(Cell(
                 id=f"prefs/{recipe}", kind="prefs",
-                argv=["prefs", "build", *build_args, "--recipe", recipe, "--out", str(root / f"prefs/{recipe}")],
+                argv=["prefs", "build", *build_args, "--recipe", recipe, "--output_dir", str(root / f"prefs/{recipe}")],
                 meta={"recipe": recipe},
             ))
 
@@ -227,8 +227,9 @@ def load_study(path: Path, out: Path | None = None) -> Study:
         else:
             file, deps, inputs = preference_file(recipe)
         cell_id = f"{backbone}/{recipe}/s{seed}/train"
-        argv = ["train", "--config", recipe, "--model", start, "--data", str(file),
-                "--output_dir", str(root / cell_id), *image_flags]
+        argv = ["train", "--config", recipe, "--model", start, "--data", str(file), "--output_dir", str(root / cell_id)]
+        if not deps:  # a given file; built ones keep their images beside them
+            argv += image_flags
         if spec.get("profile"):
             argv += ["--backbone", str(spec["profile"])]
         argv += ["--seed", str(seed), *train_flags,
