@@ -458,6 +458,23 @@ def _table_to_dataset(table, source: TaskSource, description: str, *, complete: 
     return table.add_column("source", [description] * len(table))
 
 
+def first_table_image_problem(documents, description: str) -> str | None:
+    """Decode every image of a hub-format document table completely; describe the first that fails, or None.
+
+    ``datasets`` decodes images lazily (and leniently once lmms-eval is imported), so a truncated file in a
+    hub or saved copy would reach the model as a grey picture; ``medbench data check`` calls this.
+    """
+    import datasets
+
+    raw = documents.cast_column("image", datasets.Image(decode=False))
+    for doc_id, image in zip(raw["id"], raw["image"]):
+        payload = image.get("bytes") or image.get("path")
+        problem = decode_problem(payload) if payload else "is empty"
+        if problem:
+            return f"{description}: the image of document {doc_id!r} {problem}; replace that file or use another copy"
+    return None
+
+
 def _documents_to_dataset(documents: list[dict[str, Any]], source: TaskSource, description: str, *, complete: bool = False):
     import datasets
 

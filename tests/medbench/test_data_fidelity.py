@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from medbench.cli import main
+from medbench.commands.data import check_tasks
 from medbench.data import loading
 from medbench.data.answer_types import normalize_key_text, read_table
 from medbench.data.loading import load_task_docs
@@ -84,6 +85,11 @@ def test_hub_rows_get_the_dataset_labels_and_are_read_at_the_pinned_split_and_re
         ("flaviagiammarino/vqa-rad", {"split": "test", "revision": SOURCES["medbench_vqa_rad"].hub_revision})
     ]
     assert docs[0]["source"] == f"hub:flaviagiammarino/vqa-rad:test@{SOURCES['medbench_vqa_rad'].hub_revision}"
+
+    pinned = SOURCES["medbench_vqa_rad"].hub_revision
+    assert check_tasks(["medbench_vqa_rad"], {}) == [
+        f"medbench_vqa_rad: 451 documents from hub:flaviagiammarino/vqa-rad:test@{pinned} (272 closed, 179 open)"
+    ]
 
     # a hub row the table does not know means the data is not the pinned copy: stop, do not guess
     changed = table.select(range(3)).map(lambda row: {"question": row["question"] + " really"})
@@ -291,3 +297,16 @@ def test_medbench_data_check_fails_on_a_truncated_jpeg(truncated_jpeg_task, monk
     assert main(["data", "check", "medbench_vqa_rad"]) == 2
     error = capsys.readouterr().err.strip()
     assert "cut.jpg' cannot be read as an image" in error and len(error.splitlines()) == 1
+
+
+def test_data_check_decodes_every_image_of_a_saved_hub_copy(tmp_path, jpeg_bytes):
+    import datasets
+
+    (tmp_path / "good.jpg").write_bytes(jpeg_bytes)
+    (tmp_path / "cut.jpg").write_bytes(jpeg_bytes[: len(jpeg_bytes) * 3 // 4])
+    table = datasets.Dataset.from_dict(
+        {"image": [str(tmp_path / "good.jpg"), str(tmp_path / "cut.jpg")], "question": ["is it?", "where?"], "answer": ["no", "lung"]}
+    ).cast_column("image", datasets.Image())
+    table.save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataError, match=r"saved:.*: the image of document '1' cannot be read as an image \(OSError"):
+        check_tasks(["medbench_pathvqa"], {"MEDBENCH_PATHVQA": str(tmp_path / "saved")})
