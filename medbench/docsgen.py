@@ -21,7 +21,8 @@ def task_index() -> str:
     ]
     for name, config in task_configs().items():
         source = SOURCES[name]
-        public = f"`{source.hub_id}` ({source.hub_split})" if source.hub_id else "licensed, local only"
+        revision = f"@`{source.hub_revision[:7]}`" if source.hub_revision else " (unpinned)"
+        public = f"`{source.hub_id}`{revision} ({source.hub_split})" if source.hub_id else "licensed, local only"
         metrics = ", ".join(f"`{item['metric']}`" for item in config["metric_list"])
         lines.append(
             f"| [`{name}`]({name}/README.md) | {config['metadata']['version']} | {source.kind} | {public} "

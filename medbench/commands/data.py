@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from medbench.data.loading import load_task_docs, resolve_source
+from medbench.data.loading import first_table_image_problem, load_task_docs, resolve_source
 from medbench.data.sources import SOURCES
-from medbench.errors import MedbenchError
-from medbench.taskfiles import expand_task_names
+from medbench.errors import DataError, MedbenchError
+from medbench.taskfiles import expand_task_names, task_configs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_tasks(names: list[str], environ: dict[str, str] | None = None) -> list[str]:
-    """Load each task's documents (raising DataError on the first problem); return one summary line each.
+    """Load each task's documents and decode every image (raising DataError on the first problem); return one
+    summary line each.
 
     Args:
         names: Task or group names; names that are not medbench's are skipped.
@@ -35,11 +36,18 @@ def check_tasks(names: list[str], environ: dict[str, str] | None = None) -> list
     for task in expand_task_names(names):
         documents = load_task_docs(task, environ)
         resolved = resolve_source(task, environ)
+        if resolved.origin in ("hub", "saved", "snapshot"):  # local files were decoded while loading
+            if problem := first_table_image_problem(documents, resolved.describe()):
+                raise DataError(problem)
         line = f"{task}: {len(documents)} documents from {resolved.describe()}"
+        expected = SOURCES[task].expected_rows
+        full_split = resolved.origin == "hub" and (not expected or len(documents) == expected)
         if SOURCES[task].kind == "vqa":
             kinds = Counter(documents["answer_type"])
             line += f" ({kinds['CLOSED']} closed, {kinds['OPEN']} open)"
-        expected = SOURCES[task].expected_rows
+            declared = (task_configs()[task].get("metadata") or {}).get("answer_types")
+            if declared and full_split and (kinds["CLOSED"], kinds["OPEN"]) != (declared["closed"], declared["open"]):
+                line += f" [warning: the dataset's labels give {declared['closed']} closed, {declared['open']} open]"
         if expected and resolved.origin == "hub" and len(documents) != expected:
             line += f" [warning: the published split has {expected}]"
         lines.append(line)

@@ -4,7 +4,9 @@ Every flag is passed to lmms-eval unchanged, with three additions: ``--include_p
 tasks, ``--output_path`` defaults to ``medbench-results`` and ``--log_samples`` is on (the judge and the
 leaderboard need the per-sample logs). Before lmms-eval starts, the data of the requested medbench tasks is
 loaded and validated, so a missing image stops the run in seconds with one line instead of a traceback.
-Because lmms-eval can exit 0 after a failed evaluation, success means: a new results file was written.
+Because lmms-eval can exit 0 after a failed evaluation, success means: a new results file was written, and no
+generation failed (an API backend that did not answer makes lmms-eval write a failure marker as the answer;
+medbench counts those instead of scoring them, and ``medbench eval`` then exits non-zero naming the count).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from medbench.commands.data import check_tasks
 from medbench.errors import MedbenchError
+from medbench.lmms.failures import failed_generation_summary
 from medbench.lmms.tasklink import link_status, link_tasks
 from medbench.taskfiles import group_members, tasks_dir
 
@@ -72,7 +75,8 @@ def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_d
         check_data: Load and validate the requested medbench tasks' data first.
 
     Raises:
-        MedbenchError: When the data check fails, lmms-eval fails, or no results were written.
+        MedbenchError: When the data check fails, lmms-eval fails, no results were written, or generations
+            failed (the results stay on disk; the message names the count per task).
     """
     args = prepare_lmms_args(argv)
     # lmms-eval's own task folder wins over --include_path, so a copy left by an older `medbench tasks link`
@@ -97,6 +101,9 @@ def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_d
             f"lmms-eval {'exited with status ' + str(completed.returncode) if completed.returncode else 'wrote no results'}"
             f" under {output}; its log above says why"
         )
+    failures = failed_generation_summary(written)
+    if failures:
+        raise MedbenchError(f"{failures}; results (not to be submitted): {', '.join(map(str, written))}")
     return written
 
 

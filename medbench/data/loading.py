@@ -7,20 +7,29 @@ document shape, so the task code never sees dataset quirks:
 * Report documents: ``id``, ``reference``, ``facts`` (precomputed atomic facts, possibly empty), ``image``,
   ``source``.
 
-``answer_type`` is the dataset's own label when it has one, else CLOSED for yes/no gold answers (see
-:func:`medbench.metrics.vqa.is_closed_question`). Problems with user data raise :class:`DataError` with one
-line naming the file, the row and the fix.
+``answer_type`` is the dataset's own label when the row has one; else the task's label table when it ships one
+(``metadata.answer_types`` in its YAML, see :mod:`medbench.data.answer_types`; hub rows must all be found
+there); else CLOSED for yes/no gold answers (see :func:`medbench.metrics.vqa.is_closed_question`). Problems
+with user data raise :class:`DataError` with one line naming the file, the row and the fix.
+
+Hub datasets are read at the commit pinned in :mod:`medbench.data.sources` (``MEDBENCH_<TASK>_REVISION``
+overrides it), and the commit is part of every document's ``source``. Downloaded archives are unpacked into
+medbench's own cache (``MEDBENCH_CACHE``, default ``~/.cache/medbench``), never into the read-only hub cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+from medbench.data.answer_types import AnswerTypeTable, read_table
 from medbench.data.sources import TaskSource, get_source
 from medbench.errors import DataError
 from medbench.metrics.vqa import is_closed_question
@@ -54,17 +63,20 @@ class ResolvedSource:
             ``"snapshot"`` (a downloaded hub folder) or ``"demo"``.
         location: Hub id, file or folder.
         images_dir: Folder that relative image paths are resolved against (JSON sources only).
+        revision: The hub commit (or branch) read, for hub sources; None means the default branch.
     """
 
     task: str
     origin: str
     location: str
     images_dir: Path | None = None
+    revision: str | None = None
 
     def describe(self) -> str:
+        """``hub:ID:SPLIT@REVISION`` for hub sources, else ``ORIGIN:PATH`` (recorded in every document)."""
         if self.origin == "hub":
             source = get_source(self.task)
-            return f"hub:{self.location}@{source.hub_split}"
+            return f"hub:{self.location}:{source.hub_split}@{self.revision or 'main'}"
         return f"{self.origin}:{self.location}"
 
 
@@ -96,7 +108,18 @@ def resolve_source(task: str, environ: dict[str, str] | None = None) -> Resolved
         )
     if source.licensed:
         raise DataError(f"{task} has no local data: {source.access}")
-    return ResolvedSource(task, "hub", str(source.hub_id))
+    revision = env.get(source.revision_env_var, "").strip() or source.hub_revision
+    return ResolvedSource(task, "hub", str(source.hub_id), revision=revision)
+
+
+def cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """medbench's own writable cache: ``MEDBENCH_CACHE``, else ``$XDG_CACHE_HOME/medbench``, else ``~/.cache/medbench``."""
+    env = os.environ if environ is None else environ
+    configured = env.get("MEDBENCH_CACHE", "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    base = env.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "medbench"
 
 
 def _resolve_local(source: TaskSource, path: Path, images: str) -> ResolvedSource:
@@ -121,13 +144,30 @@ def _resolve_local(source: TaskSource, path: Path, images: str) -> ResolvedSourc
     return ResolvedSource(source.task, "local", str(path), images_dir)
 
 
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file's contents (a leading byte-order mark is dropped).
+
+    Raises:
+        DataError: Naming the line and byte when the file is not UTF-8, with the fix.
+    """
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line} is not UTF-8 (byte 0x{raw[error.start]:02x}); re-save the file as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl"
+        ) from None
+
+
 def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield ``(line number, record)`` from a JSONL file, or ``(index + 1, record)`` from a JSON list.
 
     Raises:
-        DataError: When a line or the file is not valid JSON.
+        DataError: When the file is not UTF-8, or a line or the file is not valid JSON.
     """
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     if path.suffix == ".json":
         try:
             records = json.loads(text)
@@ -153,18 +193,54 @@ def _pick(record: dict, names: tuple[str, ...]) -> Any:
     return None
 
 
-def _check_image(path: Path) -> str | None:
-    """Return a problem description when ``path`` is missing or not a readable image."""
-    from PIL import Image, UnidentifiedImageError
+def _pick_image(values: dict[str, Any], record: dict, aliases: tuple[str, ...]) -> tuple[Any, str | None]:
+    """The row's image path; the study's MIMIC-CXR files hold it as a one-element list."""
+    image = values["image"]
+    if isinstance(image, list):
+        field = next(alias for alias in aliases if record.get(alias) is image)
+        if len(image) != 1 or not isinstance(image[0], str) or not image[0]:
+            return None, (
+                f"field '{field}' holds {len(image)} entries; medbench evaluates one image per row "
+                f"(keep one path, or one row per image)"
+            )
+        return image[0], None
+    return image, None
 
+
+def decode_problem(opened: Any) -> str | None:
+    """Decode an image completely and return what is wrong with it, or None.
+
+    ``Image.verify()`` only checks the header and lmms-eval sets ``ImageFile.LOAD_TRUNCATED_IMAGES`` at import,
+    which turns a truncated file into a grey picture; so decode every byte here with that switch off.
+
+    Args:
+        opened: A file path, a file-like object or raw bytes.
+    """
+    import io
+
+    from PIL import Image, ImageFile, UnidentifiedImageError
+
+    stream = io.BytesIO(opened) if isinstance(opened, (bytes, bytearray)) else opened
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(stream) as image:
+            if image.format == "JPEG":
+                image.draft(image.mode, (64, 64))  # scaled decode: still reads every byte, much faster
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        detail = str(error).split("\n")[0][:80]
+        return f"cannot be read as an image ({type(error).__name__}: {detail})"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+    return None
+
+
+def _check_image(path: Path) -> str | None:
+    """Return a problem description when ``path`` is missing or not a completely decodable image."""
     if not path.is_file():
         return "not found"
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"cannot be read as an image ({type(error).__name__})"
-    return None
+    return decode_problem(path)
 
 
 def read_local_records(resolved: ResolvedSource, *, check_images: bool = True) -> list[dict[str, Any]]:
@@ -200,12 +276,16 @@ def read_local_records(resolved: ResolvedSource, *, check_images: bool = True) -
                 f"row {number}: missing field '{name}' (accepted names: {', '.join(fields[name])})"
             )
             continue
-        image_path = Path(str(values["image"]))
+        image_value, problem = _pick_image(values, record, fields["image"])
+        if problem:
+            problems.append(f"row {number}: {problem}")
+            continue
+        image_path = Path(str(image_value))
         if not image_path.is_absolute():
             image_path = images_dir / image_path
         if check_images and (problem := _check_image(image_path)):
             problems.append(
-                f"row {number}: image '{values['image']}' {problem} under {images_dir} "
+                f"row {number}: image '{image_value}' {problem} under {images_dir} "
                 f"(fix the path or set {source.images_env_var} to the image folder)"
             )
             continue
@@ -218,7 +298,7 @@ def read_local_records(resolved: ResolvedSource, *, check_images: bool = True) -
                     "id": doc_id,
                     "question": question,
                     "answer": answer,
-                    "answer_type": _answer_type(answer, record.get("answer_type")),
+                    "answer_type": record.get("answer_type"),  # resolved by assign_answer_types
                     "image": str(image_path),
                 }
             )
@@ -242,9 +322,52 @@ def read_local_records(resolved: ResolvedSource, *, check_images: bool = True) -
     return documents
 
 
-def _answer_type(answer: str, given: Any) -> str:
-    label = None if given is None else str(given)
-    return "CLOSED" if is_closed_question(answer, label) else "OPEN"
+def answer_type_table(task: str) -> AnswerTypeTable | None:
+    """The label table a task ships (``metadata.answer_types.file`` in its YAML), or None."""
+    return _answer_type_table(task)
+
+
+@lru_cache(maxsize=None)
+def _answer_type_table(task: str) -> AnswerTypeTable | None:
+    from medbench.taskfiles import task_configs, tasks_dir
+
+    config = task_configs().get(task, {})
+    declared = (config.get("metadata") or {}).get("answer_types")
+    if not declared:
+        return None
+    return read_table(tasks_dir() / task / str(declared["file"]))
+
+
+def assign_answer_types(
+    task: str, questions: list[str], answers: list[str], given: list[Any], *, description: str, complete: bool
+) -> list[str]:
+    """CLOSED/OPEN for each row: the row's own label, else the task's label table, else yes/no gold.
+
+    Args:
+        task: The task name (selects the label table).
+        questions: The questions.
+        answers: The gold answers.
+        given: The rows' own labels (None where absent).
+        description: The source, for error messages.
+        complete: Every unlabelled row must be in the table (true for the pinned hub copy).
+
+    Raises:
+        DataError: When ``complete`` and rows are missing from the table.
+    """
+    table = answer_type_table(task)
+    types: list[str] = []
+    missing = 0
+    for question, answer, label in zip(questions, answers, given):
+        if (label is None or not str(label).strip()) and table is not None:
+            label = table.lookup(question, answer)
+            missing += label is None
+        types.append("CLOSED" if is_closed_question(str(answer), None if label is None else str(label)) else "OPEN")
+    if complete and table is not None and missing:
+        raise DataError(
+            f"{description}: {missing} of {len(types)} rows are not in the label table {table.path.name} of {task} "
+            f"(the data differs from the pinned copy); use the pinned revision or a local copy with answer_type"
+        )
+    return types
 
 
 def load_task_docs(task: str, environ: dict[str, str] | None = None):
@@ -263,28 +386,43 @@ def load_task_docs(task: str, environ: dict[str, str] | None = None):
     resolved = resolve_source(task, environ)
     source = get_source(task)
     if resolved.origin in ("local", "demo"):
-        return _documents_to_dataset(read_local_records(resolved), source.kind, resolved.describe())
+        return _documents_to_dataset(read_local_records(resolved), source, resolved.describe())
     if task == "medbench_slake" and resolved.origin == "hub":
-        return _documents_to_dataset(read_local_records(_fetch_slake()), source.kind, resolved.describe())
-    return _table_to_dataset(_load_table(resolved, source), source, resolved.describe())
+        local = _fetch_slake(resolved, environ)
+        return _documents_to_dataset(read_local_records(local), source, resolved.describe(), complete=True)
+    return _table_to_dataset(_load_table(resolved, source), source, resolved.describe(), complete=resolved.origin == "hub")
 
 
 def _load_table(resolved: ResolvedSource, source: TaskSource):
     import datasets
 
+    split = source.hub_split or "test"
     if resolved.origin == "saved":
         loaded = datasets.load_from_disk(resolved.location)
-    else:  # hub id or downloaded hub snapshot folder
-        loaded = datasets.load_dataset(resolved.location)
+    elif resolved.origin == "snapshot":
+        try:
+            loaded = datasets.load_dataset(resolved.location, split=split)
+        except ValueError as error:  # datasets names the splits it found
+            raise DataError(f"{resolved.location}: no '{split}' split ({str(error).splitlines()[0][:160]})") from None
+    else:
+        # split= makes datasets prepare only the evaluated split (PathVQA: 6.7k of 32.6k images)
+        try:
+            loaded = datasets.load_dataset(resolved.location, split=split, revision=resolved.revision)
+        except Exception as error:  # the hub client and datasets raise many types (offline, auth, HTTP, cache)
+            reason = (str(error).splitlines() or [""])[0][:160]
+            raise DataError(
+                f"{source.task}: could not load {resolved.describe()} from the Hugging Face hub "
+                f"({type(error).__name__}: {reason}); download it once with network access or set "
+                f"{source.env_var} to a local copy"
+            ) from None
     if isinstance(loaded, datasets.DatasetDict):
-        split = source.hub_split or "test"
         if split not in loaded:
             raise DataError(f"{resolved.location}: no '{split}' split (found: {', '.join(loaded)})")
         loaded = loaded[split]
     return loaded
 
 
-def _table_to_dataset(table, source: TaskSource, description: str):
+def _table_to_dataset(table, source: TaskSource, description: str, *, complete: bool = False):
     """Bring a hub-format table (image/question/answer columns) into the document shape."""
     fields = VQA_FIELDS if source.kind == "vqa" else REPORT_FIELDS
     columns = set(table.column_names)
@@ -305,7 +443,9 @@ def _table_to_dataset(table, source: TaskSource, description: str):
         table = table.add_column("id", [str(index) for index in range(len(table))])
     if source.kind == "vqa":
         given = table["answer_type"] if "answer_type" in table.column_names else [None] * len(table)
-        types = [_answer_type(str(answer), label) for answer, label in zip(table["answer"], given)]
+        types = assign_answer_types(
+            source.task, table["question"], table["answer"], given, description=description, complete=complete
+        )
         if "answer_type" in table.column_names:
             table = table.remove_columns("answer_type")
         table = table.add_column("answer_type", types)
@@ -318,8 +458,37 @@ def _table_to_dataset(table, source: TaskSource, description: str):
     return table.add_column("source", [description] * len(table))
 
 
-def _documents_to_dataset(documents: list[dict[str, Any]], kind: str, description: str):
+def first_table_image_problem(documents, description: str) -> str | None:
+    """Decode every image of a hub-format document table completely; describe the first that fails, or None.
+
+    ``datasets`` decodes images lazily (and leniently once lmms-eval is imported), so a truncated file in a
+    hub or saved copy would reach the model as a grey picture; ``medbench data check`` calls this.
+    """
     import datasets
+
+    raw = documents.cast_column("image", datasets.Image(decode=False))
+    for doc_id, image in zip(raw["id"], raw["image"]):
+        payload = image.get("bytes") or image.get("path")
+        problem = decode_problem(payload) if payload else "is empty"
+        if problem:
+            return f"{description}: the image of document {doc_id!r} {problem}; replace that file or use another copy"
+    return None
+
+
+def _documents_to_dataset(documents: list[dict[str, Any]], source: TaskSource, description: str, *, complete: bool = False):
+    import datasets
+
+    kind = source.kind
+    if kind == "vqa":
+        types = assign_answer_types(
+            source.task,
+            [document["question"] for document in documents],
+            [document["answer"] for document in documents],
+            [document["answer_type"] for document in documents],
+            description=description,
+            complete=complete,
+        )
+        documents = [{**document, "answer_type": label} for document, label in zip(documents, types)]
 
     features = {"id": datasets.Value("string"), "image": datasets.Image()}
     if kind == "vqa":
@@ -334,26 +503,51 @@ def _documents_to_dataset(documents: list[dict[str, Any]], kind: str, descriptio
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-def _fetch_slake() -> ResolvedSource:
-    """Download SLAKE's test questions and image archive from the hub (once; cached) and unpack them.
+def _fetch_slake(resolved: ResolvedSource, environ: dict[str, str] | None = None) -> ResolvedSource:
+    """Download SLAKE's test questions and image archive from the hub (once; cached) and unpack the images.
 
     SLAKE's hub repository stores questions as JSON and images in ``imgs.zip``, so it cannot be read with
-    ``datasets.load_dataset`` alone.
+    ``datasets.load_dataset`` alone. The 212 MB of images go to medbench's cache (the hub cache may be shared
+    and read-only), unpacked into a temporary folder and renamed into place, so several ranks can start at once.
     """
     from huggingface_hub import hf_hub_download
 
     source = get_source("medbench_slake")
     try:
-        questions = Path(hf_hub_download(str(source.hub_id), f"{source.hub_split}.json", repo_type="dataset"))
-        archive = Path(hf_hub_download(str(source.hub_id), "imgs.zip", repo_type="dataset"))
+        questions = Path(
+            hf_hub_download(str(source.hub_id), f"{source.hub_split}.json", repo_type="dataset", revision=resolved.revision)
+        )
+        archive = Path(hf_hub_download(str(source.hub_id), "imgs.zip", repo_type="dataset", revision=resolved.revision))
     except Exception as error:  # the hub client raises many types (offline, auth, HTTP)
         raise DataError(
             f"medbench_slake: could not fetch {source.hub_id} from the Hugging Face hub ({type(error).__name__}); "
             f"download it once with network access or set {source.env_var} to a local copy"
-        ) from error
-    unpacked = archive.parent / "imgs"
-    if not (unpacked / ".complete").exists():
-        with zipfile.ZipFile(archive) as bundle:
-            bundle.extractall(archive.parent)
-        (unpacked / ".complete").touch()
-    return ResolvedSource(source.task, "local", str(questions), unpacked)
+        ) from None
+    target = cache_dir(environ) / "slake" / (resolved.revision or "main") / "imgs"
+    if not target.is_dir():
+        _unpack_atomically(archive, "imgs", target)
+    return ResolvedSource(source.task, "local", str(questions), target)
+
+
+def _unpack_atomically(archive: Path, member_dir: str, target: Path) -> None:
+    """Extract ``member_dir/`` of a zip archive to ``target``; the folder appears complete or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                bundle.extractall(scratch)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise DataError(
+                f"{archive}: cannot unpack ({type(error).__name__}); delete it from the hub cache and run again"
+            ) from None
+        unpacked = scratch / member_dir
+        if not unpacked.is_dir():
+            raise DataError(f"{archive}: holds no '{member_dir}/' folder; is this the right archive?")
+        try:
+            os.rename(unpacked, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race with another rank: a real failure
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

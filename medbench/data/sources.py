@@ -32,6 +32,8 @@ class TaskSource:
         demo_file: The demo JSONL file (inside ``medbench/data/demo``) used with ``MEDBENCH_DATA=demo``.
         hub_id: The public Hugging Face dataset, if there is one.
         hub_split: The split of ``hub_id`` that is evaluated.
+        hub_revision: The hub commit the task is pinned to (override with ``MEDBENCH_<TASK>_REVISION``);
+            None where no commit has been verified yet (the default branch is read and recorded as such).
         expected_rows: The number of evaluated rows in the full public split (a sanity check).
         access: How to obtain the data when it is not public.
     """
@@ -43,12 +45,17 @@ class TaskSource:
     demo_file: str
     hub_id: str | None = None
     hub_split: str | None = None
+    hub_revision: str | None = None
     expected_rows: int | None = None
     access: str = ""
 
     @property
     def images_env_var(self) -> str:
         return f"{self.env_var}_IMAGES"
+
+    @property
+    def revision_env_var(self) -> str:
+        return f"{self.env_var}_REVISION"
 
     @property
     def licensed(self) -> bool:
@@ -66,6 +73,8 @@ SOURCES: dict[str, TaskSource] = {
             demo_file="vqa.jsonl",
             hub_id="flaviagiammarino/vqa-rad",
             hub_split="test",
+            # the commit that completed the parquet upload; later commits touch only README and scripts/
+            hub_revision="0be11a5dbdd87e29586d0c9028153cb4f44dc877",
             expected_rows=451,
         ),
         TaskSource(
@@ -76,6 +85,7 @@ SOURCES: dict[str, TaskSource] = {
             demo_file="vqa.jsonl",
             hub_id="BoKelvin/SLAKE",
             hub_split="test",
+            hub_revision="a9083ce6c34ac3ffb17671a605962924d8a8f9e9",
             expected_rows=1061,
         ),
         TaskSource(

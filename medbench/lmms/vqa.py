@@ -10,6 +10,8 @@ its standard error:
 * ``overall``: every sample; closed accuracy or open recall, whichever applies.
 * ``exact_match`` / ``token_f1``: every sample.
 * ``n_closed`` / ``n_open``: counts (summed).
+* ``failed_generations``: 1 when the backend failed and lmms-eval wrote its failure marker as the answer;
+  such a sample gets no score at all (see :mod:`medbench.lmms.failures`).
 
 ``medbench_detail`` carries the document id and source and what the scorer read from the answer, for the
 per-sample logs (lmms-eval does not write the documents themselves into them).
@@ -17,6 +19,7 @@ per-sample logs (lmms-eval does not write the documents themselves into them).
 
 from __future__ import annotations
 
+from medbench.lmms.failures import unless_failed
 from medbench.metrics.vqa import (
     closed_accuracy,
     closed_parsed,
@@ -28,6 +31,7 @@ from medbench.metrics.vqa import (
 )
 
 
+@unless_failed
 def process_results(doc: dict, results: list[str]) -> dict:
     """Score one VQA sample (see the module docstring for the record)."""
     prediction = results[0] if results else ""

@@ -176,10 +176,14 @@ def test_licensed_tasks_without_local_data_say_what_to_do(task):
     assert "licensed" in message.lower() or "physionet" in message.lower()
 
 
-def test_public_tasks_default_to_the_hub():
+def test_public_tasks_default_to_the_hub_at_a_pinned_revision():
     resolved = resolve_source("medbench_vqa_rad", {})
     assert (resolved.origin, resolved.location) == ("hub", "flaviagiammarino/vqa-rad")
-    assert resolved.describe() == "hub:flaviagiammarino/vqa-rad@test"
+    pinned = SOURCES["medbench_vqa_rad"].hub_revision
+    assert pinned and len(pinned) == 40
+    assert resolved.describe() == f"hub:flaviagiammarino/vqa-rad:test@{pinned}"
+    override = resolve_source("medbench_vqa_rad", {"MEDBENCH_VQA_RAD_REVISION": "refs/pr/1"})
+    assert override.revision == "refs/pr/1" and override.describe().endswith("@refs/pr/1")
 
 
 def test_configuration_mistakes(tmp_path):
@@ -218,17 +222,27 @@ def test_slake_hub_download_is_unpacked_once_and_read_as_json(tmp_path, monkeypa
         bundle.write(picture, "imgs/xmlab1/source.jpg")
     calls = []
 
-    def fake_download(repo_id, filename, repo_type):
-        calls.append((repo_id, filename, repo_type))
+    def fake_download(repo_id, filename, repo_type, revision):
+        calls.append((repo_id, filename, repo_type, revision))
         return str(repo / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    docs = load_task_docs("medbench_slake", {})
-    assert docs["id"] == ["11"] and docs[0]["source"] == "hub:BoKelvin/SLAKE@test"
-    assert ("BoKelvin/SLAKE", "imgs.zip", "dataset") in calls
+    cache = tmp_path / "medbench-cache"
+    env = {"MEDBENCH_CACHE": str(cache)}
+    repo.chmod(0o555)  # the hub snapshot may be read-only (a shared cache): nothing is written next to it
+    try:
+        docs = load_task_docs("medbench_slake", env)
+    finally:
+        repo.chmod(0o755)
+    pinned = SOURCES["medbench_slake"].hub_revision
+    assert docs["id"] == ["11"] and docs[0]["source"] == f"hub:BoKelvin/SLAKE:test@{pinned}"
+    assert ("BoKelvin/SLAKE", "imgs.zip", "dataset", pinned) in calls
+    assert (cache / "slake" / pinned / "imgs" / "xmlab1" / "source.jpg").is_file()
+    assert [path.name for path in (cache / "slake" / pinned).iterdir()] == ["imgs"]  # no scratch folder left
+    assert not (repo / "imgs").exists()
     (repo / "imgs.zip").unlink()  # a second load reuses the unpacked images
     (repo / "imgs.zip").write_bytes(b"not a zip")
-    assert load_task_docs("medbench_slake", {})["id"] == ["11"]
+    assert load_task_docs("medbench_slake", env)["id"] == ["11"]
 
 
 def test_slake_without_network_says_how_to_fix(monkeypatch):

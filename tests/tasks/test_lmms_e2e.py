@@ -35,8 +35,12 @@ def test_results_carry_versions_prompts_and_decoding(tiny_run):
 def test_every_metric_has_a_standard_error(tiny_run):
     run, _ = tiny_run
     vqa = run.metrics("medbench_vqa_rad")
+    # failed_generations is a count, not a score; it leaves metrics() once results.NON_SCORE_METRICS lists it
+    vqa.pop("failed_generations", None)
     assert set(vqa) == {"overall", "closed_accuracy", "open_recall", "exact_match", "token_f1", "closed_unparsed"}
     assert all(stderr is not None for _, stderr in vqa.values())
+    assert run.count("medbench_vqa_rad", "failed_generations") == 0.0
+    assert run.count("medbench_mimic_cxr", "failed_generations") == 0.0
     assert run.count("medbench_vqa_rad", "n_closed") == 15
     assert run.count("medbench_vqa_rad", "n_open") == 9
     report = run.metrics("medbench_mimic_cxr")
