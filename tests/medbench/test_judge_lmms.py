@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from medbench.judge.loopback import LoopbackJudgeServer
+from judge_server import LoopbackJudgeServer
 from medbench.lmms import report
 
 SECRET = "sk-medbench-lmms-SECRET-777"

@@ -1,9 +1,9 @@
-"""A loopback OpenAI-compatible chat server with a deterministic fake judge and fault injection.
+"""Test double: a loopback OpenAI-compatible chat server with a deterministic fake judge and fault injection.
 
-It exists so the judge can be exercised end to end with no network and no key: the test suite, the
-benchmark (``benchmarks/bench_judge.py``) and offline demos start it on ``127.0.0.1`` and point
-``MEDBENCH_JUDGE_BASE_URL`` at it. It understands medbench's own prompts well enough to answer them
-plausibly (sentence splitting for facts/claims, word overlap for NLI labels), and can be told to fail:
+It lives in ``tests/`` (not in the package) because it answers by reading medbench's own prompt wording:
+it is a test double, not a judge. The test suite and ``benchmarks/bench_judge.py`` start it on
+``127.0.0.1`` and point ``MEDBENCH_JUDGE_BASE_URL`` at it. It answers medbench's prompts plausibly
+(sentence splitting for facts/claims, word overlap for NLI labels), and can be told to fail:
 
 * ``"429"`` / ``"500"``: an HTTP error with an OpenAI-style error body;
 * ``"hang"``: hold the request open (until the client times out or the server stops);
@@ -12,8 +12,16 @@ plausibly (sentence splitting for facts/claims, word overlap for NLI labels), an
 * ``"401"``: an authentication error (never drawn at random; script it).
 
 Faults come from a scripted queue (``script``), then from a seeded failure rate (``failure_rate``).
-Every request is recorded (a hash of its messages, the fault applied) so tests can check what was sent.
-Run it by hand with ``python -m medbench.judge.loopback --port 8000``.
+Besides faults it can behave like a real endpoint in two ways, with OpenAI's exact error bodies:
+
+* ``reasoning=True``: like GPT-5 / the o-series - ``max_tokens`` is rejected (400 ``unsupported_parameter``)
+  and any ``temperature`` other than 1 too (400 ``unsupported_value``);
+* ``rate_limit=20``: a token bucket of that many requests per second (capacity ``burst``); above it, 429
+  with OpenAI's body and ``retry-after``, ``retry-after-ms`` and ``x-ratelimit-*`` headers, which every
+  answered request carries as well.
+
+Every request is recorded (a hash of its messages, the fault applied, the request body, the time) so tests
+can check what was sent. Run it by hand with ``python tests/judge_server.py --port 8000``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -43,6 +52,9 @@ class RecordedRequest:
     role: str
     fault: str | None
     messages: tuple = ()
+    body: dict | None = None
+    status: int = 200
+    at: float = 0.0
 
 
 def request_key(messages: list[dict]) -> str:
@@ -104,6 +116,55 @@ def _severity(reference: str, generated: str) -> str:
     return "none" if gen <= ref else "minor"
 
 
+# OpenAI's exact error bodies (December 2026) for the parameters reasoning models refuse, and for a 429.
+MAX_TOKENS_REJECTION = {
+    "error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "unsupported_parameter",
+    }
+}
+RATE_LIMIT_BODY = {
+    "error": {
+        "message": "Rate limit reached for gpt-4.1-mini in organization org-loopback on requests per min (RPM): "
+        "Limit 1200, Used 1200, Requested 1. Please try again in 50ms. Visit https://platform.openai.com/account/rate-limits to learn more.",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+
+
+def temperature_rejection(value: object) -> dict:
+    return {
+        "error": {
+            "message": f"Unsupported value: 'temperature' does not support {value} with this model. Only the default (1) value is supported.",
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "unsupported_value",
+        }
+    }
+
+
+def reasoning_rejection(request: dict) -> dict | None:
+    """What GPT-5 answers to a request carrying ``max_tokens`` or a non-default ``temperature`` (else ``None``)."""
+    if "max_tokens" in request:
+        return MAX_TOKENS_REJECTION
+    if "temperature" in request and request["temperature"] != 1:
+        return temperature_rejection(request["temperature"])
+    return None
+
+
+def openai_duration(seconds: float) -> str:
+    """Seconds in OpenAI's reset format: ``"120ms"``, ``"1.5s"``, ``"6m0s"``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the default backlog (5) drops connections under 16-way concurrency
@@ -121,6 +182,11 @@ class LoopbackJudgeServer:
         hang_seconds: How long a ``hang`` holds the request at most.
         answer: Function ``messages -> (role, text)`` replacing the fake judge.
         port: Port to listen on (0 picks a free one).
+        reasoning: Behave like GPT-5 / o-series about ``max_tokens`` and ``temperature``.
+        rate_limit: Requests per second of a token bucket (``None``: unlimited).
+        burst: Bucket capacity (default: one second's worth).
+        whole_second_retry_after: Send ``retry-after`` rounded up to whole seconds (as OpenAI does), beside
+            the precise ``retry-after-ms``.
     """
 
     def __init__(
@@ -134,6 +200,10 @@ class LoopbackJudgeServer:
         hang_seconds: float = 30.0,
         answer: Callable[[list[dict]], tuple[str, str]] | None = None,
         port: int = 0,
+        reasoning: bool = False,
+        rate_limit: float | None = None,
+        burst: float | None = None,
+        whole_second_retry_after: bool = True,
     ) -> None:
         self.port = port
         self.latency = latency
@@ -142,6 +212,12 @@ class LoopbackJudgeServer:
         self.script = list(script)
         self.hang_seconds = hang_seconds
         self.answer = answer
+        self.reasoning = reasoning
+        self.rate_limit = rate_limit
+        self.burst = burst if burst is not None else (rate_limit or 0)
+        self.whole_second_retry_after = whole_second_retry_after
+        self._tokens = self.burst
+        self._refilled = time.monotonic()
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -196,6 +272,39 @@ class LoopbackJudgeServer:
                 return len(self.requests)
             return sum(r.fault == fault for r in self.requests)
 
+    def statuses(self) -> dict[int, int]:
+        """HTTP status -> number of requests answered with it."""
+        with self._lock:
+            counts: dict[int, int] = {}
+            for request in self.requests:
+                counts[request.status] = counts.get(request.status, 0) + 1
+            return counts
+
+    def _take_token(self) -> tuple[bool, dict]:
+        """One request's worth from the bucket; returns (allowed, x-ratelimit headers)."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate_limit)
+            self._refilled = now
+            allowed = self._tokens >= 1
+            if allowed:
+                self._tokens -= 1
+            remaining = max(0, math.floor(self._tokens))
+            reset = (self.burst - self._tokens) / self.rate_limit
+            wait = 0.0 if allowed else (1 - self._tokens) / self.rate_limit
+        headers = {
+            "x-ratelimit-limit-requests": str(int(self.burst)),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": openai_duration(reset),
+            "x-ratelimit-limit-tokens": "10000000",
+            "x-ratelimit-remaining-tokens": "9990000",
+            "x-ratelimit-reset-tokens": "6ms",
+        }
+        if not allowed:
+            headers["retry-after-ms"] = str(max(1, round(wait * 1000)))
+            headers["retry-after"] = str(max(1, math.ceil(wait))) if self.whole_second_retry_after else f"{wait:.3f}"
+        return allowed, headers
+
     def _next_fault(self) -> str | None:
         with self._lock:
             if self.script:
@@ -221,10 +330,23 @@ class LoopbackJudgeServer:
         except (ValueError, KeyError, TypeError):
             self._send(handler, 400, {"error": {"message": "bad request", "type": "invalid_request_error"}})
             return
+        limit_headers: dict = {}
+        if self.reasoning:
+            rejection = reasoning_rejection(request)
+            if rejection is not None:
+                self._record(request, messages, "other", "reasoning", 400)
+                self._send(handler, 400, rejection)
+                return
+        if self.rate_limit:
+            allowed, limit_headers = self._take_token()
+            if not allowed:
+                self._record(request, messages, "other", "rate_limit", 429)
+                self._send(handler, 429, RATE_LIMIT_BODY, limit_headers)
+                return
         fault = self._next_fault()
         role, text = (self.answer or (lambda m: fake_judge_answer(m, wrong_count=fault == "wrong_count")))(messages)
-        with self._lock:
-            self.requests.append(RecordedRequest(request_key(messages), role, fault, tuple(messages)))
+        status = {"401": 401, "429": 429, "500": 500}.get(fault or "", 200)
+        self._record(request, messages, role, fault, status)
         if fault == "hang":
             self._stopping.wait(self.hang_seconds)
             return
@@ -255,6 +377,13 @@ class LoopbackJudgeServer:
                         "total_tokens": prompt_tokens + len(text.split()),
                     },
                 },
+                limit_headers,
+            )
+
+    def _record(self, request: dict, messages: list, role: str, fault: str | None, status: int) -> None:
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(request_key(messages), role, fault, tuple(messages), request, status, time.monotonic())
             )
 
     def _send(self, handler: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
@@ -275,12 +404,16 @@ class LoopbackJudgeServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible fake judge for offline runs.")
+    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible fake judge (a test double).")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--rate-limit", type=float, default=None)
+    parser.add_argument("--reasoning", action="store_true")
     args = parser.parse_args(argv)
-    with LoopbackJudgeServer(latency=args.latency, failure_rate=args.failure_rate, port=args.port) as server:
+    with LoopbackJudgeServer(
+        latency=args.latency, failure_rate=args.failure_rate, port=args.port, rate_limit=args.rate_limit, reasoning=args.reasoning
+    ) as server:
         print(f"loopback judge at {server.base_url} (Ctrl-C to stop)", flush=True)
         try:
             threading.Event().wait()
