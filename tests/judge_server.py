@@ -9,7 +9,8 @@ it is a test double, not a judge. The test suite and ``benchmarks/bench_judge.py
 * ``"hang"``: hold the request open (until the client times out or the server stops);
 * ``"garbage"``: HTTP 200 with a body that is not JSON;
 * ``"wrong_count"``: a well-formed completion whose label list is one short (other prompts get prose);
-* ``"401"``: an authentication error (never drawn at random; script it).
+* ``"401"``: an authentication error, ``"400"``: OpenAI's context-length rejection (never drawn at random
+  unless listed in ``faults``; script them).
 
 Faults come from a scripted queue (``script``), then from a seeded failure rate (``failure_rate``).
 Besides faults it can behave like a real endpoint in two ways, with OpenAI's exact error bodies:
@@ -125,6 +126,15 @@ MAX_TOKENS_REJECTION = {
         "code": "unsupported_parameter",
     }
 }
+CONTEXT_LENGTH_BODY = {
+    "error": {
+        "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9001 tokens. "
+        "Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+}
 RATE_LIMIT_BODY = {
     "error": {
         "message": "Rate limit reached for gpt-4.1-mini in organization org-loopback on requests per min (RPM): "
@@ -168,6 +178,9 @@ def openai_duration(seconds: float) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the default backlog (5) drops connections under 16-way concurrency
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        return None  # a client that hangs up (a stopped run closing its connections) is not a server error
 
 
 class LoopbackJudgeServer:
@@ -345,7 +358,7 @@ class LoopbackJudgeServer:
                 return
         fault = self._next_fault()
         role, text = (self.answer or (lambda m: fake_judge_answer(m, wrong_count=fault == "wrong_count")))(messages)
-        status = {"401": 401, "429": 429, "500": 500}.get(fault or "", 200)
+        status = {"400": 400, "401": 401, "429": 429, "500": 500}.get(fault or "", 200)
         self._record(request, messages, role, fault, status)
         if fault == "hang":
             self._stopping.wait(self.hang_seconds)
@@ -356,6 +369,8 @@ class LoopbackJudgeServer:
             self._send(handler, 401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
         elif fault == "429":
             self._send(handler, 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}}, {"Retry-After": "0"})
+        elif fault == "400":
+            self._send(handler, 400, CONTEXT_LENGTH_BODY)
         elif fault == "500":
             self._send(handler, 500, {"error": {"message": "internal error", "type": "server_error"}})
         elif fault == "garbage":
