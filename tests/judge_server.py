@@ -239,6 +239,7 @@ class LoopbackJudgeServer:
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batch_api = BatchAPI(self)
 
     @property
     def base_url(self) -> str:
@@ -258,7 +259,13 @@ class LoopbackJudgeServer:
 
             def do_POST(self) -> None:  # noqa: N802 - stdlib naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server._handle(self, body)
+                if self.path.rstrip("/").endswith(("/files", "/batches")):
+                    server.batch_api.post(self, body)
+                else:
+                    server._handle(self, body)
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+                server.batch_api.get(self)
 
         self._httpd = _Server(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback-judge", daemon=True)
@@ -416,6 +423,139 @@ class LoopbackJudgeServer:
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             return  # the client gave up (timeout); nothing to answer
+
+
+class BatchAPI:
+    """OpenAI's Batch API on the loopback server: ``/v1/files`` and ``/v1/batches``.
+
+    A batch advances one status per retrieve (``validating`` -> ``in_progress`` -> ``completed``). Its lines
+    are answered like chat requests (faults included). Modes, set on the instance before a batch is created:
+
+    * ``expire_after``: only that many lines are answered, the batch ends ``expired`` and the rest appear in
+      the error file with code ``batch_expired`` (as OpenAI does);
+    * ``fail_every``: every k-th line is answered 400 (OpenAI's context-length body) in the error file;
+    * ``status_after_create``: force a terminal status (e.g. ``failed`` with no output file).
+    """
+
+    def __init__(self, server: "LoopbackJudgeServer") -> None:
+        self.server = server
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.created = 0
+        self.retrieves = 0
+        self.expire_after: int | None = None
+        self.fail_every: int | None = None
+        self.status_after_create: str | None = None
+        self._lock = threading.Lock()
+
+    def post(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        path = handler.path.rstrip("/")
+        if path.endswith("/files"):
+            content = _multipart_file(handler.headers.get("Content-Type", ""), body)
+            if content is None:
+                self.server._send(handler, 400, {"error": {"message": "no file", "type": "invalid_request_error"}})
+                return
+            with self._lock:
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = content
+            self.server._send(handler, 200, _file_object(file_id, len(content), "batch"))
+            return
+        request = json.loads(body)
+        with self._lock:
+            source = self.files.get(request.get("input_file_id", ""))
+            if source is None or request.get("endpoint") != "/v1/chat/completions":
+                self.server._send(handler, 400, {"error": {"message": "bad input_file_id or endpoint", "type": "invalid_request_error"}})
+                return
+            self.created += 1
+            batch_id = f"batch_{self.created}"
+            lines = [json.loads(line) for line in source.decode().splitlines() if line.strip()]
+            self.batches[batch_id] = {"id": batch_id, "lines": lines, "polls": 0, "status": "validating",
+                                      "input_file_id": request["input_file_id"]}
+            payload = self._object(self.batches[batch_id])
+        self.server._send(handler, 200, payload)
+
+    def get(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = handler.path.split("?")[0].rstrip("/").split("/")
+        with self._lock:
+            if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in self.batches:
+                self.retrieves += 1
+                batch = self.batches[parts[-1]]
+                self._advance(batch)
+                payload = self._object(batch)
+            elif len(parts) >= 3 and parts[-1] == "content" and parts[-2] in self.files:
+                data = self.files[parts[-2]]
+                self.server._send_raw(handler, 200, data, "application/octet-stream")
+                return
+            else:
+                payload = None
+        if payload is None:
+            self.server._send(handler, 404, {"error": {"message": f"no such object {handler.path}", "type": "invalid_request_error"}})
+        else:
+            self.server._send(handler, 200, payload)
+
+    def _advance(self, batch: dict) -> None:
+        if batch["status"] in ("completed", "expired", "failed", "cancelled"):
+            return
+        batch["polls"] += 1
+        if batch["polls"] == 1:
+            batch["status"] = "in_progress"
+            return
+        if self.status_after_create:
+            batch["status"] = self.status_after_create
+            return
+        outputs, errors = [], []
+        for index, line in enumerate(batch["lines"], start=1):
+            ident = line["custom_id"]
+            if self.expire_after is not None and index > self.expire_after:
+                errors.append({"id": f"req_{index}", "custom_id": ident, "response": None,
+                               "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
+                continue
+            if self.fail_every and index % self.fail_every == 0:
+                errors.append({"id": f"req_{index}", "custom_id": ident,
+                               "response": {"status_code": 400, "request_id": f"r{index}", "body": CONTEXT_LENGTH_BODY}, "error": None})
+                continue
+            messages = line["body"]["messages"]
+            role, text = (self.server.answer or fake_judge_answer)(messages)
+            self.server._record(line["body"], messages, role, "batch", 200)
+            outputs.append({"id": f"req_{index}", "custom_id": ident, "error": None, "response": {
+                "status_code": 200, "request_id": f"r{index}",
+                "body": {"id": f"chatcmpl-b{index}", "object": "chat.completion", "model": line["body"].get("model"),
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10 + len(text.split())}}}})
+        batch["status"] = "expired" if self.expire_after is not None and self.expire_after < len(batch["lines"]) else "completed"
+        for name, rows in (("output_file_id", outputs), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = "".join(json.dumps(row) + "\n" for row in rows).encode()
+                batch[name] = file_id
+        batch["counts"] = {"total": len(batch["lines"]), "completed": len(outputs), "failed": len(errors)}
+
+    @staticmethod
+    def _object(batch: dict) -> dict:
+        counts = batch.get("counts", {"total": len(batch["lines"]), "completed": 0, "failed": 0})
+        return {
+            "id": batch["id"], "object": "batch", "endpoint": "/v1/chat/completions", "errors": None,
+            "input_file_id": batch["input_file_id"], "completion_window": "24h", "status": batch["status"],
+            "output_file_id": batch.get("output_file_id"), "error_file_id": batch.get("error_file_id"),
+            "created_at": int(time.time()), "request_counts": counts, "metadata": None,
+        }
+
+
+def _file_object(file_id: str, size: int, purpose: str) -> dict:
+    return {"id": file_id, "object": "file", "bytes": size, "created_at": int(time.time()), "filename": "input.jsonl",
+            "purpose": purpose, "status": "processed"}
+
+
+def _multipart_file(content_type: str, body: bytes) -> bytes | None:
+    """The ``file`` part of a multipart/form-data body."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            return part.get_payload(decode=True)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prices", type=Path, help="price table (YAML/JSON: model -> {input, output} USD per 1M tokens)")
     parser.add_argument("--scoring", choices=("tolerant", "authors"), help="label parsing: tolerant (default) or the authors' case-sensitive rules")
     parser.add_argument("--limit", type=int, help="judge only the first N samples of each file")
+    parser.add_argument(
+        "--batch", action="store_true",
+        help="use the OpenAI Batch API (half price, answers within 24 h; resumable: re-run the same command)",
+    )
+    parser.add_argument("--batch-poll", type=float, default=30.0, help="seconds between Batch API status checks (default 30)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -106,7 +111,20 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         for samples in files:
             samples.items, samples.doc_ids = samples.items[: args.limit], samples.doc_ids[: args.limit]
-    reports = JudgeRunner(config).judge_many([samples.items for samples in files], parts)
+    batches = [samples.items for samples in files]
+    if args.batch:
+        from medbench.judge.batch import BatchDriver, state_folder_for
+        from medbench.judge.cache import JudgeCache
+
+        cache = JudgeCache(config.cache_path)
+        driver = BatchDriver(config, state_folder_for(args.paths), poll_seconds=args.batch_poll)
+        reports = driver.run(lambda transport: JudgeRunner(config, cache=cache, transport=transport).judge_many(batches, parts))
+        usage = reports[0].usage  # one dict, shared by the reports of one run
+        usage["batch_api"] = True
+        if usage["cost_usd"] is not None:
+            usage["cost_usd"] *= 0.5  # Batch API price: half the live price
+    else:
+        reports = JudgeRunner(config).judge_many(batches, parts)
     incomplete = 0
     for samples, report in zip(files, reports):
         write_outputs(samples, report, parts)

@@ -51,6 +51,10 @@ class JudgeFailure(Exception):
     """One request failed for good (after retries, or not retryable); the reason is a short line."""
 
 
+class Queued(JudgeFailure):
+    """The transport took the request for later (Batch API mode): not a failure of the endpoint."""
+
+
 class JudgeAbort(MedbenchError):
     """The run cannot continue (bad key, unreachable URL, every request rejected, unparseable judge)."""
 
@@ -595,6 +599,9 @@ class JudgeClient(Generic[T]):
         while True:
             try:
                 completion, error = await self._send(messages)
+            except Queued as queued:
+                self.stats.requests -= 1  # nothing was sent
+                raise JudgeFailure(f"{prompt.ident}: {queued}") from None
             except JudgeFailure as failure:
                 attempts.append(str(failure))
                 self._count(str(failure))

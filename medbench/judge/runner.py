@@ -250,7 +250,7 @@ class JudgeRunner:
             summary = summarize(chunk, requested)
             reports.append(JudgeReport(samples=chunk, summary=summary, judge=info, usage=usage))
         for metric in requested:
-            failed = sum(report.summary[metric]["failed"] for report in reports)
+            failed = sum(metric in v.failures and "queued for the Batch API" not in v.failures[metric] for v in samples)
             if failed:
                 logger.warning("judge metric %s: %d of %d samples unscored (see failures)", metric, failed, len(samples))
         return reports
