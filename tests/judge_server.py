@@ -200,6 +200,7 @@ class LoopbackJudgeServer:
         burst: Bucket capacity (default: one second's worth).
         whole_second_retry_after: Send ``retry-after`` rounded up to whole seconds (as OpenAI does), beside
             the precise ``retry-after-ms``.
+        limit_headers: Send the ``x-ratelimit-*`` headers (``False``: only the 429's retry headers).
     """
 
     def __init__(
@@ -217,6 +218,7 @@ class LoopbackJudgeServer:
         rate_limit: float | None = None,
         burst: float | None = None,
         whole_second_retry_after: bool = True,
+        limit_headers: bool = True,
     ) -> None:
         self.port = port
         self.latency = latency
@@ -229,6 +231,7 @@ class LoopbackJudgeServer:
         self.rate_limit = rate_limit
         self.burst = burst if burst is not None else (rate_limit or 0)
         self.whole_second_retry_after = whole_second_retry_after
+        self.limit_headers = limit_headers
         self._tokens = self.burst
         self._refilled = time.monotonic()
         self.requests: list[RecordedRequest] = []
@@ -320,6 +323,8 @@ class LoopbackJudgeServer:
             "x-ratelimit-remaining-tokens": "9990000",
             "x-ratelimit-reset-tokens": "6ms",
         }
+        if not self.limit_headers:
+            headers = {}
         if not allowed:
             headers["retry-after-ms"] = str(max(1, round(wait * 1000)))
             headers["retry-after"] = str(max(1, math.ceil(wait))) if self.whole_second_retry_after else f"{wait:.3f}"

@@ -556,7 +556,7 @@ class JudgeClient(Generic[T]):
     async def _send(self, messages: list[dict[str, str]]) -> tuple[Completion | None, RetryableError | None]:
         if self._abort is not None:
             raise self._abort
-        started = await self.rate.acquire()
+        ticket = await self.rate.acquire()
         rate_limited = succeeded = False
         try:
             if self._abort is not None:
@@ -568,15 +568,15 @@ class JudgeClient(Generic[T]):
                 return None, RetryableError("timeout", kind="timeout")
             except RetryableError as error:
                 rate_limited = error.kind == "rate_limit"
-                self.rate.observe(error.headers)
+                self.rate.observe(error.headers, ticket=ticket)
                 return None, error
             except JudgeAbort as error:
                 raise self._stop(error) from None
             succeeded = True
-            self.rate.observe(completion.headers, completion.prompt_tokens + completion.completion_tokens)
+            self.rate.observe(completion.headers, completion.prompt_tokens + completion.completion_tokens, ticket)
             return completion, None
         finally:
-            self.rate.release(started, rate_limited=rate_limited, succeeded=succeeded)
+            self.rate.release(ticket, rate_limited=rate_limited, succeeded=succeeded)
 
     def _scope(self) -> str:
         from medbench import __version__

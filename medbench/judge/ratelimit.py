@@ -6,8 +6,8 @@ Two mechanisms share one :class:`RateController`:
   ``x-ratelimit-remaining-requests`` and ``x-ratelimit-reset-requests`` (the time until the remaining
   budget is full again) on every response, and the same trio for tokens. For a budget that refills at a
   steady rate ``R``, ``reset = (limit - remaining) / R``, so each response tells the refill rate whatever the
-  window (per second or per minute). Once the remaining budget is low, request starts are spaced ``1/R``
-  apart, so the client stays just under the limit instead of discovering it through 429s.
+  window (per second or per minute). Once the remaining budget is low, request starts are spaced
+  ``1/R`` apart, so the client stays just under the limit instead of discovering it through 429s.
 * **AIMD concurrency.** The in-flight limit starts at the configured concurrency; every 429 halves it (at
   most once per round of requests: a wave of 429s sent together counts once), every success adds
   ``1/limit`` (about one more request per round), up to the configured maximum.
@@ -23,6 +23,7 @@ import asyncio
 import email.utils
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -146,6 +147,14 @@ def _number(value: str | None) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """One admitted request: when it started and its place in the sending order."""
+
+    started: float
+    seq: int
+
+
 class RateController:
     """Gate for sending requests: an AIMD in-flight limit, a pacer, and a shared pause after 429s.
 
@@ -170,20 +179,32 @@ class RateController:
         self.adaptive = adaptive
         self.limit = float(max_concurrency)
         self.in_flight = 0
-        self.rate: float | None = None  # requests per second to pace at, once known
         self.decreases = 0
         self._rng = rng
         self._clock = clock
         self._headroom = headroom
+        self._seq = 0
         self._next_start = 0.0
         self._pause_until = 0.0
         self._last_decrease = -1.0
+        self._interval: float | None = None  # seconds per request of refill, once measured
+        self._bounds: deque[float] = deque(maxlen=64)  # recent upper bounds of the refill rate
+        self._pacing = False  # the request budget is low: space requests out
+        self._capacity = 1.0  # the request budget's size (x-ratelimit-limit-requests)
+        self._token_rate: float | None = None  # requests/s the token budget allows, when it runs low
         self._tokens_per_request: float | None = None
         self._waiters: list[asyncio.Future] = []
         self._pacing_lock: asyncio.Lock | None = None
 
-    async def acquire(self) -> float:
-        """Wait for a free slot and the pacer; returns the start time (pass it to :meth:`release`)."""
+    @property
+    def rate(self) -> float | None:
+        """Requests per second the pacer spaces starts at (``None``: not pacing)."""
+        rates = [self._headroom / self._interval if (self._pacing and self._interval) else None, self._token_rate]
+        known = [rate for rate in rates if rate]
+        return min(known) if known else None
+
+    async def acquire(self) -> Ticket:
+        """Wait for a free slot, the pacer and any pause; returns the ticket to pass to :meth:`release`."""
         while self.in_flight >= max(1, int(self.limit)):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -203,17 +224,23 @@ class RateController:
                     if start <= now:
                         break
                     await asyncio.sleep(start - now)
-                if self.rate:
-                    self._next_start = max(now, self._next_start) + 1.0 / self.rate
+                rate = self.rate
+                if rate:
+                    # A start that wakes late may catch up by a few intervals (never more than the budget's
+                    # size allows), so a busy event loop does not turn into a lower rate.
+                    slack = min(3.0, max(0.0, self._capacity - 1.0)) / rate
+                    self._next_start = max(now - slack, self._next_start) + 1.0 / rate
+                self._seq += 1
+                ticket = Ticket(started=now, seq=self._seq)
         except BaseException:
             self._leave()
             raise
-        return self._clock()
+        return ticket
 
-    def release(self, started: float, *, rate_limited: bool = False, succeeded: bool = False) -> None:
+    def release(self, ticket: Ticket, *, rate_limited: bool = False, succeeded: bool = False) -> None:
         """Free the slot and adapt: halve on a 429 (once per round), grow gently on success."""
         if self.adaptive:
-            if rate_limited and started >= self._last_decrease:
+            if rate_limited and ticket.started >= self._last_decrease:
                 self.limit = max(1.0, self.limit / 2)
                 self._last_decrease = self._clock()
                 self.decreases += 1
@@ -233,34 +260,41 @@ class RateController:
             return 0.0
         pause = seconds * (1.0 + 0.5 * self._rng())
         self._pause_until = max(self._pause_until, self._clock() + pause)
+        if self._interval:
+            self._pacing = True  # a 429 means the budget ran out, whatever the last header said
         return pause
 
-    def observe(self, headers: Mapping[str, str] | None, tokens_used: int = 0) -> None:
-        """Learn the refill rate from a response's ``x-ratelimit-*`` headers and pace when the budget runs low."""
+    def observe(self, headers: Mapping[str, str] | None, tokens_used: int = 0, ticket: Ticket | None = None) -> None:
+        """Learn the refill rate from a response's ``x-ratelimit-*`` headers; pace while the budget is low."""
+        del ticket  # kept in the signature: which request the headers belong to
         if not self.adaptive or not headers:
             return
+        requests = read_budget(headers, "requests")
+        if requests is not None:
+            used = requests.limit - requests.remaining
+            if used >= 1 and requests.reset > 0:
+                # ``remaining`` is rounded down, so the budget really spent lies in (used - 1, used]:
+                # used / reset is an upper bound of the refill rate, and the lowest recent bound the estimate.
+                self._bounds.append(used / requests.reset)
+                self._interval = 1.0 / min(self._bounds)
+            self._pacing = requests.remaining < 2 * self.max_concurrency
+            self._capacity = requests.limit
         if tokens_used > 0:
             previous = self._tokens_per_request
             self._tokens_per_request = tokens_used if previous is None else 0.8 * previous + 0.2 * tokens_used
-        rates = []
-        requests = read_budget(headers, "requests")
-        if requests is not None and requests.refill_rate is not None and requests.remaining < 2 * self.max_concurrency:
-            rates.append(requests.refill_rate)
         tokens = read_budget(headers, "tokens")
         if tokens is not None and tokens.refill_rate is not None and self._tokens_per_request:
-            if tokens.remaining < 2 * self.max_concurrency * self._tokens_per_request:
-                rates.append(tokens.refill_rate / self._tokens_per_request)
-        if rates:
-            measured = min(rates) * self._headroom
-            self.rate = measured if self.rate is None else 0.7 * self.rate + 0.3 * measured
-        elif requests is not None or tokens is not None:
-            self.rate = None  # plenty of budget left: no need to space requests out
+            low = tokens.remaining < 2 * self.max_concurrency * self._tokens_per_request
+            self._token_rate = self._headroom * tokens.refill_rate / self._tokens_per_request if low else None
 
     def describe(self) -> dict[str, Any]:
         """What the controller ended with (for the usage report)."""
+        rate = self.rate
+        measured = 1.0 / self._interval if self._interval else None
         return {
             "adaptive": self.adaptive,
             "final_in_flight_limit": int(self.limit),
-            "paced_requests_per_second": round(self.rate, 3) if self.rate else None,
+            "paced_requests_per_second": round(rate, 3) if rate else None,
+            "measured_limit_requests_per_second": round(measured, 3) if measured else None,
             "concurrency_decreases": self.decreases,
         }
