@@ -190,11 +190,11 @@ class RequestParams:
         with self._lock:
             if self.token_param not in sent or ("temperature" in sent) != self.send_temperature:
                 return True  # someone else learnt it while this request was in flight
-            if "max_tokens" in sent and (param == "max_tokens" or "max_completion_tokens" in message) and "max_tokens" in lowered:
-                if "max_completion_tokens" in message:
-                    self.token_param = "max_completion_tokens"
-                    self.learnt.append(f"max_completion_tokens instead of max_tokens (server: {message})")
-                    return True
+            names_max_tokens = param == "max_tokens" or "'max_tokens'" in message or "max_tokens" in lowered.replace("max_completion_tokens", "")
+            if "max_tokens" in sent and names_max_tokens and (unsupported or "max_completion_tokens" in message):
+                self.token_param = "max_completion_tokens"
+                self.learnt.append(f"max_completion_tokens instead of max_tokens (server: {message})")
+                return True
             if "max_completion_tokens" in sent and (param == "max_completion_tokens" or "max_completion_tokens" in lowered) and (
                 unsupported or "unrecognized" in lowered or "extra" in lowered or "unknown" in lowered
             ):
@@ -250,6 +250,10 @@ class OpenAITransport:
         self.config = config
         self.params = request_params(config)
         self._client: Any = None
+
+    def prepare(self) -> None:
+        """Import ``openai`` and build the HTTP client now, so that this is not timed as a request."""
+        self._ensure_client()
 
     def _ensure_client(self) -> Any:
         if self._client is None:
@@ -477,6 +481,7 @@ class JudgeClient(Generic[T]):
         self.rate = RateController(config.concurrency, adaptive=config.adaptive_rate, rng=self._rng.random)
         self.health = RunHealth(config)
         self._abort: JudgeAbort | None = None
+        self._prepared = False
 
     async def __aenter__(self) -> "JudgeClient[T]":
         return self
@@ -556,6 +561,11 @@ class JudgeClient(Generic[T]):
     async def _send(self, messages: list[dict[str, str]]) -> tuple[Completion | None, RetryableError | None]:
         if self._abort is not None:
             raise self._abort
+        if not self._prepared:
+            prepare = getattr(self.transport, "prepare", None)
+            if prepare is not None:
+                prepare()  # the first import of openai takes seconds on a busy machine: not a request timeout
+            self._prepared = True
         ticket = await self.rate.acquire()
         rate_limited = succeeded = False
         try:
