@@ -43,7 +43,7 @@ from medbench.judge.runner import JudgeItem, JudgeRunner, numbered
 # The loopback server is a test double and lives in tests/ (imported after medbench, so that tests/medbench
 # cannot pass for the package).
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
-from judge_server import LoopbackJudgeServer  # noqa: E402
+from judge_server import LoopbackJudgeServer
 
 
 def make_items(count: int) -> list[JudgeItem]:

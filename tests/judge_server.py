@@ -257,17 +257,17 @@ class LoopbackJudgeServer:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # header and body are separate writes: avoid the 40 ms delayed-ACK stall
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: object) -> None:
                 return None  # keep test output clean
 
-            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path.rstrip("/").endswith(("/files", "/batches")):
                     server.batch_api.post(self, body)
                 else:
                     server._handle(self, body)
 
-            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+            def do_GET(self) -> None:
                 server.batch_api.get(self)
 
         self._httpd = _Server(("127.0.0.1", self.port), Handler)

@@ -99,7 +99,13 @@ def run(args: argparse.Namespace) -> int:
     until then stay in the cache, so the next run resumes.
     """
     from medbench.judge.runner import JudgeRunner
-    from medbench.judge.samples import find_samples_files, load_reference_data, read_samples_file, task_of, write_outputs
+    from medbench.judge.samples import (
+        find_samples_files,
+        load_reference_data,
+        read_samples_file,
+        task_of,
+        write_outputs,
+    )
 
     parts = parse_parts(args.parts)
     config = config_from_args(args)

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from medbench.errors import DataError
-from medbench.judge.parts import HIGHER_IS_BETTER, PREFIX as METRIC_PREFIX, UNSCORED as UNSCORED_METRIC
+from medbench.judge.parts import HIGHER_IS_BETTER
+from medbench.judge.parts import PREFIX as METRIC_PREFIX
+from medbench.judge.parts import UNSCORED as UNSCORED_METRIC
 from medbench.judge.runner import JudgeItem, JudgeReport
 
 SAMPLES_FILE = re.compile(r"^(?P<stem>.+)_samples_(?P<task>.+)\.jsonl$")

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from judge_server import LoopbackJudgeServer, fake_judge_answer, request_key
 
 from medbench.errors import MedbenchError
 from medbench.judge.cache import JudgeCache
 from medbench.judge.client import JudgeConfigError
 from medbench.judge.config import JudgeConfig, load_prices
-from judge_server import LoopbackJudgeServer, fake_judge_answer, request_key
 from medbench.judge.prompts import load_prompt
 from medbench.judge.runner import JudgeItem, JudgeRunner, parse_severity, parse_text_list
 
