@@ -29,8 +29,14 @@ def _demo_corpus() -> list[str]:
 
 
 def demo_environment() -> dict[str, str]:
-    """This environment, offline, with every task pointed at the demo data."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MEDBENCH_")}
+    """This environment, offline, with every task pointed at the demo data.
+
+    ``MEDBENCH_*`` data and metric settings are dropped so the demo always reads its own data; the judge's
+    (``MEDBENCH_JUDGE*``) pass through, so a judge on a local OpenAI-compatible server (or a key) adds the
+    judge metrics to the demo table. The demo's offline switches do not stop the judge: they only cover
+    the Hugging Face hub.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MEDBENCH_") or key.startswith("MEDBENCH_JUDGE")}
     env.update(MEDBENCH_DATA="demo", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env

@@ -3,7 +3,7 @@
 Examples::
 
     export MEDBENCH_JUDGE_MODEL=gpt-4.1 MEDBENCH_JUDGE_API_KEY=...
-    medbench judge runs/my-model/                      # every *_samples_<task>.jsonl below it
+    medbench judge runs/my-model/                      # every long-form *_samples_<task>.jsonl below it
     medbench judge runs/x_samples_medbench_amboss.jsonl --parts nli,fabrication,severity
     medbench judge FILE --scoring authors --data facts.jsonl   # the study's rules and shipped facts
 
@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medbench.errors import MedbenchError
+from medbench.judge.parts import PARTS, parse_parts
 
 if TYPE_CHECKING:
     from medbench.judge.config import JudgeConfig
-
-PARTS = ("nli", "fabrication", "severity")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,18 +33,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(atomic-fact completeness/hallucination, fabrication, severity). Configure the judge with "
         "MEDBENCH_JUDGE_* environment variables (see docs/judge.md); flags override them.",
     )
-    parser.add_argument("paths", nargs="+", type=Path, help="samples files (*_samples_<task>.jsonl) or folders holding them")
+    parser.add_argument(
+        "paths", nargs="+", type=Path,
+        help="samples files (*_samples_<task>.jsonl) or folders holding them (only long-form tasks are judged)",
+    )
     parser.add_argument("--parts", default="nli", help=f"comma-separated subset of {','.join(PARTS)} (default: nli)")
     parser.add_argument("--data", type=Path, help="JSON/JSONL with id, reference and optional facts, matched by sample id")
     parser.add_argument("--model", help="judge model (default: $MEDBENCH_JUDGE_MODEL)")
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $MEDBENCH_JUDGE_BASE_URL)")
     parser.add_argument("--concurrency", type=int, help="requests in flight (default 16)")
-    parser.add_argument("--max-retries", type=int, help="retries per request (default 4)")
+    parser.add_argument("--max-retries", type=int, help="retries per request after 5xx/timeouts/connection errors (default 4)")
+    parser.add_argument(
+        "--retry-unparseable", action="store_true", default=None,
+        help="ask again requests whose earlier answers could not be parsed (they are skipped by default)",
+    )
+    parser.add_argument(
+        "--fixed-concurrency", action="store_true",
+        help="keep --concurrency requests in flight regardless of 429s and rate-limit headers",
+    )
     parser.add_argument("--timeout", type=float, help="seconds per request (default 120)")
     parser.add_argument("--cache", help="SQLite cache file, or 'off' (default: $MEDBENCH_JUDGE_CACHE or ~/.cache/medbench)")
     parser.add_argument("--prices", type=Path, help="price table (YAML/JSON: model -> {input, output} USD per 1M tokens)")
     parser.add_argument("--scoring", choices=("tolerant", "authors"), help="label parsing: tolerant (default) or the authors' case-sensitive rules")
     parser.add_argument("--limit", type=int, help="judge only the first N samples of each file")
+    parser.add_argument(
+        "--batch", action="store_true",
+        help="use the OpenAI Batch API (half price, answers within 24 h; resumable: re-run the same command)",
+    )
+    parser.add_argument("--batch-poll", type=float, default=30.0, help="seconds between Batch API status checks (default 30)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -62,6 +77,8 @@ def config_from_args(args: argparse.Namespace) -> JudgeConfig:
         "timeout": args.timeout,
         "scoring": args.scoring,
         "progress": False if args.no_progress else None,
+        "retry_unparseable": args.retry_unparseable,
+        "adaptive_rate": False if args.fixed_concurrency else None,
     }
     env = dict(os.environ)
     if args.cache is not None:
@@ -75,26 +92,51 @@ def config_from_args(args: argparse.Namespace) -> JudgeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Judge every samples file given; returns 0 when every sample got every requested score, 1 otherwise."""
-    from medbench.judge.runner import JudgeRunner
-    from medbench.judge.samples import find_samples_files, load_reference_data, read_samples_file, write_outputs
+    """Judge every long-form samples file given, all in one concurrent batch.
 
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise MedbenchError(f"--parts {args.parts!r}: choose from {','.join(PARTS)}")
+    Returns 0 when every sample got every requested score, 1 otherwise. A run that cannot work (bad key,
+    unreachable URL, a judge whose answers do not parse) stops with one line (exit 2); the answers received
+    until then stay in the cache, so the next run resumes.
+    """
+    from medbench.judge.runner import JudgeRunner
+    from medbench.judge.samples import (
+        find_samples_files,
+        load_reference_data,
+        read_samples_file,
+        task_of,
+        write_outputs,
+    )
+
+    parts = parse_parts(args.parts)
     config = config_from_args(args)
     data = load_reference_data(args.data) if args.data else None
-    runner = JudgeRunner(config)
-    incomplete = 0
-    for path in find_samples_files(args.paths):
-        samples = read_samples_file(path, data)
-        if args.limit is not None:
+    paths, skipped = find_samples_files(args.paths)
+    if skipped:
+        print(f"skipping {len(skipped)} file(s) of VQA or unknown tasks: {', '.join(sorted({str(task_of(p)) for p in skipped}))}")
+    files = [read_samples_file(path, data) for path in paths]
+    if args.limit is not None:
+        for samples in files:
             samples.items, samples.doc_ids = samples.items[: args.limit], samples.doc_ids[: args.limit]
-        report = runner.judge(samples.items, parts)
+    batches = [samples.items for samples in files]
+    if args.batch:
+        from medbench.judge.batch import BatchDriver, state_folder_for
+        from medbench.judge.cache import JudgeCache
+
+        cache = JudgeCache(config.cache_path)
+        driver = BatchDriver(config, state_folder_for(args.paths), poll_seconds=args.batch_poll)
+        reports = driver.run(lambda transport: JudgeRunner(config, cache=cache, transport=transport).judge_many(batches, parts))
+        usage = reports[0].usage  # one dict, shared by the reports of one run
+        usage["batch_api"] = True
+        if usage["cost_usd"] is not None:
+            usage["cost_usd"] *= 0.5  # Batch API price: half the live price
+    else:
+        reports = JudgeRunner(config).judge_many(batches, parts)
+    incomplete = 0
+    for samples, report in zip(files, reports):
         write_outputs(samples, report, parts)
         incomplete += sum(bool(v.failures) for v in report.samples)
         _print_report(samples.task, report, samples.results_path)
+    _print_usage(reports[0].usage, len(files))
     return 1 if incomplete else 0
 
 
@@ -105,12 +147,18 @@ def _print_report(task: str, report, results_path: Path) -> None:
         stderr = "" if stats["stderr"] is None else f" ± {stats['stderr']:.4f}"
         arrow = "↑" if stats["higher_is_better"] else "↓"
         print(f"  judge_{metric} {arrow} {mean}{stderr}   scored {stats['scored']}, unscored {stats['failed']}")
-    usage = report.usage
+    failed = [v for v in report.samples if v.failures]
+    if failed:
+        reason = next(iter(failed[0].failures.values()))
+        print(f"  e.g. {failed[0].id}: {reason}")
+    print(f"  wrote {results_path}")
+
+
+def _print_usage(usage: dict, files: int) -> None:
     cost = "" if usage["cost_usd"] is None else f", cost ${usage['cost_usd']:.4f}"
     print(
-        f"  requests {usage['requests']} (retries {usage['retries']}), cache hits {usage['cache_hits']}, "
-        f"tokens {usage['prompt_tokens']} in / {usage['completion_tokens']} out{cost}"
+        f"judge usage: requests {usage['requests']} (retries {usage['retries']}), cache hits {usage['cache_hits']}, "
+        f"tokens {usage['prompt_tokens']} in / {usage['completion_tokens']} out{cost} ({files} file(s))"
     )
     if usage["errors"]:
         print("  request problems: " + ", ".join(f"{k} ×{v}" for k, v in usage["errors"].items()))
-    print(f"  wrote {results_path}")

@@ -2,8 +2,10 @@
 
 Answers are stored in SQLite, one row per (model, prompt id, prompt hash, rendered input), committed as
 soon as each answer arrives: a run that is killed loses at most the requests in flight, and the next run
-asks only for what is missing. Only answers that parsed are stored, so a garbage answer is retried next
-time instead of being replayed. No API key or endpoint is part of a key or a row.
+asks only for what is missing. Only answers that parsed are stored as answers, so a garbage answer is never
+replayed as a score. Answers that could not be parsed are counted in a separate table (with the last raw
+answer, for the reader), so a re-run does not ask the same hopeless request again and again; a later
+answer that parses clears the record. No API key or endpoint is part of a key or a row.
 """
 
 from __future__ import annotations
@@ -30,6 +32,26 @@ CREATE TABLE IF NOT EXISTS answers (
     created REAL NOT NULL
 )
 """
+_FAILURES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS unparseable (
+    key TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (key, scope)
+)
+"""
+
+
+@dataclass(frozen=True)
+class RecordedFailure:
+    """Answers to one request that the parser rejected, over all runs so far."""
+
+    attempts: int
+    reason: str
+    raw: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,7 @@ class JudgeCache:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._memory: dict[str, CachedAnswer] = {}
+        self._failures: dict[tuple[str, str], RecordedFailure] = {}
         self._db: sqlite3.Connection | None = None
         if self.path is not None:
             try:
@@ -66,6 +89,7 @@ class JudgeCache:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute(_SCHEMA)
+                self._db.execute(_FAILURES_SCHEMA)
                 self._db.commit()
             except (OSError, sqlite3.Error) as error:
                 raise MedbenchError(f"judge cache {self.path} cannot be opened ({error}): set MEDBENCH_JUDGE_CACHE to a writable file or 'off'") from None
@@ -94,6 +118,40 @@ class JudgeCache:
                     "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (key, model, prompt, answer.text, answer.prompt_tokens, answer.completion_tokens, time.time()),
                 )
+                self._db.commit()
+
+    def failure(self, key: str, scope: str) -> RecordedFailure | None:
+        """Unparseable answers recorded for ``key`` under ``scope`` (the parser's identity), if any."""
+        with self._lock:
+            hit = self._failures.get((key, scope))
+            if hit is not None or self._db is None:
+                return hit
+            row = self._db.execute(
+                "SELECT attempts, reason, raw FROM unparseable WHERE key = ? AND scope = ?", (key, scope)
+            ).fetchone()
+            return RecordedFailure(attempts=row[0], reason=row[1], raw=row[2]) if row else None
+
+    def record_failure(self, key: str, scope: str, reason: str, raw: str) -> RecordedFailure:
+        """Count one more unparseable answer for ``key`` (never stored as an answer)."""
+        previous = self.failure(key, scope)
+        record = RecordedFailure(attempts=(previous.attempts if previous else 0) + 1, reason=reason, raw=raw[:2000])
+        with self._lock:
+            self._failures[(key, scope)] = record
+            if self._db is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO unparseable VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, scope, record.attempts, record.reason, record.raw, time.time()),
+                )
+                self._db.commit()
+        return record
+
+    def clear_failures(self, key: str) -> None:
+        """Forget the unparseable answers of ``key`` (a usable answer arrived)."""
+        with self._lock:
+            for entry in [entry for entry in self._failures if entry[0] == key]:
+                del self._failures[entry]
+            if self._db is not None:
+                self._db.execute("DELETE FROM unparseable WHERE key = ?", (key,))
                 self._db.commit()
 
     def __len__(self) -> int:

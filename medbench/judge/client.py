@@ -1,10 +1,25 @@
-"""Async judge client: one chat completion per request, with bounded retries, a cache and accounting.
+"""Async judge client: send a versioned prompt with values, get the parsed answer or a recorded failure.
 
-The transport is the ``openai`` package's ``AsyncOpenAI`` pointed at any OpenAI-compatible base URL. Its
-own retry loop is switched off (``max_retries=0``) so that every retry - on 429, 5xx, timeouts, connection
-errors, malformed bodies, and answers the parser rejects - goes through one bounded, logged policy here.
-Errors that retrying cannot fix for *any* sample (bad key, unknown model or URL) abort the run with one
-line; errors tied to one request (e.g. a 400 for an over-long input) fail that request only.
+This is the judge's transport, usable by anything that asks an LLM a versioned prompt (the judge runner,
+preference-data builders):
+
+* :class:`JudgeClient` - ``await client.ask(prompt, values, parse)`` returns ``parse(answer)`` or raises
+  :class:`JudgeFailure` (this request failed for good; the reason lists every attempt) or
+  :class:`JudgeAbort` (the run cannot work: bad key, dead URL, every request rejected, a judge whose
+  answers cannot be parsed). :meth:`JudgeClient.attempt` returns an :class:`Outcome` instead of raising
+  :class:`JudgeFailure`. Answers that parse are cached on disk; answers that do not are counted (never
+  cached as answers) so a re-run does not ask a hopeless request again.
+* :func:`gather_or_cancel` - run many such requests; on an abort every other one is cancelled and awaited
+  before the error propagates, so the HTTP client can be closed under nothing.
+* :attr:`JudgeClient.stats` - requests, retries, tokens, cost (:meth:`JudgeStats.as_dict`).
+
+The HTTP side is ``openai.AsyncOpenAI`` pointed at any OpenAI-compatible base URL, with its own retries
+off (``max_retries=0``) so that one policy here decides: 429s pause every request (server delay plus
+jitter) and halve the in-flight limit (:mod:`medbench.judge.ratelimit`); 5xx, timeouts, connection errors
+and malformed bodies back off with full jitter; unparseable answers are re-asked a bounded number of times.
+Request parameters follow the model: ``max_completion_tokens`` and no ``temperature`` for OpenAI's
+reasoning families, and whatever a server's 400 ``unsupported_parameter`` / ``unsupported_value`` reply says
+for the rest (learnt once per endpoint and model, the request retried, what was sent recorded).
 """
 
 from __future__ import annotations
@@ -12,45 +27,82 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
+import threading
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from medbench.errors import MedbenchError
 from medbench.judge.cache import CachedAnswer, JudgeCache, cache_key
-from medbench.judge.config import JudgeConfig
+from medbench.judge.config import OPENAI_DEFAULT_BASE_URL, JudgeConfig
 from medbench.judge.prompts import PromptSpec
+from medbench.judge.ratelimit import RateController, retry_delay
 
 logger = logging.getLogger("medbench.judge")
 T = TypeVar("T")
+
+# OpenAI's reasoning models take max_completion_tokens and only the default temperature.
+REASONING_MODELS = re.compile(r"^(?:.*/)?(?:gpt-5|o1|o3|o4)(?:$|[-.:_])", re.IGNORECASE)
 
 
 class JudgeFailure(Exception):
     """One request failed for good (after retries, or not retryable); the reason is a short line."""
 
 
-class JudgeConfigError(MedbenchError):
+class Queued(JudgeFailure):
+    """The transport took the request for later (Batch API mode): not a failure of the endpoint."""
+
+
+class JudgeAbort(MedbenchError):
+    """The run cannot continue (bad key, unreachable URL, every request rejected, unparseable judge)."""
+
+
+class JudgeConfigError(JudgeAbort):
     """The judge cannot work at all with this configuration (key, model, URL)."""
 
 
 class RetryableError(Exception):
-    """A transport failure worth retrying (rate limit, server error, timeout, malformed body)."""
+    """A transport failure worth retrying.
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    Attributes:
+        kind: ``rate_limit``, ``server``, ``timeout``, ``connection`` or ``malformed``.
+        retry_after: Seconds the server asked to wait, if it said.
+        headers: Response headers, when there was a response.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None, *, kind: str = "server", headers: Mapping[str, str] | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.kind = kind
+        self.headers = headers
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A judge answer and its token usage."""
+    """A judge answer, its token usage and the response headers (rate-limit information)."""
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    headers: Mapping[str, str] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What :meth:`JudgeClient.attempt` returns: a parsed value, or the reason there is none."""
+
+    value: T | None = None
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
 
 
 class Transport(Protocol):
-    """Sends one chat request. Raises :class:`RetryableError`, :class:`JudgeFailure` or :class:`JudgeConfigError`."""
+    """Sends one chat request. Raises :class:`RetryableError`, :class:`JudgeFailure` or :class:`JudgeAbort`."""
 
     def __call__(self, messages: list[dict[str, str]]) -> Awaitable[Completion]: ...
 
@@ -65,6 +117,9 @@ class JudgeStats:
         cache_hits: Answers served from the cache (no request).
         retries: Requests repeated after a retryable failure or an unparseable answer.
         failures: Requests that failed for good.
+        rate_limited: Requests answered 429.
+        unparseable: Answers the parser rejected (never cached as answers).
+        skipped_unparseable: Requests not sent because earlier runs recorded only unparseable answers.
         prompt_tokens: Input tokens of live requests.
         completion_tokens: Output tokens of live requests.
         cached_prompt_tokens: Input tokens the cache saved.
@@ -77,6 +132,9 @@ class JudgeStats:
     cache_hits: int = 0
     retries: int = 0
     failures: int = 0
+    rate_limited: int = 0
+    unparseable: int = 0
+    skipped_unparseable: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -98,16 +156,111 @@ class JudgeStats:
         return report
 
 
+# --------------------------------------------------------------------------------------------------------
+# Request parameters that follow the model
+
+
+@dataclass
+class RequestParams:
+    """The token-limit parameter and temperature one endpoint/model accepts (shared, adapted in place)."""
+
+    token_param: str = "max_tokens"
+    send_temperature: bool = True
+    learnt: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def arguments(self, config: JudgeConfig) -> dict[str, Any]:
+        """Keyword arguments for ``chat.completions.create`` besides model and messages."""
+        with self._lock:
+            arguments: dict[str, Any] = {self.token_param: config.max_tokens}
+            if self.send_temperature:
+                arguments["temperature"] = config.temperature
+        return arguments
+
+    def adapt(self, error: Any, sent: Mapping[str, Any]) -> bool:
+        """Adjust after a 400 that names an unsupported parameter or value; ``True`` means retry.
+
+        Also ``True`` when another request already adapted since ``sent`` was built.
+        """
+        message = str(getattr(error, "message", "") or error)
+        param = str(getattr(error, "param", "") or "")
+        code = str(getattr(error, "code", "") or "")
+        lowered = message.lower()
+        unsupported = code in ("unsupported_parameter", "unsupported_value") or "unsupported" in lowered or "not supported" in lowered
+        with self._lock:
+            if self.token_param not in sent or ("temperature" in sent) != self.send_temperature:
+                return True  # someone else learnt it while this request was in flight
+            names_max_tokens = param == "max_tokens" or "'max_tokens'" in message or "max_tokens" in lowered.replace("max_completion_tokens", "")
+            if "max_tokens" in sent and names_max_tokens and (unsupported or "max_completion_tokens" in message):
+                self.token_param = "max_completion_tokens"
+                self.learnt.append(f"max_completion_tokens instead of max_tokens (server: {message})")
+                return True
+            if "max_completion_tokens" in sent and (param == "max_completion_tokens" or "max_completion_tokens" in lowered) and (
+                unsupported or "unrecognized" in lowered or "extra" in lowered or "unknown" in lowered
+            ):
+                if not any(note.startswith("max_completion_tokens instead") for note in self.learnt):
+                    self.token_param = "max_tokens"
+                    self.learnt.append(f"max_tokens instead of max_completion_tokens (server: {message})")
+                    return True
+            if "temperature" in sent and (param == "temperature" or "temperature" in lowered) and unsupported:
+                self.send_temperature = False
+                self.learnt.append(f"temperature omitted (server: {message})")
+                return True
+        return False
+
+    def describe(self, config: JudgeConfig) -> dict[str, Any]:
+        """What is sent, for the results' judge provenance."""
+        with self._lock:
+            return {
+                "token_limit_parameter": self.token_param,
+                "max_tokens": config.max_tokens,
+                "temperature": config.temperature if self.send_temperature else "server default (not sent)",
+                "learnt_from_server": list(self.learnt),
+            }
+
+
+_PARAMS: dict[tuple[str, str], RequestParams] = {}
+_PARAMS_LOCK = threading.Lock()
+
+
+def request_params(config: JudgeConfig) -> RequestParams:
+    """The shared parameters for ``config``'s endpoint and model (created from the known model families)."""
+    key = (config.public_base_url, config.model)
+    with _PARAMS_LOCK:
+        params = _PARAMS.get(key)
+        if params is None:
+            openai_host = urlsplit(config.public_base_url).hostname == urlsplit(OPENAI_DEFAULT_BASE_URL).hostname
+            reasoning = bool(REASONING_MODELS.match(config.model))
+            params = RequestParams(
+                token_param="max_completion_tokens" if (openai_host or reasoning) else "max_tokens",
+                send_temperature=not reasoning,
+            )
+            _PARAMS[key] = params
+        return params
+
+
+# --------------------------------------------------------------------------------------------------------
+# HTTP transport
+
+
 class OpenAITransport:
     """Chat completions through ``openai.AsyncOpenAI`` (created lazily, inside the running event loop)."""
 
     def __init__(self, config: JudgeConfig) -> None:
         self.config = config
+        self.params = request_params(config)
         self._client: Any = None
+
+    def prepare(self) -> None:
+        """Import ``openai`` and build the HTTP client now, so that this is not timed as a request."""
+        self._ensure_client()
 
     def _ensure_client(self) -> Any:
         if self._client is None:
-            from openai import AsyncOpenAI
+            try:
+                from openai import AsyncOpenAI
+            except ImportError:
+                raise JudgeConfigError("the judge needs the 'openai' package: pip install 'openai>=1.40'") from None
 
             # httpx logs every request URL at INFO; a base URL may carry a key in its query string, and a
             # line per request is noise in an evaluation log anyway.
@@ -127,32 +280,41 @@ class OpenAITransport:
 
         client = self._ensure_client()
         where = self.config.public_base_url
-        try:
-            response = await client.chat.completions.create(
-                model=self.config.model,
-                messages=messages,
-                temperature=self.config.temperature,
-                max_tokens=self.config.max_tokens,
-            )
-        except openai.AuthenticationError:
-            raise JudgeConfigError(f"the judge endpoint {where} rejected the API key (401): set a valid MEDBENCH_JUDGE_API_KEY") from None
-        except openai.PermissionDeniedError:
-            raise JudgeConfigError(f"the judge endpoint {where} denied access to model {self.config.model!r} (403): check the key's permissions") from None
-        except openai.NotFoundError:
-            raise JudgeConfigError(f"the judge endpoint {where} has no model {self.config.model!r} or no chat API (404): fix MEDBENCH_JUDGE_MODEL / MEDBENCH_JUDGE_BASE_URL") from None
-        except openai.RateLimitError as error:
-            raise RetryableError("429 rate limited", _retry_after(error)) from None
-        except openai.APITimeoutError:
-            raise RetryableError("timeout") from None
-        except openai.APIConnectionError:
-            raise RetryableError("connection error") from None
-        except openai.APIStatusError as error:
-            if error.status_code >= 500 or error.status_code in (408, 409):
-                raise RetryableError(f"{error.status_code} server error", _retry_after(error)) from None
-            raise JudgeFailure(f"request rejected ({error.status_code})") from None
-        except (openai.APIResponseValidationError, ValueError, TypeError):
-            raise RetryableError("malformed response body") from None
-        return _completion_from(response)
+        model = self.config.model
+        for _ in range(4):  # at most one adaptation per parameter, plus the final answer
+            arguments = self.params.arguments(self.config)
+            try:
+                raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages, **arguments)
+                response = raw.parse()
+            except openai.AuthenticationError as error:
+                raise JudgeConfigError(f"the judge endpoint {where} rejected the API key (401: {_message(error)}): set a valid MEDBENCH_JUDGE_API_KEY") from None
+            except openai.PermissionDeniedError as error:
+                raise JudgeConfigError(f"the judge endpoint {where} denied access to model {model!r} (403: {_message(error)}): check the key's permissions") from None
+            except openai.NotFoundError as error:
+                raise JudgeConfigError(f"the judge endpoint {where} has no model {model!r} or no chat API (404: {_message(error)}): fix MEDBENCH_JUDGE_MODEL / MEDBENCH_JUDGE_BASE_URL") from None
+            except openai.RateLimitError as error:
+                headers = _headers(error)
+                if getattr(error, "code", None) == "insufficient_quota":
+                    raise JudgeConfigError(f"the judge endpoint {where} says the account has no quota left (429: {_message(error)}): add credit or use another key") from None
+                raise RetryableError("429 rate limited", retry_delay(headers), kind="rate_limit", headers=headers) from None
+            except openai.APITimeoutError:
+                raise RetryableError("timeout", kind="timeout") from None
+            except openai.APIConnectionError:
+                raise RetryableError("connection error", kind="connection") from None
+            except openai.BadRequestError as error:
+                if self.params.adapt(error, arguments):
+                    logger.info("judge model %s: adapting request parameters (%s)", model, _message(error))
+                    continue
+                raise JudgeFailure(f"request rejected (400: {_message(error)})") from None
+            except openai.APIStatusError as error:
+                if error.status_code >= 500 or error.status_code in (408, 409):
+                    headers = _headers(error)
+                    raise RetryableError(f"{error.status_code} server error", retry_delay(headers), kind="server", headers=headers) from None
+                raise JudgeFailure(f"request rejected ({error.status_code}: {_message(error)})") from None
+            except (openai.APIResponseValidationError, ValueError, TypeError):
+                raise RetryableError("malformed response body", kind="malformed") from None
+            return _completion_from(response, dict(raw.headers))
+        raise JudgeFailure("request rejected (400): the server kept refusing the adapted parameters")
 
     async def aclose(self) -> None:
         """Close the HTTP client (call from the loop that created it)."""
@@ -161,32 +323,133 @@ class OpenAITransport:
             self._client = None
 
 
-def _completion_from(response: Any) -> Completion:
+def _message(error: Any) -> str:
+    """The server's own error message, on one line and bounded."""
+    body = getattr(error, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    text = str(message or getattr(error, "message", "") or error)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _headers(error: Any) -> dict[str, str]:
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    return dict(headers) if headers is not None else {}
+
+
+def _completion_from(response: Any, headers: Mapping[str, str] | None = None) -> Completion:
     try:
-        text = response.choices[0].message.content
+        choice = response.choices[0]
+        text = choice.message.content
     except (AttributeError, IndexError, TypeError):
-        raise RetryableError("malformed response body") from None
+        raise RetryableError("malformed response body", kind="malformed") from None
+    if not text and getattr(choice, "finish_reason", None) == "length":
+        raise JudgeFailure(
+            "answer cut off at the token limit before any text (reasoning models spend tokens thinking): raise MEDBENCH_JUDGE_MAX_TOKENS"
+        )
     if not isinstance(text, str):
-        raise RetryableError("malformed response body (no message content)")
+        raise RetryableError("malformed response body (no message content)", kind="malformed")
     usage = getattr(response, "usage", None)
     return Completion(
         text=text,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        headers=headers,
     )
 
 
-def _retry_after(error: Any) -> float | None:
-    headers = getattr(getattr(error, "response", None), "headers", None) or {}
-    value = headers.get("retry-after") if hasattr(headers, "get") else None
+# --------------------------------------------------------------------------------------------------------
+# Run health: the circuit breakers
+
+
+class RunHealth:
+    """Stops a run that cannot work, instead of retrying it sample by sample.
+
+    * no request has succeeded and ``fail_fast_after`` connection errors / timeouts happened;
+    * no request has succeeded and the last ``fail_fast_after`` rejections (400) carry the same message;
+    * more than ``parse_failure_threshold`` of the last ``parse_check_window`` answers did not parse.
+    """
+
+    def __init__(self, config: JudgeConfig) -> None:
+        self.config = config
+        self.succeeded = 0
+        self.unreachable: dict[str, int] = {}
+        self.rejections: deque[str] = deque(maxlen=max(1, config.fail_fast_after))
+        self.answers: deque[bool] = deque(maxlen=max(1, config.parse_check_window))
+        self.example: str | None = None
+        self.example_reason: str | None = None
+
+    def success(self) -> None:
+        self.succeeded += 1
+
+    def transport_failure(self, error: RetryableError) -> None:
+        if self.succeeded or error.kind not in ("connection", "timeout"):
+            return
+        self.unreachable[str(error)] = self.unreachable.get(str(error), 0) + 1
+        total = sum(self.unreachable.values())
+        if total >= self.config.fail_fast_after:
+            seen = ", ".join(f"{reason} ×{count}" for reason, count in self.unreachable.items())
+            raise JudgeAbort(
+                f"cannot reach the judge at {self.config.public_base_url}: {total} attempts failed ({seen}) and none has "
+                "succeeded: start the server or fix MEDBENCH_JUDGE_BASE_URL"
+            )
+
+    def rejected(self, reason: str) -> None:
+        if self.succeeded:
+            return
+        self.rejections.append(reason)
+        if len(self.rejections) == self.rejections.maxlen and len(set(self.rejections)) == 1:
+            raise JudgeAbort(
+                f"the judge at {self.config.public_base_url} rejected every request, model {self.config.model!r}: {reason}"
+            )
+
+    def answer(self, parsed: bool, raw: str = "", reason: str = "") -> None:
+        self.answers.append(parsed)
+        if not parsed and self.example is None:
+            self.example, self.example_reason = raw, reason
+        window = self.answers.maxlen or 1
+        bad = self.answers.count(False)
+        if len(self.answers) == window and bad / window > self.config.parse_failure_threshold:
+            example = " ".join((self.example or "").split())
+            example = example if len(example) <= 160 else example[:157] + "..."
+            raise JudgeAbort(
+                f"the judge {self.config.model!r} gave {bad} unparseable answers in its last {window} "
+                f"({self.example_reason}), e.g. {example!r}: use a model that follows the prompt, or check the prompt"
+            )
+
+
+def summarize_attempts(reasons: Iterable[str]) -> str:
+    """``"429 rate limited ×3; 500 server error; unparseable answer (...)"`` - consecutive repeats grouped."""
+    groups: list[list[Any]] = []
+    for reason in reasons:
+        if groups and groups[-1][0] == reason:
+            groups[-1][1] += 1
+        else:
+            groups.append([reason, 1])
+    return "; ".join(reason if count == 1 else f"{reason} ×{count}" for reason, count in groups)
+
+
+async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` that, when one raises, cancels and awaits all the others before re-raising."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
     try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------------
+# The client
 
 
 class JudgeClient(Generic[T]):
     """Asks versioned prompts, validates answers, caches the good ones, retries the rest.
+
+    Use ``async with JudgeClient(config) as client:`` (or call :meth:`aclose`) inside one event loop.
 
     Args:
         config: Judge configuration.
@@ -195,6 +458,7 @@ class JudgeClient(Generic[T]):
         sleep: Coroutine used for backoff delays (injectable so tests need not wait).
         on_usage: Called with ``(prompt_tokens, completion_tokens)`` after each live answer (lmms-eval's
             usage tracker hooks in here so judge tokens appear in its results).
+        seed: Seed of the jitter.
     """
 
     def __init__(
@@ -204,6 +468,7 @@ class JudgeClient(Generic[T]):
         transport: Transport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_usage: Callable[[int, int], None] | None = None,
+        seed: int = 0,
     ) -> None:
         self.config = config
         self._on_usage = on_usage
@@ -211,11 +476,37 @@ class JudgeClient(Generic[T]):
         self.transport = transport if transport is not None else OpenAITransport(config)
         self.stats = JudgeStats()
         self._sleep = sleep
-        self._semaphore: asyncio.Semaphore | None = None
         self._inflight: dict[str, asyncio.Future] = {}
-        self._rng = random.Random(0)
+        self._rng = random.Random(seed)
+        self.rate = RateController(config.concurrency, adaptive=config.adaptive_rate, rng=self._rng.random)
+        self.health = RunHealth(config)
+        self._abort: JudgeAbort | None = None
+        self._prepared = False
 
-    async def ask(self, prompt: PromptSpec, values: dict[str, object], parse: Callable[[str], Any]) -> Any:
+    async def __aenter__(self) -> "JudgeClient[T]":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def provenance(self) -> dict[str, Any]:
+        """What requests carried (token-limit parameter, temperature, what the server taught), for results."""
+        params = getattr(self.transport, "params", None)
+        described = params.describe(self.config) if isinstance(params, RequestParams) else {}
+        return {**described, "rate_control": self.rate.describe()}
+
+    async def attempt(self, prompt: PromptSpec, values: dict[str, object], parse: Callable[[str], T]) -> Outcome[T]:
+        """Like :meth:`ask`, but a failed request comes back as ``Outcome(failure=reason)``.
+
+        Raises:
+            JudgeAbort: The run cannot continue.
+        """
+        try:
+            return Outcome(value=await self.ask(prompt, values, parse))
+        except JudgeFailure as error:
+            return Outcome(failure=str(error))
+
+    async def ask(self, prompt: PromptSpec, values: dict[str, object], parse: Callable[[str], T]) -> T:
         """Get ``parse(answer)`` for ``prompt`` filled with ``values``.
 
         The same request asked concurrently is sent once (single flight); a cached answer is not sent at all.
@@ -224,11 +515,12 @@ class JudgeClient(Generic[T]):
             prompt: The versioned prompt.
             values: Placeholder values.
             parse: Turns the answer text into a value; raises ``ValueError`` when the answer is unusable
-                (the request is then retried, and the answer is never cached).
+                (the request is then re-asked up to ``max_parse_retries`` times, and the answer is never
+                cached as an answer).
 
         Raises:
             JudgeFailure: No usable answer after the allowed retries (or a non-retryable request error).
-            JudgeConfigError: The endpoint rejects the configuration itself.
+            JudgeAbort: The run cannot continue (bad key, unreachable URL, ...).
         """
         messages = prompt.render(**values)
         key = cache_key(self.config.model, prompt.ident, prompt.sha256, messages)
@@ -237,7 +529,7 @@ class JudgeClient(Generic[T]):
             try:
                 value = parse(cached.text)
             except ValueError:
-                value = None  # stored by an older parser that accepted it; ask again
+                pass  # stored by an older parser that accepted it; ask again
             else:
                 self.stats.cache_hits += 1
                 self.stats.cached_prompt_tokens += cached.prompt_tokens
@@ -261,56 +553,145 @@ class JudgeClient(Generic[T]):
         finally:
             self._inflight.pop(key, None)
 
-    async def _fetch(self, prompt: PromptSpec, key: str, messages: list[dict[str, str]], parse: Callable[[str], Any]) -> Any:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.config.concurrency)
-        reason = "no attempt made"
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                self.stats.retries += 1
-            retry_after = None
-            async with self._semaphore:
-                self.stats.requests += 1
-                try:
-                    completion = await asyncio.wait_for(self.transport(messages), timeout=self.config.timeout * 1.5)
-                except RetryableError as error:
-                    reason, retry_after = str(error), error.retry_after
-                    completion = None
-                except asyncio.TimeoutError:
-                    reason, completion = "timeout", None
-                except JudgeFailure as error:
-                    self._count(str(error))
-                    self.stats.failures += 1
-                    raise
-            if completion is not None:
-                self.stats.prompt_tokens += completion.prompt_tokens
-                self.stats.completion_tokens += completion.completion_tokens
-                if self._on_usage is not None:
-                    self._on_usage(completion.prompt_tokens, completion.completion_tokens)
-                try:
-                    value = parse(completion.text)
-                except ValueError as error:
-                    reason = f"unparseable answer ({error})"
-                else:
-                    self.stats.answered += 1
-                    self.cache.put(
-                        key,
-                        model=self.config.model,
-                        prompt=prompt.ident,
-                        answer=CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens),
-                    )
-                    return value
-            self._count(reason)
-            if attempt < self.config.max_retries:
-                await self._sleep(self._delay(attempt, retry_after))
-        self.stats.failures += 1
-        raise JudgeFailure(f"{prompt.ident}: {reason} after {self.config.max_retries + 1} attempt(s)")
+    def _stop(self, error: JudgeAbort) -> JudgeAbort:
+        if self._abort is None:
+            self._abort = error
+        return self._abort
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(self.config.backoff_max, max(0.0, retry_after))
-        base = min(self.config.backoff_max, self.config.backoff_base * (2**attempt))
-        return base * (0.5 + 0.5 * self._rng.random())  # jitter spreads out synchronized retries
+    async def _send(self, messages: list[dict[str, str]]) -> tuple[Completion | None, RetryableError | None]:
+        if self._abort is not None:
+            raise self._abort
+        if not self._prepared:
+            prepare = getattr(self.transport, "prepare", None)
+            if prepare is not None:
+                prepare()  # the first import of openai takes seconds on a busy machine: not a request timeout
+            self._prepared = True
+        ticket = await self.rate.acquire()
+        rate_limited = succeeded = False
+        try:
+            if self._abort is not None:
+                raise self._abort
+            self.stats.requests += 1
+            try:
+                completion = await asyncio.wait_for(self.transport(messages), timeout=self.config.timeout * 1.5)
+            except asyncio.TimeoutError:
+                return None, RetryableError("timeout", kind="timeout")
+            except RetryableError as error:
+                rate_limited = error.kind == "rate_limit"
+                self.rate.observe(error.headers, ticket=ticket)
+                return None, error
+            except JudgeAbort as error:
+                raise self._stop(error) from None
+            succeeded = True
+            self.rate.observe(completion.headers, completion.prompt_tokens + completion.completion_tokens, ticket)
+            return completion, None
+        finally:
+            self.rate.release(ticket, rate_limited=rate_limited, succeeded=succeeded)
+
+    def _scope(self) -> str:
+        from medbench import __version__
+
+        return f"{self.config.scoring}|{__version__}"
+
+    async def _fetch(self, prompt: PromptSpec, key: str, messages: list[dict[str, str]], parse: Callable[[str], T]) -> T:
+        scope = self._scope()
+        recorded = self.cache.failure(key, scope)
+        if recorded is not None and recorded.attempts > self.config.max_parse_retries and not self.config.retry_unparseable:
+            self.stats.skipped_unparseable += 1
+            self.stats.failures += 1
+            self._count("unparseable in an earlier run")
+            raise JudgeFailure(
+                f"{prompt.ident}: earlier runs got {recorded.attempts} unparseable answer(s) ({recorded.reason}); "
+                "not asked again (pass --retry-unparseable / MEDBENCH_JUDGE_RETRY_UNPARSEABLE=1)"
+            )
+        attempts: list[str] = []
+        transport_retries = rate_retries = parse_failures = 0
+        while True:
+            try:
+                completion, error = await self._send(messages)
+            except Queued as queued:
+                self.stats.requests -= 1  # nothing was sent
+                raise JudgeFailure(f"{prompt.ident}: {queued}") from None
+            except JudgeFailure as failure:
+                attempts.append(str(failure))
+                self._count(str(failure))
+                self.stats.failures += 1
+                try:
+                    self.health.rejected(str(failure))
+                except JudgeAbort as abort:
+                    raise self._stop(abort) from None
+                raise JudgeFailure(f"{prompt.ident}: {self._attempts_text(attempts)}") from None
+            if error is not None:
+                attempts.append(str(error))
+                self._count(str(error))
+                try:
+                    self.health.transport_failure(error)
+                except JudgeAbort as abort:
+                    raise self._stop(abort) from None
+                if error.kind == "rate_limit":
+                    self.stats.rate_limited += 1
+                    rate_retries += 1
+                    exhausted = rate_retries > self.config.max_rate_limit_retries
+                else:
+                    transport_retries += 1
+                    exhausted = transport_retries > self.config.max_retries
+                if exhausted:
+                    break
+                self.stats.retries += 1
+                await self._sleep(self._delay(error, transport_retries if error.kind != "rate_limit" else rate_retries))
+                continue
+            assert completion is not None
+            self.health.success()
+            self.stats.prompt_tokens += completion.prompt_tokens
+            self.stats.completion_tokens += completion.completion_tokens
+            if self._on_usage is not None:
+                self._on_usage(completion.prompt_tokens, completion.completion_tokens)
+            try:
+                value = parse(completion.text)
+            except ValueError as problem:
+                reason = f"unparseable answer ({problem})"
+                attempts.append(reason)
+                self._count(reason)
+                self.stats.unparseable += 1
+                self.cache.record_failure(key, scope, reason, completion.text)
+                try:
+                    self.health.answer(False, completion.text, reason)
+                except JudgeAbort as abort:
+                    raise self._stop(abort) from None
+                parse_failures += 1
+                if parse_failures > self.config.max_parse_retries:
+                    break
+                self.stats.retries += 1
+                continue
+            self.health.answer(True)
+            self.stats.answered += 1
+            self.cache.put(
+                key,
+                model=self.config.model,
+                prompt=prompt.ident,
+                answer=CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens),
+            )
+            if parse_failures or recorded is not None:
+                self.cache.clear_failures(key)
+            return value
+        self.stats.failures += 1
+        raise JudgeFailure(f"{prompt.ident}: {self._attempts_text(attempts)}")
+
+    @staticmethod
+    def _attempts_text(attempts: list[str]) -> str:
+        if len(attempts) == 1:
+            return attempts[0]
+        return f"no usable answer after {len(attempts)} attempts: {summarize_attempts(attempts)}"
+
+    def _delay(self, error: RetryableError, retry: int) -> float:
+        """Server-given delay (shared pause, jittered) or capped exponential backoff with full jitter."""
+        if error.retry_after is not None:
+            hint = min(self.config.backoff_max, max(0.0, error.retry_after))
+            if error.kind == "rate_limit" and self.config.adaptive_rate:
+                self.rate.pause(hint)  # every new request waits, not only this one
+            return hint * (1.0 + 0.5 * self._rng.random())
+        ceiling = min(self.config.backoff_max, self.config.backoff_base * (2 ** max(0, retry - 1)))
+        return ceiling * self._rng.random()
 
     def _count(self, reason: str) -> None:
         short = reason.split(" (")[0]

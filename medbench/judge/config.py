@@ -27,6 +27,8 @@ ENV_PRICES = "MEDBENCH_JUDGE_PRICES"
 ENV_SCORING = "MEDBENCH_JUDGE_SCORING"
 ENV_SWITCH = "MEDBENCH_JUDGE"
 ENV_PROGRESS = "MEDBENCH_JUDGE_PROGRESS"
+ENV_RETRY_UNPARSEABLE = "MEDBENCH_JUDGE_RETRY_UNPARSEABLE"
+ENV_ADAPTIVE = "MEDBENCH_JUDGE_ADAPTIVE"
 
 DEFAULT_PROMPTS: dict[str, str] = {"facts": "facts-v1", "nli": "nli-v1", "claims": "claims-v1", "severity": "severity-v1"}
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -50,8 +52,19 @@ class JudgeConfig:
         base_url: OpenAI-compatible endpoint (``.../v1``); ``None`` means OpenAI's.
         api_key: Secret; never written anywhere. Local servers that need none may leave it unset.
         concurrency: Requests in flight at once.
-        max_retries: Retries after the first attempt, for 429, 5xx, timeouts, connection errors,
-            malformed bodies and answers that cannot be parsed.
+        max_retries: Retries after the first attempt, for 5xx, timeouts, connection errors and malformed
+            bodies.
+        max_rate_limit_retries: Retries after 429 answers (their own budget: a rate limit is not a fault).
+        max_parse_retries: Times an answer the parser rejects is asked again. Once that many (plus one)
+            unparseable answers are recorded for a request, later runs do not ask it again unless
+            ``retry_unparseable``.
+        retry_unparseable: Ask requests whose earlier answers were all unparseable once more.
+        fail_fast_after: Stop the run after this many connection errors/timeouts, or this many identical
+            rejections, while no request has succeeded.
+        parse_check_window: Number of recent answers the unparseable-answer breaker looks at.
+        parse_failure_threshold: Stop the run when more than this share of that window did not parse.
+        adaptive_rate: Pace from ``x-ratelimit-*`` headers and halve the in-flight limit on 429s (AIMD);
+            ``False`` keeps ``concurrency`` fixed.
         timeout: Seconds before one request counts as hung.
         backoff_base: First retry delay in seconds; doubles each retry (with jitter).
         backoff_max: Longest single retry delay in seconds.
@@ -70,6 +83,13 @@ class JudgeConfig:
     api_key: str | None = field(default=None, repr=False)
     concurrency: int = 16
     max_retries: int = 4
+    max_rate_limit_retries: int = 12
+    max_parse_retries: int = 2
+    retry_unparseable: bool = False
+    fail_fast_after: int = 8
+    parse_check_window: int = 20
+    parse_failure_threshold: float = 0.5
+    adaptive_rate: bool = True
     timeout: float = 120.0
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -88,6 +108,10 @@ class JudgeConfig:
             raise MedbenchError(f"judge concurrency must be >= 1, got {self.concurrency}: fix {ENV_CONCURRENCY} / --concurrency")
         if self.max_retries < 0:
             raise MedbenchError(f"judge max_retries must be >= 0, got {self.max_retries}: fix {ENV_MAX_RETRIES}")
+        if self.max_rate_limit_retries < 0 or self.max_parse_retries < 0:
+            raise MedbenchError("judge max_rate_limit_retries and max_parse_retries must be >= 0")
+        if self.fail_fast_after < 1 or self.parse_check_window < 1 or not 0 <= self.parse_failure_threshold <= 1:
+            raise MedbenchError("judge fail_fast_after and parse_check_window must be >= 1, parse_failure_threshold in [0, 1]")
         if self.timeout <= 0:
             raise MedbenchError(f"judge timeout must be > 0 seconds, got {self.timeout}: fix {ENV_TIMEOUT}")
         if self.scoring not in SCORING_MODES:
@@ -154,7 +178,9 @@ class JudgeConfig:
             "timeout": _float(env, ENV_TIMEOUT, 120.0),
             "max_tokens": _int(env, ENV_MAX_TOKENS, 1024),
             "scoring": env.get(ENV_SCORING, "tolerant").strip().lower() or "tolerant",
-            "progress": env.get(ENV_PROGRESS, "1").strip().lower() not in ("0", "off", "false", "no"),
+            "progress": _flag(env, ENV_PROGRESS, True),
+            "retry_unparseable": _flag(env, ENV_RETRY_UNPARSEABLE, False),
+            "adaptive_rate": _flag(env, ENV_ADAPTIVE, True),
         }
         cache = env.get(ENV_CACHE, "").strip()
         if cache.lower() in ("off", "none", "memory"):
@@ -217,6 +243,17 @@ def scrub_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise MedbenchError(f"{name}={raw!r} is not a switch: set it to 1 or 0")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -27,21 +27,16 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from medbench import __version__
 from medbench.judge.cache import JudgeCache
-from medbench.judge.client import JudgeClient, JudgeFailure, Transport
+from medbench.judge.client import JudgeClient, JudgeFailure, Transport, gather_or_cancel
 from medbench.judge.config import JudgeConfig
+from medbench.judge.parts import HIGHER_IS_BETTER, METRICS, PART_METRICS, PART_ROLES
 from medbench.judge.prompts import PromptSpec, load_prompt
 from medbench.metrics.facts import CONTRADICTION, NEUTRAL, extract_json_list, fact_scores, parse_labels
 
 logger = logging.getLogger("medbench.judge")
 R = TypeVar("R")
 
-PART_METRICS: dict[str, tuple[str, ...]] = {
-    "nli": ("completeness", "hallucination"),
-    "fabrication": ("fabrication",),
-    "severity": ("severe",),
-}
-METRICS: tuple[str, ...] = tuple(m for metrics in PART_METRICS.values() for m in metrics)
-HIGHER_IS_BETTER: dict[str, bool] = {"completeness": True, "hallucination": False, "fabrication": False, "severe": False}
+__all__ = ["HIGHER_IS_BETTER", "METRICS", "PART_METRICS", "JudgeItem", "JudgeReport", "JudgeRunner", "SampleJudgement"]
 SEVERITIES = ("none", "minor", "severe")
 _NUMBERING = re.compile(r"^\s*\d+\s*[.)]\s*")
 
@@ -164,13 +159,17 @@ class JudgeRunner:
         self.client: JudgeClient | None = None
 
     def judge_info(self, parts: Iterable[str] = tuple(PART_METRICS)) -> dict[str, Any]:
-        """Judge identity for results: model, endpoint (no secrets), prompts with hashes, scoring mode."""
+        """Judge identity for results: model, endpoint (no secrets), prompts with hashes, scoring mode, and
+        what the requests carried (token-limit parameter, temperature) once a batch has run."""
         roles = _roles(parts)
-        return {
+        info: dict[str, Any] = {
             **self.config.describe(),
             "prompts": {role: self.prompts[role].describe() for role in roles},
             "medbench_version": __version__,
         }
+        if self.client is not None:
+            info["request"] = self.client.provenance()
+        return info
 
     def judge(
         self,
@@ -186,10 +185,19 @@ class JudgeRunner:
             on_usage: Usage callback for this batch (overrides the runner's).
 
         Raises:
-            JudgeConfigError: The endpoint rejects the configuration (bad key, unknown model).
+            JudgeAbort: The run cannot continue (bad key, unknown model, unreachable URL, unparseable judge);
+                requests in flight are cancelled and awaited first, answers already received stay cached.
         """
         parts = tuple(parts)
         return run_coroutine(lambda: self.judge_async(items, parts, on_usage))
+
+    def judge_many(self, batches: Sequence[Sequence[JudgeItem]], parts: Iterable[str] = ("nli",)) -> list[JudgeReport]:
+        """Judge several batches (e.g. one per samples file) as one concurrent run; one report per batch.
+
+        The usage in each report is the whole run's (the batches share one client and its requests).
+        """
+        parts = tuple(parts)
+        return run_coroutine(lambda: self.judge_many_async(batches, parts))
 
     async def judge_async(
         self,
@@ -198,6 +206,15 @@ class JudgeRunner:
         on_usage: Callable[[int, int], None] | None = None,
     ) -> JudgeReport:
         """Async form of :meth:`judge`."""
+        return (await self.judge_many_async([items], parts, on_usage))[0]
+
+    async def judge_many_async(
+        self,
+        batches: Sequence[Sequence[JudgeItem]],
+        parts: Iterable[str] = ("nli",),
+        on_usage: Callable[[int, int], None] | None = None,
+    ) -> list[JudgeReport]:
+        """Async form of :meth:`judge_many`."""
         parts = tuple(parts)
         unknown = set(parts) - set(PART_METRICS)
         if unknown:
@@ -208,31 +225,35 @@ class JudgeRunner:
         if self._sleep is not None:
             kwargs["sleep"] = self._sleep
         self.client = JudgeClient(self.config, self.cache, self._transport, **kwargs)
+        items = [item for batch in batches for item in batch]
         progress = _progress(len(items), self.config.progress)
         try:
 
             async def one(item: JudgeItem) -> SampleJudgement:
-                try:
-                    return await self._judge_one(item, parts)
-                finally:
-                    progress.update(1)
+                verdict = await self._judge_one(item, parts)
+                progress.update(1)
+                return verdict
 
-            samples = list(await asyncio.gather(*(one(item) for item in items)))
+            # On an abort (bad key, dead URL, ...) every other sample is cancelled and awaited before the
+            # client closes, so nothing runs against a closed HTTP client and no traceback escapes.
+            samples = await gather_or_cancel(one(item) for item in items)
         finally:
             progress.close()
             await self.client.aclose()
         requested = [m for part in parts for m in PART_METRICS[part]]
-        summary = summarize(samples, requested)
+        usage = {**self.client.stats.as_dict(self.config), "batches": len(batches), "samples": len(items)}
+        info = self.judge_info(parts)
+        reports, start = [], 0
+        for batch in batches:
+            chunk = samples[start : start + len(batch)]
+            start += len(batch)
+            summary = summarize(chunk, requested)
+            reports.append(JudgeReport(samples=chunk, summary=summary, judge=info, usage=usage))
         for metric in requested:
-            failed = summary[metric]["failed"]
+            failed = sum(metric in v.failures and "queued for the Batch API" not in v.failures[metric] for v in samples)
             if failed:
                 logger.warning("judge metric %s: %d of %d samples unscored (see failures)", metric, failed, len(samples))
-        return JudgeReport(
-            samples=samples,
-            summary=summary,
-            judge=self.judge_info(parts),
-            usage=self.client.stats.as_dict(self.config),
-        )
+        return reports
 
     async def _judge_one(self, item: JudgeItem, parts: tuple[str, ...]) -> SampleJudgement:
         verdict = SampleJudgement(id=item.id)
@@ -243,7 +264,7 @@ class JudgeRunner:
             tasks.append(self._reverse(item, verdict))
         if "severity" in parts:
             tasks.append(self._severity(item, verdict))
-        await asyncio.gather(*tasks)
+        await gather_or_cancel(tasks)
         return verdict
 
     async def _forward(self, item: JudgeItem, verdict: SampleJudgement) -> None:
@@ -371,10 +392,7 @@ def run_coroutine(factory: Callable[[], Awaitable[R]]) -> R:
 
 
 def _roles(parts: Iterable[str]) -> list[str]:
-    roles: list[str] = []
-    for part in parts:
-        roles += {"nli": ["facts", "nli"], "fabrication": ["claims", "nli"], "severity": ["severity"]}[part]
-    return list(dict.fromkeys(roles))
+    return list(dict.fromkeys(role for part in parts for role in PART_ROLES[part]))
 
 
 def _fail(verdict: SampleJudgement, metrics: Iterable[str], reason: str) -> None:

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from medbench.errors import DataError
-from medbench.judge.runner import HIGHER_IS_BETTER, JudgeItem, JudgeReport
+from medbench.judge.parts import HIGHER_IS_BETTER
+from medbench.judge.parts import PREFIX as METRIC_PREFIX
+from medbench.judge.parts import UNSCORED as UNSCORED_METRIC
+from medbench.judge.runner import JudgeItem, JudgeReport
 
 SAMPLES_FILE = re.compile(r"^(?P<stem>.+)_samples_(?P<task>.+)\.jsonl$")
-METRIC_PREFIX = "judge_"
-UNSCORED_METRIC = "judge_unscored"
 
 
 @dataclass
@@ -50,23 +51,49 @@ class SamplesFile:
         return self.path.with_name(f"{self.stem}_judge_results_{self.task}.json")
 
 
-def find_samples_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand folders into the lmms-eval samples files they contain (recursively).
+def task_of(path: Path) -> str | None:
+    """The task name in an lmms-eval samples file name (``<date>_samples_<task>.jsonl``)."""
+    match = SAMPLES_FILE.match(path.name)
+    return match["task"] if match else None
+
+
+def is_long_form(task: str | None) -> bool | None:
+    """``True`` for medbench's long-form (report) tasks, ``False`` for its VQA tasks, ``None`` if unknown."""
+    from medbench.data.sources import SOURCES
+
+    source = SOURCES.get(task or "")
+    return None if source is None else source.kind == "report"
+
+
+def find_samples_files(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """Expand folders into the long-form samples files they contain (recursively).
+
+    Files of medbench's VQA tasks are skipped (short answers have no facts to judge). In a folder, files of
+    tasks medbench does not know are skipped too; named one by one, they are judged.
+
+    Returns:
+        ``(to_judge, skipped)``.
 
     Raises:
-        DataError: A path does not exist, or nothing matches.
+        DataError: A path does not exist, or no long-form samples file is found.
     """
     found: list[Path] = []
+    skipped: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*_samples_*.jsonl") if "_judge_samples_" not in p.name)
+            for candidate in sorted(p for p in path.rglob("*_samples_*.jsonl") if "_judge_samples_" not in p.name):
+                (found if is_long_form(task_of(candidate)) else skipped).append(candidate)
         elif path.is_file():
-            found.append(path)
+            (skipped if is_long_form(task_of(path)) is False else found).append(path)
         else:
             raise DataError(f"{path} does not exist: pass lmms-eval --log_samples files or the folder holding them")
     if not found:
-        raise DataError(f"no '*_samples_<task>.jsonl' files under {', '.join(map(str, paths))}: run lmms-eval with --log_samples first")
-    return found
+        what = f" (skipped {len(skipped)} VQA/unknown-task file(s))" if skipped else ""
+        raise DataError(
+            f"no long-form '*_samples_<task>.jsonl' files under {', '.join(map(str, paths))}{what}: "
+            "run lmms-eval with --log_samples on medbench_mimic_cxr / medbench_amboss first"
+        )
+    return found, skipped
 
 
 def load_reference_data(path: Path) -> dict[str, dict[str, Any]]:

@@ -52,7 +52,7 @@ def limited_results(tmp_path_factory) -> Path:
 def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
     """``{"inline": lmms-eval folder judged during the run, "rescored": demo baseline copy + medbench judge}``."""
     from medbench.cli import main as medbench_main
-    from medbench.judge.loopback import LoopbackJudgeServer
+    from judge_server import LoopbackJudgeServer
 
     root = tmp_path_factory.mktemp("leaderboard_judge")
     with LoopbackJudgeServer() as server:

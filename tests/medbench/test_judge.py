@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from judge_server import LoopbackJudgeServer, fake_judge_answer, request_key
 
 from medbench.errors import MedbenchError
 from medbench.judge.cache import JudgeCache
 from medbench.judge.client import JudgeConfigError
 from medbench.judge.config import JudgeConfig, load_prices
-from medbench.judge.loopback import LoopbackJudgeServer, fake_judge_answer, request_key
 from medbench.judge.prompts import load_prompt
 from medbench.judge.runner import JudgeItem, JudgeRunner, parse_severity, parse_text_list
 
@@ -92,7 +92,7 @@ def test_exhausted_retries_are_recorded_not_zero():
         report = JudgeRunner(make_config(server, max_retries=3)).judge(items, parts=("nli",))
     verdict = report.samples[0]
     assert verdict.scores == {}
-    assert "500 server error after 4 attempt(s)" in verdict.failures["completeness"]
+    assert "no usable answer after 4 attempts: 500 server error ×4" in verdict.failures["completeness"]
     assert report.summary["completeness"] == {
         "mean": None, "stderr": None, "scored": 0, "failed": 1, "higher_is_better": True,
     }
@@ -340,7 +340,7 @@ def test_request_hash_matches_fake_answers():
 
 
 def test_judge_modules_import_light():
-    modules = ("medbench.metrics.facts", "medbench.judge.runner", "medbench.judge.samples", "medbench.judge.loopback",
+    modules = ("medbench.metrics.facts", "medbench.judge.runner", "medbench.judge.samples", "medbench.judge.parts", "medbench.judge.ratelimit",
                "medbench.commands.judge", "medbench.lmms.report")
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + (
         "print(','.join(m for m in ('openai', 'httpx', 'torch', 'transformers', 'lmms_eval', 'bert_score', 'pycocoevalcap') if m in sys.modules))"

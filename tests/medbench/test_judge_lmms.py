@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 
 import pytest
+from judge_server import LoopbackJudgeServer
 
-from medbench.judge.loopback import LoopbackJudgeServer
 from medbench.lmms import report
 
 SECRET = "sk-medbench-lmms-SECRET-777"
