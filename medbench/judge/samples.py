@@ -140,9 +140,21 @@ def read_samples_file(path: Path, data: Mapping[str, Mapping[str, Any]] | None =
                 record = json.loads(line)
             except json.JSONDecodeError:
                 raise DataError(f"{path}:{line_number}: not a JSON line: pass an lmms-eval --log_samples file") from None
+            if _failed_generation(record):
+                continue  # the model never answered: nothing to judge (medbench eval and the board report it)
             items.append(_item(record, data or {}, f"{path}:{line_number}"))
             doc_ids.append(record.get("doc_id"))
     return SamplesFile(path=path, task=task, stem=stem, items=items, doc_ids=doc_ids)
+
+
+def _failed_generation(record: dict[str, Any]) -> bool:
+    from medbench.lmms.failures import DETAIL_FLAG, FAILURE_MARKER
+
+    detail = record.get("medbench_detail")
+    if isinstance(detail, dict) and detail.get(DETAIL_FLAG) is True:
+        return True
+    prediction = _first_text(record.get("filtered_resps", record.get("resps")))
+    return isinstance(prediction, str) and prediction.lstrip().startswith(FAILURE_MARKER)
 
 
 def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: str) -> JudgeItem:
