@@ -28,10 +28,13 @@ def _consensus(grades: Sequence[str], scale: Sequence[str]) -> str:
     return ordered[len(ordered) // 2]  # upper median: with an even split, the more severe middle grade
 
 
-def _estimate(units: list[Any], statistic: Callable[[Sequence[Any]], float | None], seed: int) -> dict[str, Any]:
+def _estimate(
+    units: list[Any], statistic: Callable[[Sequence[Any]], float | None], seed: int, n: int | None = None
+) -> dict[str, Any]:
+    """``{"value", "ci", "n"}``: the statistic, its bootstrap CI over ``units`` (items) and ``n`` outputs."""
     value = statistic(units)
     interval = stats.bootstrap_ci(units, statistic, seed=seed) if value is not None else None
-    return {"value": value, "ci": list(interval) if interval else None, "n": len(units)}
+    return {"value": value, "ci": list(interval) if interval else None, "n": len(units) if n is None else n}
 
 
 def _agreement(by_output: dict[tuple[str, str], dict[str, Any]], annotators: list[str], scale: list[Any], seed: int) -> dict[str, Any]:
@@ -50,8 +53,9 @@ def _agreement(by_output: dict[tuple[str, str], dict[str, Any]], annotators: lis
     def flat(groups: Sequence[list[list[Any]]]) -> list[list[Any]]:
         return [unit for group in groups for unit in group]
 
-    result["krippendorff_alpha_ordinal"] = _estimate(grouped, lambda g: stats.krippendorff_alpha(flat(g), "ordinal", scale), seed)
-    result["krippendorff_alpha_nominal"] = _estimate(grouped, lambda g: stats.krippendorff_alpha(flat(g), "nominal", scale), seed)
+    count = len(multi)
+    result["krippendorff_alpha_ordinal"] = _estimate(grouped, lambda g: stats.krippendorff_alpha(flat(g), "ordinal", scale), seed, count)
+    result["krippendorff_alpha_nominal"] = _estimate(grouped, lambda g: stats.krippendorff_alpha(flat(g), "nominal", scale), seed, count)
     complete = [unit for unit in units if all(value is not None for value in unit)]
     result["percent_agreement"] = (
         sum(len(set(unit)) == 1 for unit in complete) / len(complete) if complete else None
@@ -63,15 +67,15 @@ def _agreement(by_output: dict[tuple[str, str], dict[str, Any]], annotators: lis
                 return stats.cohen_kappa([u[0] for u in pairs], [u[1] for u in pairs], scale, weights)
             return statistic
 
-        result["cohen_kappa"] = _estimate(grouped, cohen(None), seed)
-        result["cohen_kappa_quadratic"] = _estimate(grouped, cohen("quadratic"), seed)
+        paired = sum(None not in unit for unit in units)
+        result["cohen_kappa"] = _estimate(grouped, cohen(None), seed, paired)
+        result["cohen_kappa_quadratic"] = _estimate(grouped, cohen("quadratic"), seed, paired)
     else:
         def fleiss(groups: Sequence[list[list[Any]]]) -> float | None:
             rows = [unit for unit in flat(groups) if None not in unit]
             return stats.fleiss_kappa(rows, scale) if rows else None
 
-        result["fleiss_kappa"] = _estimate(grouped, fleiss, seed)
-        result["fleiss_kappa"]["n_complete_outputs"] = len(complete)
+        result["fleiss_kappa"] = _estimate(grouped, fleiss, seed, len(complete))
     return result
 
 
@@ -106,11 +110,12 @@ def _judge_agreement(
         return stats.cohen_kappa(judge, expert, scale, "quadratic")
 
     entries = flat(grouped)
-    result["exact_agreement"] = sum(e[0] == e[1] for e in entries) / len(entries)
-    result["cohen_kappa"] = _estimate(grouped, kappa(None), seed)
-    result["cohen_kappa_quadratic"] = _estimate(grouped, kappa("quadratic"), seed)
-    result["severe_vs_not_kappa"] = _estimate(grouped, severe_kappa, seed)
-    result["per_expert_quadratic_kappa"] = _estimate(grouped, pooled, seed)
+    count = len(entries)
+    result["exact_agreement"] = sum(e[0] == e[1] for e in entries) / count
+    result["cohen_kappa"] = _estimate(grouped, kappa(None), seed, count)
+    result["cohen_kappa_quadratic"] = _estimate(grouped, kappa("quadratic"), seed, count)
+    result["severe_vs_not_kappa"] = _estimate(grouped, severe_kappa, seed, count)
+    result["per_expert_quadratic_kappa"] = _estimate(grouped, pooled, seed, sum(len(e[2]) for e in entries))
     result["confusion"] = {judge: {expert: 0 for expert in scale} for judge in scale}
     for judge, expert, _ in entries:
         result["confusion"][judge][expert] += 1

@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import json
 import re
+import shutil
 import time
 import zipfile
 from collections import defaultdict
@@ -419,3 +420,44 @@ def test_blank_rows_are_skipped_not_errors(exported, tmp_path):
     summary = json.loads((out / "experts_summary.json").read_text(encoding="utf-8"))
     assert summary["n_ratings"] == 10 and summary["n_blank_outputs"] == 50
     assert summary["agreement"]["severity"]["n_outputs"] == 0  # one annotator: no agreement to report
+
+
+# ------------------------------------------------------------------------------------------ leaderboard
+
+
+def test_leaderboard_shows_expert_columns_and_judge_agreement(exported, runs, tmp_path, capsys):
+    rows = _csv_rows(exported / "annotators" / "items.csv")
+    files = [_write_csv(tmp_path / "a.csv", _fill_rows(rows, "Dr A")), _write_csv(tmp_path / "b.csv", _fill_rows(rows, "Dr B", flip=4))]
+    results = tmp_path / "results"
+    assert medbench_main(["experts", "import", *map(str, files), "--key", str(exported / "key.json"), "--out", str(results)]) == 0
+    summary = json.loads((results / "experts_summary.json").read_text(encoding="utf-8"))
+    submissions = []
+    for label, folder in runs.items():
+        copy = tmp_path / "submissions" / label
+        shutil.copytree(folder, copy)
+        manifest = {"schema": "medbench-submission/1", "display_name": f"Baseline {label[-1].upper()}", "backbone": "rule-based", "variant": label}
+        (copy / "medbench-submission.json").write_text(json.dumps(manifest), encoding="utf-8")
+        submissions.append(str(copy))
+    board = tmp_path / "board"
+    experts_file = str(results / "experts_summary.json")
+    assert medbench_main(["leaderboard", "build", *submissions, "--experts", experts_file, "--no-plots", "--out", str(board)]) == 0
+    page = (board / "index.html").read_text(encoding="utf-8")
+    table = page[page.index('<table id="experts-table">') : page.index("</table>", page.index('<table id="experts-table">'))]
+    for label, name in (("model_a", "Baseline A"), ("model_b", "Baseline B")):
+        entry = summary["models"][label]
+        row = table[table.index(f'<tr data-name="{name}">') :].split("</tr>")[0]
+        low, high = entry["correctness"]["ci"]
+        assert f"{entry['correctness']['value']:.3f}" in row and f"n=30 [{low:.2f}, {high:.2f}]" in row
+        assert f"{entry['severe_rate']['value']:.3f}" in row and f"reviewed as {label}" in row
+    agreement = summary["judge_agreement"]
+    assert f"LLM judge vs experts (severity, {agreement['n_outputs']} outputs): exact agreement {agreement['exact_agreement']:.2f}" in page
+    assert f"Cohen&#x27;s κ {summary['agreement']['severity']['cohen_kappa']['value']:.3f}" in page
+    markdown = (board / "leaderboard.md").read_text(encoding="utf-8")
+    assert "## Expert assessment" in markdown and "| Baseline B |" in markdown
+    capsys.readouterr()
+    # a reviewed model missing from the board is a note; a wrong file is one line
+    only_a = tmp_path / "board_a"
+    assert medbench_main(["leaderboard", "build", submissions[0], "--experts", experts_file, "--no-plots", "--out", str(only_a)]) == 0
+    assert "note: expert-reviewed model 'model_b' is not on the board" in capsys.readouterr().out
+    assert medbench_main(["leaderboard", "build", submissions[0], "--experts", str(exported / "key.json"), "--no-plots", "--out", str(only_a)]) == 2
+    assert "not an experts summary" in capsys.readouterr().err
