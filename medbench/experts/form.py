@@ -153,7 +153,16 @@ _SCRIPT = r"""
     return state;
   }
 
+  // Grading a page of outputs fires many events: write once the annotator pauses, and at once on leaving.
+  let pending = null;
+  function schedule() {
+    if (pending !== null) clearTimeout(pending);
+    pending = setTimeout(persist, 150);
+  }
+
   function persist() {
+    if (pending !== null) clearTimeout(pending);
+    pending = null;
     const state = collect();
     try {
       localStorage.setItem(storageKey, JSON.stringify({saved_at: new Date().toISOString(), state: state}));
@@ -225,10 +234,12 @@ _SCRIPT = r"""
   data.items.forEach((item, index) => main.append(renderItem(item, index)));
   const restored = restore();
   collect();
-  document.body.addEventListener("input", persist);
-  document.body.addEventListener("change", persist);
+  document.body.addEventListener("input", schedule);
+  document.body.addEventListener("change", schedule);
+  window.addEventListener("pagehide", persist);
+  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "hidden") persist(); });
   document.getElementById("save").addEventListener("click", save);
-  window.medbenchExperts = {collect: collect, annotationsDocument: annotationsDocument, save: save, restored: restored, storageKey: storageKey};
+  window.medbenchExperts = {collect: collect, persist: persist, annotationsDocument: annotationsDocument, save: save, restored: restored, storageKey: storageKey};
 })();
 """
 

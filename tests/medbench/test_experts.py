@@ -102,6 +102,11 @@ def test_fewer_items_keep_the_task_proportions(runs, tmp_path):
     # the seed fixes the sample, not the blinding
     assert [(i["task"], i["sample_id"]) for i in first["items"].values()] == [(i["task"], i["sample_id"]) for i in second["items"].values()]
     assert [i["codes"] for i in first["items"].values()] != [i["codes"] for i in second["items"].values()]
+    # stratified by the judge too: the one severely judged MIMIC-CXR report is its own stratum and is drawn
+    assert medbench_main(["experts", "export", *arguments, "--n", "4", "--stratify-judge", "--out", str(tmp_path / "c")]) == 0
+    third = json.loads((tmp_path / "c" / "key.json").read_text())
+    assert third["sampling"]["strata"] == {"medbench_mimic_cxr/minor": 5, "medbench_mimic_cxr/severe": 1, "medbench_vqa_rad/unjudged": 24}
+    assert ("medbench_mimic_cxr", "demo-report-04") in [(i["task"], i["sample_id"]) for i in third["items"].values()]
 
 
 def test_blinding_nothing_for_annotators_names_a_model(exported, runs):
@@ -180,7 +185,8 @@ _FILL = """
     });
     if (item.pair) click('preference:' + item.item_id, item.pair[0]);
   }
-  return document.getElementById('progress').textContent;
+  // the form writes (and counts) once the annotator pauses
+  return new Promise((resolve) => setTimeout(() => resolve(document.getElementById('progress').textContent), 500));
 })()
 """
 
@@ -198,7 +204,7 @@ def saved_by_browser(exported, tmp_path_factory) -> tuple[Path, dict]:
     }
     downloads = tmp_path_factory.mktemp("downloads")
     url = (exported / "annotators" / "form.html").as_uri()
-    with _browser.Chromium(CHROMIUM) as page:
+    with _browser.Chromium(CHROMIUM, timeout=120) as page:
         page.open(url)
         assert page.evaluate("window.medbenchExperts.restored") is False
         assert page.evaluate("document.querySelectorAll('.output').length") == 60
@@ -275,6 +281,23 @@ def test_form_saves_a_file_that_imports_and_round_trips(saved_by_browser, export
     wins = summary["pairwise"]["model_a vs model_b"]["wins"]
     firsts = [item["models"][item["codes"][0]] for item in key["items"].values()]
     assert wins == {"model_a": firsts.count("model_a"), "model_b": firsts.count("model_b")}
+
+
+@needs_chromium
+def test_form_shows_model_text_as_text(tmp_path):
+    from medbench.experts.export import ExportItem, form_payload
+    from medbench.experts.form import render_form
+    from medbench.experts.rubric import load_rubric
+
+    evil = '</script><script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+    item = ExportItem("item-001", "medbench_vqa_rad", "x", prompt=evil, reference=evil, image=None, codes=["AAAA"], texts={"AAAA": evil})
+    page = tmp_path / "form.html"
+    page.write_text(render_form(form_payload("exp-test", [item], load_rubric())), encoding="utf-8")
+    with _browser.Chromium(CHROMIUM, timeout=120) as browser:
+        browser.open(page.as_uri())
+        assert browser.evaluate("window.__pwned === undefined") is True
+        assert browser.evaluate("document.querySelector('.output-text').textContent") == evil
+        assert browser.evaluate("document.querySelectorAll('#items img').length") == 0
 
 
 def _fill_rows(rows: list[dict[str, str]], annotator: str, flip: int = 0) -> list[dict[str, str]]:

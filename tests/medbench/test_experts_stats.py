@@ -128,3 +128,30 @@ def test_bootstrap_interval():
     assert 0.38 < low < 0.5 < high < 0.62
     assert bootstrap_ci(values, lambda sample: sum(sample) / len(sample), seed=3) == (low, high)
     assert bootstrap_ci([1], lambda sample: 1.0) is None
+
+
+def test_expert_modules_are_light():
+    import subprocess
+    import sys
+
+    modules = ("medbench.experts.stats", "medbench.experts.rubric", "medbench.experts.export", "medbench.experts.annotations", "medbench.experts.summary", "medbench.commands.experts")
+    code = "import sys\n" + "".join(f"import {name}\n" for name in modules)
+    code += "print(','.join(m for m in ('torch', 'trl', 'transformers', 'lmms_eval', 'datasets', 'openai') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_rubric_is_versioned_and_uses_the_shared_taxonomy():
+    from medbench.experts.rubric import load_rubric
+    from medbench.taxonomy import load_taxonomy
+
+    rubric = load_rubric()
+    assert rubric.describe() == {"name": "medbench-expert-rubric", "version": 1, "taxonomy_version": load_taxonomy().version}
+    assert rubric.levels("severity") == ["none", "minor", "severe"]
+    assert rubric.levels("correctness") == [0, 1, 2, 3]
+    assert set(rubric.error_type_keys) == set(load_taxonomy().keys)
+    clean, problems = rubric.check_output({"correctness": "2", "severity": " Minor ", "error_types": "organ; SIZE"}, "f")
+    assert problems == [] and clean == {"correctness": 2, "severity": "minor", "error_types": ["organ", "size"], "comment": ""}
+    assert rubric.check_output({"correctness": "", "severity": "", "error_types": [], "comment": " "}, "f") == (None, [])
+    _, problems = rubric.check_output({"correctness": "2.5", "severity": "bad"}, "f")
+    assert problems == ["f: correctness '2.5' is not one of [0, 1, 2, 3]", "f: severity 'bad' is not one of none, minor, severe"]
