@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help=f"re-verify every run (default: reuse verifications in OUT/{CACHE_DIR} for unchanged files)",
     )
+    build.add_argument(
+        "--experts", type=Path, metavar="FILE", help="experts_summary.json from `medbench experts import`: adds the expert columns"
+    )
     build.add_argument("--strict", action="store_true", help="exit 1 when any submission is rejected")
     build.set_defaults(func=run_build)
 
@@ -120,8 +123,16 @@ def run_build(args: argparse.Namespace) -> int:
         deltas = plot_deltas(board, out / "plots" / "deltas.png")
         if deltas:
             plots["Each trained variant minus its base model (paired, 95% CI)"] = deltas
-    (out / "index.html").write_text(render_html(board, plots, args.title), encoding="utf-8")
-    (out / "leaderboard.md").write_text(render_markdown(board), encoding="utf-8")
+    extra_html, extra_markdown = [], ""
+    if args.experts:
+        from medbench.leaderboard import experts
+
+        panel = experts.match(board, experts.load_summary(args.experts))
+        extra_html.append(experts.render_html(panel))
+        extra_markdown = "\n" + experts.render_markdown(panel)
+        board.notes += [f"expert-reviewed model {label!r} is not on the board" for label in panel.unmatched]
+    (out / "index.html").write_text(render_html(board, plots, args.title, extra_html), encoding="utf-8")
+    (out / "leaderboard.md").write_text(render_markdown(board) + extra_markdown, encoding="utf-8")
     write_csv(board, out / "leaderboard.csv")
     (out / "rejected.json").write_text(
         json.dumps(

@@ -18,7 +18,7 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from medbench.leaderboard.board import Board, Cell, Column, Row, as_records
 
@@ -401,8 +401,13 @@ def _provenance(board: Board) -> str:
     return "".join(parts)
 
 
-def render_html(board: Board, plots: dict[str, Path] | None = None, title: str = "medbench leaderboard") -> str:
-    """The board page (self-contained: inline CSS/JS, plots as data URIs)."""
+def render_html(
+    board: Board, plots: dict[str, Path] | None = None, title: str = "medbench leaderboard", extra_sections: Sequence[str] = ()
+) -> str:
+    """The board page (self-contained: inline CSS/JS, plots as data URIs).
+
+    ``extra_sections``: escaped HTML blocks placed after the board (the expert assessment).
+    """
     script_hash = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
     policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'; base-uri 'none'; form-action 'none'"
     tasks = list(dict.fromkeys(column.task for column in board.columns))
@@ -430,6 +435,7 @@ def render_html(board: Board, plots: dict[str, Path] | None = None, title: str =
         '<div class="controls"><button type="button" id="grouped">Grouped order</button></div>',
         _board_table(board),
     ]
+    sections += extra_sections
     if board.notes:
         sections.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(note)}</li>" for note in board.notes) + "</ul>")
     if plots:

@@ -25,6 +25,7 @@ BUILTIN_COMMANDS = (
     "medbench.commands.eval",
     "medbench.commands.demo",
     "medbench.commands.judge",
+    "medbench.commands.experts",
     "medbench.commands.doctor",
     "medbench.commands.study",
 )
