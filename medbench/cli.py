@@ -26,6 +26,7 @@ BUILTIN_COMMANDS = (
     "medbench.commands.demo",
     "medbench.commands.judge",
     "medbench.commands.doctor",
+    "medbench.commands.convert",
 )
 
 
