@@ -35,9 +35,11 @@ def _model_type(pretrained: str) -> str | None:
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
-    """``"auto"`` (bfloat16 on CUDA, float32 elsewhere) or a torch dtype name -> a torch dtype."""
+    """``"auto"`` (bfloat16 on CUDA, float32 elsewhere), ``"checkpoint"`` (the saved dtype) or a torch dtype name."""
     import torch
 
+    if dtype == "checkpoint":
+        return "auto"  # from_pretrained's own "auto": the dtype the checkpoint was saved in
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     value = getattr(torch, str(dtype), None)
@@ -61,7 +63,7 @@ def load_vision_language_model(
 
     Args:
         pretrained: Local folder or hub id.
-        dtype: ``"auto"`` or a torch dtype name.
+        dtype: ``"auto"`` (bfloat16 on CUDA, float32 elsewhere), ``"checkpoint"`` or a torch dtype name.
         device: Where to put the model when ``device_map`` is not given; default CUDA when available. ``None``
             with ``device_map`` lets ``from_pretrained`` place it.
         device_map: Passed to ``from_pretrained`` (e.g. ``"auto"``).
