@@ -81,3 +81,12 @@ def test_evaluation_and_training_prompts_are_identical(backbones, backbone, tmp_
     batch = collator([record])
     row = batch["input_ids"][0][(batch["attention_mask"][0] == 1) & (batch["completion_mask"][0] == 0)].tolist()
     assert row == eval_ids
+
+
+@pytest.mark.parametrize(("profile", "style"), [("llava_med_v1_5", "llava_med"), ("huatuogpt_vision_7b", "huatuogpt_vision")])
+def test_backbone_profiles_carry_the_converters_template(profile, style):
+    from medbench.train.config import load_backbone_profile
+
+    loaded = load_backbone_profile(profile)
+    assert loaded.model_type == "llava"
+    assert loaded.settings["chat_template"] == chat_template(style)
