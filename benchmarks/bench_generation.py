@@ -1,0 +1,128 @@
+"""Generation throughput: ``medbench_hf`` against lmms-eval's own ``llava_hf`` and ``qwen2_5_vl``, same model.
+
+Builds two random vision-language models big enough that the model, not Python, dominates (a LLaVA with a
+Llama language model and a Qwen2.5-VL, each with about 30M language-model parameters), then generates the same
+greedy answers to the same image questions through each lmms-eval model class in this process, at batch size 1
+and 8, and prints tokens/s and the ratio to lmms-eval's class at batch 1. lmms-eval's ``llava_hf`` only runs at
+batch size 1 (it asserts so), so its batch-8 row is absent.
+
+Targets: ``medbench_hf`` at least 1.0x lmms-eval at batch 1; the batch-8 gain is reported.
+
+Usage::
+
+    python benchmarks/bench_generation.py [--requests 16] [--new-tokens 32] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def _enlarge(folder: Path, arch: str, hidden: int, layers: int) -> Path:
+    """Re-initialise the tiny model's language model at a benchmark size (same tokenizer and processor)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(folder)
+    text = config.text_config
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers = hidden, hidden * 3, layers
+    text.num_attention_heads = text.num_key_value_heads = hidden // 64
+    if arch == "qwen2_5_vl":
+        config.vision_config.out_hidden_size = hidden
+        text.rope_parameters = {**text.rope_parameters, "mrope_section": [8, 12, 12]}  # sums to head_dim / 2
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config)
+    with torch.no_grad():  # a random model may pick EOS; make it never the argmax so every answer is full length
+        model.get_output_embeddings().weight[config.text_config.eos_token_id].fill_(-1.0)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.save_pretrained(folder)
+    return folder
+
+
+def _requests(n: int, new_tokens: int):
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    docs = [{"image": Image.new("RGB", (56, 56), (40 + 7 * i, 90, 160 - 5 * i))} for i in range(n)]
+    questions = ["Is there a fracture?", "What organ is shown in this image?", "Describe the findings in detail."]
+    gen_kwargs = {"max_new_tokens": new_tokens, "temperature": 0, "do_sample": False, "until": ["\n\n\n\n"]}
+    requests = [
+        Instance(
+            request_type="generate_until",
+            arguments=(questions[i % 3] + " " * (i % 4), dict(gen_kwargs), lambda doc: [doc["image"]], i, "bench", "test"),
+            idx=0,
+            metadata={"task": "bench", "doc_id": i, "repeats": 1},
+        )
+        for i in range(n)
+    ]
+    return docs, requests
+
+
+def _time(model, docs, requests, repeats: int) -> tuple[float, int]:
+    model.task_dict = {"bench": {"test": docs}}
+    tokenizer = getattr(model, "tokenizer", None) or model.processor.tokenizer
+    model.generate_until(requests[:2])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        answers = model.generate_until(requests)
+        best = min(best, time.perf_counter() - start)
+    tokens = sum(len(tokenizer(answer, add_special_tokens=False).input_ids) for answer in answers)
+    return best, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    args = parser.parse_args()
+
+    import torch
+    from lmms_eval.models.simple.llava_hf import LlavaHf
+    from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL
+
+    from medbench.lmms.models.hf import MedbenchHF
+    from medbench.tiny import build_tiny_model
+
+    torch.set_grad_enabled(False)
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for arch in ("llava", "qwen2_5_vl"):
+            folder = _enlarge(build_tiny_model(Path(root) / arch, arch), arch, args.hidden, args.layers)
+            docs, requests = _requests(args.requests, args.new_tokens)
+            params = sum(p.numel() for p in MedbenchHF(pretrained=str(folder), device=args.device).model.parameters())
+            if arch == "llava":
+                baseline = {1: LlavaHf(pretrained=str(folder), device=args.device, device_map=args.device, batch_size=1)}
+            else:
+                pixels = 56 * 56
+                baseline = {
+                    b: Qwen2_5_VL(pretrained=str(folder), device=args.device, device_map=args.device, batch_size=b,
+                                  min_pixels=pixels, max_pixels=pixels, system_prompt=None)
+                    for b in (1, 8)
+                }
+            ours = {b: MedbenchHF(pretrained=str(folder), device=args.device, batch_size=b) for b in (1, 8)}
+            reference_rate = None
+            for batch in (1, 8):
+                for name, models in ((f"lmms-eval {'llava_hf' if arch == 'llava' else 'qwen2_5_vl'}", baseline), ("medbench_hf", ours)):
+                    if batch not in models:
+                        continue
+                    seconds, tokens = _time(models[batch], docs, requests, args.repeats)
+                    rate = tokens / seconds
+                    if reference_rate is None:
+                        reference_rate = rate
+                    rows.append((arch, f"{params / 1e6:.0f}M", name, batch, tokens, seconds, rate, rate / reference_rate))
+    print(f"{'model':<11} {'params':>6}  {'backend':<22} {'batch':>5} {'tokens':>6} {'seconds':>8} {'tok/s':>8} {'vs lmms b1':>10}")
+    for arch, params, name, batch, tokens, seconds, rate, ratio in rows:
+        print(f"{arch:<11} {params:>6}  {name:<22} {batch:>5} {tokens:>6} {seconds:>8.2f} {rate:>8.1f} {ratio:>9.2f}x")
+    print("targets: medbench_hf >= 1.0x lmms-eval at batch 1; batch 8 shows the batching gain")
+
+
+if __name__ == "__main__":
+    main()
