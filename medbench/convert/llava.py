@@ -57,7 +57,6 @@ _NON_TEXT_KEYS = {
     "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj", "feature_outs",
     "img_size", "vision_backbone", "segtok_posembed", "mm_patch_merge_type", "auto_map", "quantization_config",
 }
-_BUFFERS = re.compile(r"(rotary_emb\.inv_freq|embeddings\.position_ids)$")
 _CLIP_TEXT_HALF = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
 
 
@@ -123,7 +122,9 @@ def make_plan(
             f"({', '.join(FAMILIES)}); a transformers `llava` checkpoint needs no conversion"
         )
     if not config.get("mm_vision_tower"):
-        raise MedbenchError(f"{source / 'config.json'}: no `mm_vision_tower`; this is not a multimodal LLaVA checkpoint")
+        raise MedbenchError(
+            f"{source / 'config.json'}: no `mm_vision_tower`; this is not a multimodal LLaVA checkpoint"
+        )
     projector = config.get("mm_projector_type", "linear")
     match = re.fullmatch(r"mlp(\d+)x_gelu", projector)
     if not (projector in ("linear", "identity") or (match and int(match.group(1)) <= 2)):
@@ -133,7 +134,9 @@ def make_plan(
         )
     select_feature = config.get("mm_vision_select_feature", "patch")
     if select_feature not in ("patch", "cls_patch"):
-        raise MedbenchError(f"{source / 'config.json'}: mm_vision_select_feature {select_feature!r} is not patch or cls_patch")
+        raise MedbenchError(
+            f"{source / 'config.json'}: mm_vision_select_feature {select_feature!r} is not patch or cls_patch"
+        )
     aspect = config.get("image_aspect_ratio")
     if aspect not in (None, "pad", "square", "resize"):
         raise MedbenchError(
@@ -237,7 +240,7 @@ def _checkpoint_rules(plan: Plan) -> list[Rule]:
     mlp = plan.projector_type.startswith("mlp")
     stored = plan.vision_weights == "stored"
     rules: list[Rule] = [
-        ("buffers", re.compile(r"^model\..*(rotary_emb\.inv_freq|embeddings\.position_ids)$"), None, "recomputed buffer"),
+        ("buffers", re.compile(r"^model\..*(rotary_emb\.inv_freq|embeddings\.position_ids)$"), None, "buffer"),
         ("language_model", re.compile(r"^model\.(embed_tokens|layers|norm)\.(.+)$"), r"model.language_model.\1.\2", ""),
         ("lm_head", re.compile(r"^lm_head\.(weight|bias)$"), r"lm_head.\1", ""),
         (
@@ -248,10 +251,12 @@ def _checkpoint_rules(plan: Plan) -> list[Rule]:
         ),
     ]
     if mlp:
-        rules.append(("projector", re.compile(r"^model\.mm_projector\.0\.(weight|bias)$"), r"model.multi_modal_projector.linear_1.\1", ""))
-        rules.append(("projector", re.compile(r"^model\.mm_projector\.2\.(weight|bias)$"), r"model.multi_modal_projector.linear_2.\1", ""))
+        for index, layer in (("0", "linear_1"), ("2", "linear_2")):
+            pattern = re.compile(rf"^model\.mm_projector\.{index}\.(weight|bias)$")
+            rules.append(("projector", pattern, rf"model.multi_modal_projector.{layer}.\1", ""))
     elif plan.projector_type == "linear":
-        rules.append(("projector", re.compile(r"^model\.mm_projector\.(weight|bias)$"), r"model.multi_modal_projector.linear_1.\1", ""))
+        pattern = re.compile(r"^model\.mm_projector\.(weight|bias)$")
+        rules.append(("projector", pattern, r"model.multi_modal_projector.linear_1.\1", ""))
     return rules
 
 
@@ -311,7 +316,9 @@ def route_keys(plan: Plan) -> dict[str, Any]:
                 targets[target] = key
     if unknown:
         shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
-        raise MedbenchError(f"{len(unknown)} weight keys this converter does not understand: {shown}; nothing was written")
+        raise MedbenchError(
+            f"{len(unknown)} weight keys this converter does not understand: {shown}; nothing was written"
+        )
     return {"groups": dict(groups), "examples": examples, "targets": targets}
 
 
@@ -322,7 +329,8 @@ def _vision_config(plan: Plan):
     try:
         return CLIPVisionConfig.from_pretrained(str(plan.vision_dir))
     except (OSError, ValueError) as error:
-        raise MedbenchError(f"{plan.vision_dir}/config.json: not a CLIP config ({str(error).splitlines()[0]})") from None
+        first = str(error).splitlines()[0]
+        raise MedbenchError(f"{plan.vision_dir}/config.json: not a CLIP config ({first})") from None
 
 
 def build_tokenizer(plan: Plan):
@@ -580,7 +588,9 @@ def convert(
             if target in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
                 tensor = _extend_rows(tensor, vocab_rows)
             if tuple(tensor.shape) != expected[target]:
-                raise MedbenchError(f"{path.name}:{key} has shape {tuple(tensor.shape)}, {target} needs {expected[target]}")
+                raise MedbenchError(
+                    f"{path.name}:{key} has shape {tuple(tensor.shape)}, {target} needs {expected[target]}"
+                )
             writer.add(target, tensor)
             written.add(target)
     dtype = next(iter(writer.pending.values())).dtype if writer.pending else None
