@@ -35,8 +35,8 @@ def _enlarge(folder: Path, arch: str, hidden: int, layers: int) -> Path:
         text.rope_parameters = {**text.rope_parameters, "mrope_section": [8, 12, 12]}  # sums to head_dim / 2
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config)
-    with torch.no_grad():  # a random model may pick EOS; make it never the argmax so every answer is full length
-        model.get_output_embeddings().weight[config.text_config.eos_token_id].fill_(-1.0)
+    with torch.no_grad():  # EOS's logit pinned at 0 while a few hundred others are random: answers run full length
+        model.get_output_embeddings().weight[config.text_config.eos_token_id].zero_()
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.save_pretrained(folder)
     return folder
