@@ -21,6 +21,11 @@ import time
 from pathlib import Path
 
 
+PIXELS = 56 * 56
+# lmms-eval's qwen2_5_vl always sends a system message; medbench_hf gets the same one so both run the same prompt.
+SYSTEM = "You are a helpful assistant."
+
+
 def _enlarge(folder: Path, arch: str, hidden: int, layers: int) -> Path:
     """Re-initialise the tiny model's language model at a benchmark size (same tokenizer and processor)."""
     import torch
@@ -30,6 +35,8 @@ def _enlarge(folder: Path, arch: str, hidden: int, layers: int) -> Path:
     text = config.text_config
     text.hidden_size, text.intermediate_size, text.num_hidden_layers = hidden, hidden * 3, layers
     text.num_attention_heads = text.num_key_value_heads = hidden // 64
+    if getattr(text, "layer_types", None):
+        text.layer_types = [text.layer_types[0]] * layers
     if arch == "qwen2_5_vl":
         config.vision_config.out_hidden_size = hidden
         text.rope_parameters = {**text.rope_parameters, "mrope_section": [8, 12, 12]}  # sums to head_dim / 2
@@ -39,6 +46,15 @@ def _enlarge(folder: Path, arch: str, hidden: int, layers: int) -> Path:
         model.get_output_embeddings().weight[config.text_config.eos_token_id].zero_()
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.save_pretrained(folder)
+    if arch == "qwen2_5_vl":  # the image size lmms-eval's qwen2_5_vl is given (min = max pixels), for the same work
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(folder)
+        processor.image_processor.size = {"shortest_edge": PIXELS, "longest_edge": PIXELS}
+        for name in ("min_pixels", "max_pixels"):
+            if hasattr(processor.image_processor, name):
+                setattr(processor.image_processor, name, PIXELS)
+        processor.save_pretrained(folder)
     return folder
 
 
@@ -61,17 +77,41 @@ def _requests(n: int, new_tokens: int):
     return docs, requests
 
 
-def _time(model, docs, requests, repeats: int) -> tuple[float, int]:
+def _count_generated(hf_model, eos_id: int, counter: list[int]) -> None:
+    """Wrap ``hf_model.generate`` to add each row's new tokens (up to and including EOS) to ``counter``."""
+    generate = hf_model.generate
+
+    def counting(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        prompt = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
+        for row in out[:, prompt:].tolist():
+            counter[0] += row.index(eos_id) + 1 if eos_id in row else len(row)
+        return out
+
+    hf_model.generate = counting
+
+
+def _time(model, docs, requests, repeats: int) -> tuple[float, int, list[str]]:
     model.task_dict = {"bench": {"test": docs}}
-    tokenizer = getattr(model, "tokenizer", None) or model.processor.tokenizer
+    counter = [0]
+    _count_generated(model.model, model.model.config.text_config.eos_token_id, counter)
     model.generate_until(requests[:2])  # warm-up
-    best = float("inf")
+    best, tokens = float("inf"), 0
     for _ in range(repeats):
+        counter[0] = 0
         start = time.perf_counter()
         answers = model.generate_until(requests)
-        best = min(best, time.perf_counter() - start)
-    tokens = sum(len(tokenizer(answer, add_special_tokens=False).input_ids) for answer in answers)
-    return best, tokens
+        elapsed = time.perf_counter() - start
+        if elapsed < best:
+            best, tokens = elapsed, counter[0]
+    return best, tokens, answers
+
+
+def _format(row: tuple) -> str:
+    arch, params, name, batch, tokens, seconds, rate, ratio, same = row
+    if isinstance(seconds, float):
+        seconds, rate, ratio = f"{seconds:.2f}", f"{rate:.1f}", f"{ratio:.2f}x"
+    return f"{arch:<11} {params:>6}  {name:<22} {batch:>5} {tokens:>6} {seconds:>8} {rate:>8} {ratio:>10}  {same}"
 
 
 def main() -> None:
@@ -101,26 +141,32 @@ def main() -> None:
             if arch == "llava":
                 baseline = {1: LlavaHf(pretrained=str(folder), device=args.device, device_map=args.device, batch_size=1)}
             else:
-                pixels = 56 * 56
                 baseline = {
                     b: Qwen2_5_VL(pretrained=str(folder), device=args.device, device_map=args.device, batch_size=b,
-                                  min_pixels=pixels, max_pixels=pixels, system_prompt=None)
+                                  min_pixels=PIXELS, max_pixels=PIXELS, system_prompt=SYSTEM)
                     for b in (1, 8)
                 }
-            ours = {b: MedbenchHF(pretrained=str(folder), device=args.device, batch_size=b) for b in (1, 8)}
-            reference_rate = None
+            system = SYSTEM if arch == "qwen2_5_vl" else None
+            ours = {
+                b: MedbenchHF(pretrained=str(folder), device=args.device, batch_size=b, system_prompt=system)
+                for b in (1, 8)
+            }
+            reference_rate, reference_answers = None, None
             for batch in (1, 8):
                 for name, models in ((f"lmms-eval {'llava_hf' if arch == 'llava' else 'qwen2_5_vl'}", baseline), ("medbench_hf", ours)):
                     if batch not in models:
                         continue
-                    seconds, tokens = _time(models[batch], docs, requests, args.repeats)
+                    seconds, tokens, answers = _time(models[batch], docs, requests, args.repeats)
                     rate = tokens / seconds
                     if reference_rate is None:
-                        reference_rate = rate
-                    rows.append((arch, f"{params / 1e6:.0f}M", name, batch, tokens, seconds, rate, rate / reference_rate))
-    print(f"{'model':<11} {'params':>6}  {'backend':<22} {'batch':>5} {'tokens':>6} {'seconds':>8} {'tok/s':>8} {'vs lmms b1':>10}")
-    for arch, params, name, batch, tokens, seconds, rate, ratio in rows:
-        print(f"{arch:<11} {params:>6}  {name:<22} {batch:>5} {tokens:>6} {seconds:>8.2f} {rate:>8.1f} {ratio:>9.2f}x")
+                        reference_rate, reference_answers = rate, answers
+                    same = "same" if answers == reference_answers else "differ"
+                    row = (arch, f"{params / 1e6:.0f}M", name, batch, tokens, seconds, rate, rate / reference_rate, same)
+                    rows.append(row)
+                    print("RESULT " + _format(row), flush=True)
+    print(_format(("model", "params", "backend", "batch", "tokens", "seconds", "tok/s", "vs lmms b1", "answers")))
+    for row in rows:
+        print(_format(row))
     print("targets: medbench_hf >= 1.0x lmms-eval at batch 1; batch 8 shows the batching gain")
 
 
