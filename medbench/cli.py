@@ -28,6 +28,7 @@ BUILTIN_COMMANDS = (
     "medbench.commands.experts",
     "medbench.commands.doctor",
     "medbench.commands.study",
+    "medbench.commands.convert",
 )
 
 

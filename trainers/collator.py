@@ -17,54 +17,13 @@ import torch
 from trl.trainer.utils import flush_left
 
 from medbench.errors import DataError
+from medbench.prompts import needs_special_tokens, render_prompt_and_answers
 
 from .data import load_image
 from .objectives import Objective, is_visual_error
 
 # Per-token tensors some processors add next to input_ids; they are extended over the answer and truncated with it.
 _TOKEN_ALIGNED_KEYS = ("token_type_ids", "mm_token_type_ids")
-
-
-def render_prompt_and_answers(
-    processor: Any,
-    question: str,
-    answers: dict[str, str],
-    system_prompt: str | None = None,
-) -> tuple[str, dict[str, str]]:
-    """Render the chat-formatted prompt and each answer's continuation text.
-
-    The answer text is what the full conversation adds after the prompt rendered with a generation prompt, so
-    the answer carries the template's end-of-turn markup. Where a template renders the prompt differently inside
-    the full conversation, the prompt is cut back to the common prefix (as TRL does).
-
-    Args:
-        processor: A processor (or tokenizer) with a chat template.
-        question: The user's question text.
-        answers: ``{name: answer text}``.
-        system_prompt: Optional system message.
-
-    Returns:
-        ``(prompt text, {name: continuation text})``.
-    """
-    prompt_messages: list[dict[str, Any]] = []
-    if system_prompt:
-        prompt_messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    prompt_messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]})
-    prompt = processor.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-    full = {
-        name: processor.apply_chat_template(
-            prompt_messages + [{"role": "assistant", "content": [{"type": "text", "text": text}]}], tokenize=False
-        )
-        for name, text in answers.items()
-    }
-    for text in full.values():
-        common = 0
-        for a, b in zip(prompt, text):
-            if a != b:
-                break
-            common += 1
-        prompt = prompt[:common]
-    return prompt, {name: text[len(prompt) :] for name, text in full.items()}
 
 
 @dataclass
@@ -127,15 +86,15 @@ class PreferenceCollator:
     ) -> dict[str, torch.Tensor]:
         # Prompts are left-padded and answers right-padded, so after concatenation each row is
         # [pad... prompt answer pad...]; flush_left then removes the leading padding (the same layout TRL uses).
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
         processed = self.processor(
             images=images,
             text=prompts,
             padding=True,
             padding_side="left",
             return_tensors="pt",
-            add_special_tokens=False,  # the chat template already holds any BOS
+            add_special_tokens=needs_special_tokens(tokenizer, prompts[0]),  # as medbench_hf tokenizes the prompt
         )
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
         completions = tokenizer(
             answers, padding=True, padding_side="right", return_tensors="pt", add_special_tokens=False
         )

@@ -13,19 +13,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medbench.errors import MedbenchError
-
 from .config import RecipeConfig, RecipeError, load_backbone_profile
 
 logger = logging.getLogger(__name__)
 
 _VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder")
 _PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "merger", "connector", "visual_projection")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model_and_processor(model_id: str | Path, recipe: RecipeConfig) -> tuple[Any, Any]:
@@ -38,22 +31,24 @@ def load_model_and_processor(model_id: str | Path, recipe: RecipeConfig) -> tupl
     Returns:
         ``(model, processor)``.
 
+    The checkpoint and processor are loaded by :func:`medbench.hfload.load_vision_language_model`, the loader
+    ``medbench_hf`` uses, so training and evaluation see the same processor (and image-processing backend).
+
     Raises:
         MedbenchError: the checkpoint cannot be loaded, has no chat template, or does not match the backbone.
     """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from medbench.hfload import load_vision_language_model
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[recipe.model_dtype]
-    try:
-        processor = AutoProcessor.from_pretrained(str(model_id), trust_remote_code=recipe.trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(
-            str(model_id), dtype=dtype, trust_remote_code=recipe.trust_remote_code
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise MedbenchError(f"cannot load an image-text-to-text model from {model_id}: {_first_line(exc)}") from None
-    if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
-        raise MedbenchError(f"{model_id}: AutoProcessor gave {type(processor).__name__}, not a vision processor")
+    # The trainer places the model itself (accelerate/DeepSpeed), so it is loaded on the CPU; recipe dtype
+    # "auto" keeps the checkpoint's own dtype.
+    model, processor = load_vision_language_model(
+        model_id,
+        dtype="checkpoint" if recipe.model_dtype == "auto" else recipe.model_dtype,
+        device="cpu",
+        trust_remote_code=recipe.trust_remote_code,
+        chat_template=recipe.chat_template,
+    )
+    model.train()
     if recipe.backbone:
         profile = load_backbone_profile(recipe.backbone)
         if model.config.model_type != profile.model_type:
@@ -61,12 +56,6 @@ def load_model_and_processor(model_id: str | Path, recipe: RecipeConfig) -> tupl
                 f"backbone profile '{profile.name}' is for {profile.model_type} models, but {model_id} is "
                 f"{model.config.model_type}; drop --backbone or pick a matching profile"
             )
-    if recipe.chat_template:
-        processor.chat_template = recipe.chat_template
-    if not getattr(processor, "chat_template", None):
-        raise RecipeError(f"{model_id} ships no chat template; set `chat_template` or use a --backbone profile")
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return model, processor
 
 

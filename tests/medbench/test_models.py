@@ -42,7 +42,7 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path):
     from medbench.errors import MedbenchError
     from medbench.lmms.models.hf import MedbenchHF
 
-    with pytest.raises(MedbenchError, match="could not load pretrained="):
+    with pytest.raises(MedbenchError, match="cannot load an image-text-to-text model from"):
         MedbenchHF(pretrained=str(tmp_path / "nothing-here"))
 
 

@@ -144,7 +144,7 @@ def test_missing_recipe_lists_the_shipped_ones():
 
 def test_backbone_profiles_apply_between_recipe_and_overrides():
     names = {profile.name for profile in list_backbones()}
-    assert names == {"llava_med_v1_5", "huatuogpt_vision_qwen2_5vl"}
+    assert names == {"llava_med_v1_5", "huatuogpt_vision_7b", "huatuogpt_vision_qwen2_5vl"}
     llava = load_recipe("dpo", {"backbone": "llava_med_v1_5"})
     assert llava.max_length == 1024 and "[INST]" in llava.chat_template
     huatuo = load_recipe("mdpo", {"backbone": "huatuogpt_vision_qwen2_5vl"})

@@ -6,7 +6,9 @@ Usage::
         --model_args pretrained=PATH_OR_HUB_ID,batch_size=8 --tasks medbench_vqa_rad
 
 The checkpoint must load with ``AutoModelForImageTextToText`` and ``AutoProcessor`` and carry a chat
-template (or be given one with ``chat_template=FILE``). Requests are sorted by prompt length and batched
+template (or be given one with ``chat_template=FILE``); it is loaded by :mod:`medbench.hfload` and prompted through
+:mod:`medbench.prompts`, exactly as ``medbench train`` does. Original-format LLaVA checkpoints (LLaVA-Med v1.5,
+HuatuoGPT-Vision-7B) load after ``medbench convert``. Requests are sorted by prompt length and batched
 with left padding; images go through the model's own processor. Greedy decoding is what the tasks ask for;
 sampling is honoured when a task or ``--gen_kwargs`` asks for it, with a warning because the scores then
 vary between runs.
@@ -20,8 +22,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from medbench.errors import MedbenchError
 from medbench.lmms.models.base import GenerationOnlyModel
+from medbench.prompts import needs_special_tokens, render_prompt
 
 _GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "num_beams", "repetition_penalty")
 
@@ -79,51 +81,44 @@ class MedbenchHF(GenerationOnlyModel):
     ) -> None:
         super().__init__()
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from medbench.hfload import load_vision_language_model
 
         if kwargs:
             warnings.warn(f"medbench_hf ignores unknown model_args: {', '.join(sorted(kwargs))}", stacklevel=2)
         self.device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if self.device_name.startswith("cuda") else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype)
         self.pretrained = str(pretrained)
-        load_kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": _as_bool(trust_remote_code)}
-        if attn_implementation:
-            load_kwargs["attn_implementation"] = attn_implementation
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.pretrained, **load_kwargs)
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                self.pretrained, dtype=torch_dtype, device_map=device_map, **load_kwargs
-            )
-        except (OSError, ValueError) as error:
-            raise MedbenchError(
-                f"medbench_hf could not load pretrained={self.pretrained} ({error.__class__.__name__}: "
-                f"{str(error).splitlines()[0]}); pass a local checkpoint folder or a reachable hub id"
-            ) from error
-        if device_map is None:
-            self.model.to(self.device_name)
-        self.model.eval()
-        if chat_template:
-            self.processor.chat_template = Path(chat_template).read_text(encoding="utf-8")
-        if not getattr(self.processor, "chat_template", None):
-            raise MedbenchError(
-                f"{self.pretrained} has no chat template; pass model_args chat_template=FILE.jinja"
-            )
+        self.model, self.processor = load_vision_language_model(
+            self.pretrained,
+            dtype=dtype,
+            device=self.device_name,
+            device_map=device_map,
+            revision=revision,
+            trust_remote_code=_as_bool(trust_remote_code),
+            attn_implementation=attn_implementation,
+            chat_template=Path(chat_template).read_text(encoding="utf-8") if chat_template else None,
+        )
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens is not None else None
         self.system_prompt = self._resolve_system_prompt(system_prompt) if system_prompt else None
         self._warned_sampling = False
 
-    def _messages(self, text: str, n_images: int) -> list[dict]:
-        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
-        messages = [{"role": "user", "content": content}]
-        return self._apply_system_prompt(messages, self.system_prompt) if self.system_prompt else messages
+    def render(self, text: str, n_images: int) -> str:
+        """The prompt for one request, from the builder the trainer also uses (:mod:`medbench.prompts`)."""
+        return render_prompt(self.processor, text, n_images, self.system_prompt)
+
+    def encode(self, texts: list[str], images: list) -> Any:
+        """Model inputs for rendered prompts and their images (left-padded), on the model's device."""
+        inputs = self.processor(
+            text=texts,
+            images=images or None,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=needs_special_tokens(self.tokenizer, texts[0]),
+        )
+        return inputs.to(self.model.device)
 
     def _generation_settings(self, gen_kwargs: dict) -> tuple[dict, list[str]]:
         settings = {key: gen_kwargs[key] for key in _GENERATE_KEYS if key in gen_kwargs}
@@ -155,10 +150,9 @@ class MedbenchHF(GenerationOnlyModel):
             context, _gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             visuals = [visual.convert("RGB") for visual in doc_to_visual(self.task_dict[task][split][doc_id])]
             images.extend(visuals)
-            texts.append(self.processor.apply_chat_template(self._messages(context, len(visuals)), add_generation_prompt=True))
+            texts.append(self.render(context, len(visuals)))
         settings, stops = self._generation_settings(requests[0].args[1])
-        inputs = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
-        inputs = inputs.to(self.model.device)
+        inputs = self.encode(texts, images)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
