@@ -80,8 +80,8 @@ class RecipeConfig:
     visual_error_types: list[str] = field(
         default_factory=lambda: ["visual_misinterpretation"],
         metadata={
-            "help": "error_type values (case-insensitive) trained with the image-side term by `error_targeted`; "
-            "every other error type gets the text-side (DPO) term."
+            "help": "Error taxonomy keys (categories or subtypes, medbench/taxonomy.yaml) trained with the image-side "
+            "term by `error_targeted`; every other error type gets the text-side (DPO) term."
         },
     )
     trl_loss_type: list[str] = field(
@@ -194,7 +194,12 @@ class RecipeConfig:
             self._fail("label_smoothing", f"must lie in [0, 0.5), got {self.label_smoothing}")
         if not self.visual_error_types:
             self._fail("visual_error_types", "must name at least one error type")
-        self.visual_error_types = [t.strip().lower() for t in self.visual_error_types]
+        from medbench.taxonomy import load_taxonomy
+
+        try:
+            self.visual_error_types = [load_taxonomy().check(t, "visual_error_types") for t in self.visual_error_types]
+        except MedbenchError as error:
+            self._fail("visual_error_types", f"is invalid: {error}")
         bad = [t for t in self.trl_loss_type if t not in TRL_LOSS_TYPES]
         if not self.trl_loss_type or bad:
             self._fail("trl_loss_type", f"has unknown loss types {bad}; choose from {', '.join(TRL_LOSS_TYPES)}")

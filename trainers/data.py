@@ -30,6 +30,7 @@ from typing import Any
 
 from medbench.data.loading import iter_json_records
 from medbench.errors import DataError
+from medbench.taxonomy import load_taxonomy
 
 from .objectives import RECORD_FIELDS, Objective, is_visual_error
 
@@ -111,9 +112,8 @@ def _normalise(raw: Any, where: str, number: int) -> Record:
         record["weight"] = float(weight)
     error_type = raw.get("error_type")
     if error_type is not None:
-        if not isinstance(error_type, str) or not error_type.strip():
-            raise DataError(f"{where}: `error_type` must be a non-empty string")
-        record["error_type"] = error_type.strip()
+        # Strict: a near miss ("visual misinterpretation") must not silently train with the text-side term.
+        record["error_type"] = load_taxonomy().check(error_type, where)
     for key in ("question", "chosen", "rejected", "error_type"):
         if record[key] == "":
             record[key] = None  # an empty text is as unusable as a missing one
@@ -200,8 +200,8 @@ def validate_records(
 
 
 def describe_error_types(records: list[Record], visual_error_types: frozenset[str]) -> dict[str, int]:
-    """Count records per error type (lower-cased, as matched; None as ``"<none>"``) and log the visual/text split."""
-    counts = Counter(str(r.get("error_type") or "<none>").strip().lower() for r in records)
+    """Count records per error type (taxonomy key; None as ``"<none>"``) and log the visual/text split."""
+    counts = Counter(str(r.get("error_type") or "<none>") for r in records)
     visual = sum(1 for r in records if is_visual_error(r, visual_error_types))
     logger.info(
         "error types: %s; %d record(s) train with the image-side term, %d with the text-side term",

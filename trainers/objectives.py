@@ -23,7 +23,7 @@ RECORD_FIELDS: dict[str, str] = {
     "rejected": "the dispreferred answer (usually a minimal factual edit of `chosen`)",
     "rejected_image": "path of a corrupted image (lesion-region noise, crop, ...) for image-side terms",
     "weight": "per-record weight >= 0 (MMedPO's clinical-relevance score; authors' key `weighted_score`)",
-    "error_type": "error category of the rejected answer (for the error-targeted recipes)",
+    "error_type": "error taxonomy key of the rejected answer (medbench/taxonomy.yaml; error-targeted recipes)",
 }
 
 Row = tuple[str, str]
@@ -101,8 +101,11 @@ class Objective:
 
 
 def is_visual_error(record: Mapping[str, object], visual_error_types: frozenset[str]) -> bool:
-    """Whether a record's error type is one of the visual-misinterpretation types."""
-    return str(record.get("error_type") or "").strip().lower() in visual_error_types
+    """Whether a record's error type (a :mod:`medbench.taxonomy` key), or its category, is in ``visual_error_types``."""
+    from medbench.taxonomy import load_taxonomy
+
+    value = record.get("error_type")
+    return load_taxonomy().is_visual(value if isinstance(value, str) else None, visual_error_types)
 
 
 _PAIR: tuple[Row, ...] = (("chosen", "image"), ("rejected", "image"))

@@ -33,7 +33,7 @@ RECORDS = [
         "chosen": "Brown staining marks positive cells in the tissue.",
         "rejected": "Brown staining marks negative nuclei in the tissue.",
         "weight": 0.4,
-        "error_type": "knowledge_error",
+        "error_type": "clinical_knowledge",
     },
     {
         "id": "ct-modality",
@@ -53,7 +53,7 @@ RECORDS = [
         "chosen": "No microaneurysms are seen.",
         "rejected": "Multiple microaneurysms are seen.",
         "weight": 0.2,
-        "error_type": "reasoning_error",
+        "error_type": "reasoning",
     },
 ]
 

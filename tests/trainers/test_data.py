@@ -162,3 +162,31 @@ def test_records_become_a_dataset_with_every_field(pref_file):
         "weight",
         "error_type",
     }
+
+
+def test_near_miss_error_type_is_refused_with_the_right_key(tmp_path, pref_dir):
+    import json
+
+    record = {"id": "x", "image": str(pref_dir / "images" / "retina.png"), "question": "Side?", "chosen": "left",
+              "rejected": "right", "error_type": "visual misinterpretation"}
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=r"prefs.jsonl:1: error_type 'visual misinterpretation' .* did you mean "
+                                        r"'visual_misinterpretation'"):
+        load_preference_file(path)
+
+
+def test_subtype_error_types_route_to_the_image_side(tmp_path, pref_dir):
+    import json
+
+    from medbench.train.objectives import OBJECTIVES
+
+    rows = [{"id": str(i), "image": str(pref_dir / "images" / "retina.png"), "question": "q", "chosen": "a",
+             "rejected": "b", "rejected_image": str(pref_dir / "noised" / "retina.png"), "error_type": kind}
+            for i, kind in enumerate(["laterality_position", "diagnosis"])]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = load_preference_file(path)
+    objective = OBJECTIVES["error_targeted"]
+    assert objective.rows_for(first, VISUAL)[1] == ("chosen", "rejected_image")
+    assert objective.rows_for(second, VISUAL)[1] == ("rejected", "image")
