@@ -161,6 +161,13 @@ OBJECTIVES: dict[str, Objective] = {
             needs_note="+ rejected (text-side records) or rejected_image (visual records)",
         ),
         Objective(
+            "sft",
+            "−log π(y_w|m)/|y_w| (supervised fine-tuning on the chosen answer; the study's comparator)",
+            _BASE,
+            (("chosen", "image"),),
+            reference_free=True,
+        ),
+        Objective(
             "trl",
             "any TRL 1.16 DPOTrainer loss_type, computed by TRL itself",
             (*_BASE, "rejected"),

@@ -69,6 +69,11 @@ def objective_terms(
     metrics: dict[str, torch.Tensor] = {}
     name = objective.name
 
+    if name == "sft":
+        losses = L.sft_loss(p[0], n[0])
+        metrics["loss/nll"] = losses.mean()
+        metrics["logps/chosen"] = p[0].mean()
+        return losses, metrics
     if name in ("simpo", "orpo"):
         if name == "simpo":
             losses = L.simpo_loss(p[0], p[1], n[0], n[1], beta=beta, gamma=recipe.simpo_gamma)
@@ -95,10 +100,12 @@ def objective_terms(
         elif name == "copo":
             losses = L.copo_loss(p[0], p[1], r[0], r[1], beta)
         elif name == "mdpo":
-            dpo = L.dpo_loss(p[0], p[1], r[0], r[1], beta)
-            copo = L.copo_loss(p[0], p[2], r[0], r[2], beta)
-            anchor = L.anchor_loss(p[0], r[0], beta, delta=recipe.anchor_delta)
-            losses = dpo + copo + anchor
+            # The tested pure function trains; its three terms are recomputed only for logging.
+            losses = L.mdpo_loss(p[0], p[1], p[2], r[0], r[1], r[2], beta, delta=recipe.anchor_delta)
+            with torch.no_grad():
+                dpo = L.dpo_loss(p[0], p[1], r[0], r[1], beta)
+                copo = L.copo_loss(p[0], p[2], r[0], r[2], beta)
+                anchor = L.anchor_loss(p[0], r[0], beta, delta=recipe.anchor_delta)
             metrics.update({"loss/dpo": dpo.mean(), "loss/copo": copo.mean(), "loss/anchor": anchor.mean()})
             metrics["rewards/corrupted"] = (beta * (p[2] - r[2])).mean()
         elif name == "mmedpo":
