@@ -3,7 +3,8 @@
 A recipe is a small YAML file in ``trainers/recipes/`` naming an objective and the hyperparameters that differ
 from the defaults below (the study's: β = 0.1, lr 1e-7 cosine, warmup 3 %, 3 epochs, projector frozen). A backbone
 profile in ``trainers/backbones/`` adds the settings one model family needs (chat template, max length, which
-modules train). Settings resolve as: field defaults < recipe file < backbone profile < command-line overrides.
+modules train). Settings resolve as: field defaults < backbone profile < recipe file < command-line overrides (a profile
+never overrides what the recipe itself states).
 
 Everything here is import-light: no torch, no TRL (TRL is imported only to validate ``trainer_args`` keys).
 """
@@ -269,7 +270,7 @@ class BackboneProfile:
         description: One line for ``--list``.
         model_type: The Hugging Face ``config.model_type`` the profile is written for; loading another fails.
         checkpoint: Where the weights come from (a hub id or a note), for documentation.
-        settings: Recipe fields the profile sets (over the recipe file, under command-line overrides).
+        settings: Recipe fields the profile sets (over the defaults, under the recipe file and the command line).
     """
 
     name: str
@@ -391,9 +392,12 @@ def load_recipe(
         else:
             raise RecipeError(f"unknown option --{key}: not a recipe field nor a trl.DPOConfig argument")
     backbone = field_overrides.get("backbone", raw.get("backbone"))
-    merged = dict(raw)
+    # Precedence: field defaults < backbone profile < recipe file < command line. A profile fills in what the
+    # model family needs; it never overrides a value the recipe states itself (e.g. the recipe's max_length).
+    merged: dict[str, Any] = {}
     if backbone:
         merged.update(load_backbone_profile(str(backbone)).settings)
+    merged.update(raw)
     merged.update(field_overrides)
     merged["trainer_args"] = trainer_args
     if backbone:
