@@ -85,6 +85,16 @@ class RecipeConfig:
             "term by `error_targeted`; every other error type gets the text-side (DPO) term."
         },
     )
+    terms: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Loss terms to sum (e.g. [dpo, copo, anchor]); default: the objective's own. Each term may only "
+            "read rows the objective builds (see `medbench train --list`)."
+        },
+    )
+    term_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per entry of `terms` (default: all 1.0)."}
+    )
     trl_loss_type: list[str] = field(
         default_factory=lambda: ["sigmoid"],
         metadata={"help": f"For `objective: trl`: TRL loss types to combine, from {', '.join(TRL_LOSS_TYPES)}."},
@@ -201,6 +211,16 @@ class RecipeConfig:
             self.visual_error_types = [load_taxonomy().check(t, "visual_error_types") for t in self.visual_error_types]
         except MedbenchError as error:
             self._fail("visual_error_types", f"is invalid: {error}")
+        if self.terms is not None or self.term_weights is not None:
+            from .objectives import check_terms
+
+            objective = OBJECTIVES[self.objective]
+            terms = list(self.terms) if self.terms is not None else list(objective.default_terms())
+            problem = check_terms(objective, terms, self.term_weights)
+            if problem:
+                self._fail("terms" if "weights" not in problem else "term_weights", problem)
+            if self.term_weights is not None and any(w < 0 for w in self.term_weights):
+                self._fail("term_weights", f"must be >= 0, got {self.term_weights}")
         bad = [t for t in self.trl_loss_type if t not in TRL_LOSS_TYPES]
         if not self.trl_loss_type or bad:
             self._fail("trl_loss_type", f"has unknown loss types {bad}; choose from {', '.join(TRL_LOSS_TYPES)}")
