@@ -167,7 +167,7 @@ class Run:
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped in ``leaderboard/schema``."""
-    return json.loads(resources.files("leaderboard").joinpath("schema", name).read_text(encoding="utf-8"))
+    return json.loads(resources.files("medbench.leaderboard").joinpath("schema", name).read_text(encoding="utf-8"))
 
 
 @cache
