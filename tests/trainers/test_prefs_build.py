@@ -214,3 +214,34 @@ def test_built_records_train_two_steps(tmp_path, tiny_model_dirs, recipe_name):
     result = train(recipe, tiny_model_dirs["llava"], report.records_path, tmp_path / "run")
     steps = [entry for entry in result.log_history if "loss" in entry]
     assert [entry["step"] for entry in steps] == [1, 2] and all(math.isfinite(e["loss"]) for e in steps)
+
+
+def test_cli_builds_and_reports(tmp_path, capsys):
+    from medbench.cli import main
+
+    assert main(["prefs", "build", str(DEMO_VQA), "--recipe", "mmedpo", "--output_dir", str(tmp_path / "o"),
+                 "--corruption", "blur", "--radius", "3", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert "24 of 24 records built for recipe mmedpo (0 skipped)" in out
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["corruption"]["kind"] == "blur" and manifest["options"]["corruption_options"] == {"blur": {"radius": 3.0}}
+    rows = [json.loads(line) for line in (tmp_path / "o" / "prefs.jsonl").read_text().splitlines()]
+    assert all(0.5 <= row["weight"] <= 1.5 and row["meta"]["corruption"]["radius"] == 3.0 for row in rows)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nope.jsonl", "--recipe", "dpo"], "neither a file nor a medbench task name"),
+        ([str(DEMO_VQA), "--recipe", "nosuch"], "recipe file not found: nosuch"),
+        ([str(DEMO_VQA), "--recipe", "dpo", "--mode", "llm"], "needs a model"),
+        ([str(DEMO_VQA), "--recipe", "mdpo", "--max_area", "0.5"], "must lie in (0, 0.2]"),
+    ],
+)
+def test_cli_mistakes_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    from medbench.cli import main
+
+    monkeypatch.delenv("MEDBENCH_JUDGE_MODEL", raising=False)
+    assert main(["prefs", "build", *argv, "--output_dir", str(tmp_path / "o"), "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
