@@ -4,7 +4,7 @@
 
 * Pure objectives: ``dpo_loss``, ``dpo_nll_loss``, ``ipo_loss``, ``robust_dpo_loss``, ``conservative_dpo_loss``,
   ``simpo_loss``, ``orpo_loss``, ``copo_loss``, ``anchor_loss``, ``mdpo_loss``, ``mmedpo_loss``,
-  ``error_targeted_loss`` (:mod:`medbench.train.losses`).
+  ``error_targeted_loss``, ``sft_loss`` (:mod:`medbench.train.losses`).
 * Configuration: ``RecipeConfig``, ``load_recipe``, ``list_recipes``, ``list_backbones`` (:mod:`medbench.train.config`).
 * Data: ``load_preference_file``, ``validate_records`` (:mod:`medbench.train.data`).
 * Training: ``PreferenceCollator``, ``MedPreferenceTrainer``, ``train`` (:mod:`medbench.train.collator`,
@@ -31,6 +31,7 @@ _LAZY = {
             "mmedpo_loss",
             "orpo_loss",
             "robust_dpo_loss",
+            "sft_loss",
             "simpo_loss",
         )
     },

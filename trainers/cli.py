@@ -3,7 +3,7 @@
 Usage::
 
     medbench train --config trainers/recipes/<recipe>.yaml --model PATH_OR_ID --data FILE --output_dir DIR \\
-        [--backbone NAME] [--image_root DIR] [--rejected_image_root DIR] [--key value ...]
+        [--backbone NAME] [--image_root DIR] [--rejected_image_root DIR] [--resume [PATH|never]] [--key value ...]
     medbench train --list
 
 ``--key value`` overrides any recipe field (``--beta 0.2``, ``--use_lora``, ``--max_steps 100``) or passes any
@@ -39,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", help="backbone profile from trainers/backbones/ (see --list)")
     parser.add_argument("--image_root", help="folder relative image paths resolve against (default: data folder)")
     parser.add_argument("--rejected_image_root", help="folder for relative rejected_image paths (default: image_root)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default="auto",
+        help="resume from the latest complete checkpoint in --output_dir (default: automatically when there is "
+        "one); `--resume PATH` picks one, `--resume never` starts over",
+    )
     parser.set_defaults(func=run, passthrough=True)
 
 
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         args.output_dir,
         image_root=args.image_root,
         rejected_image_root=args.rejected_image_root,
+        resume=args.resume,
     )
     if result.model_dir is not None:
         print(f"{PROG}: done; model for evaluation: {result.model_dir}")

@@ -33,7 +33,9 @@ class PreferenceCollator:
     Args:
         processor: The model's processor (tokenizer + image processor + chat template).
         objective: Which rows to build (see :class:`medbench.train.objectives.Objective`).
-        max_length: Truncate each row to this many tokens (prompt incl. image tokens + answer); None keeps all.
+        max_length: Longest row in tokens (prompt incl. image tokens + answer); answers are cut to fit, and rows
+            scoring the same answer of one record (e.g. under the real and the corrupted image) keep the same answer
+            tokens. A prompt that leaves no room for its answer is refused. None keeps all.
         visual_error_types: Error types routed to the image-side term by per-record objectives.
         system_prompt: Optional system message before every question.
         image_loader: Function opening an image path (defaults to :func:`medbench.train.data.load_image`).
@@ -56,9 +58,10 @@ class PreferenceCollator:
         prompts: list[str] = []
         row_images: list[list[Any]] = []
         answers: list[str] = []
+        answer_keys: list[tuple[int, str]] = []  # (record, answer field) of each row
         rendered = [self._render(example, example_rows) for example, example_rows in zip(examples, rows)]
         for block in range(self.objective.n_rows):
-            for example, example_rows, (prompt, texts) in zip(examples, rows, rendered):
+            for index, (example, example_rows, (prompt, texts)) in enumerate(zip(examples, rows, rendered)):
                 answer_field, image_field = example_rows[block]
                 source = example[image_field]
                 if source not in images:
@@ -66,7 +69,8 @@ class PreferenceCollator:
                 prompts.append(prompt)
                 row_images.append([images[source]])
                 answers.append(texts[answer_field])
-        batch = self._tokenize(prompts, row_images, answers, examples)
+                answer_keys.append((index, answer_field))
+        batch = self._tokenize(prompts, row_images, answers, examples, answer_keys)
         if "weight" in self.objective.requires:
             batch["weight"] = torch.tensor([float(example["weight"]) for example in examples], dtype=torch.float32)
         if self.objective.per_record_rows:
@@ -82,7 +86,12 @@ class PreferenceCollator:
         )
 
     def _tokenize(
-        self, prompts: list[str], images: list[list[Any]], answers: list[str], examples: list[dict[str, Any]]
+        self,
+        prompts: list[str],
+        images: list[list[Any]],
+        answers: list[str],
+        examples: list[dict[str, Any]],
+        answer_keys: list[tuple[int, str]],
     ) -> dict[str, torch.Tensor]:
         # Prompts are left-padded and answers right-padded, so after concatenation each row is
         # [pad... prompt answer pad...]; flush_left then removes the leading padding (the same layout TRL uses).
@@ -121,10 +130,24 @@ class PreferenceCollator:
                     f"record '{record.get('id')}': its prompt (with image tokens) is {int(prompt_lengths[row])} "
                     f"tokens, leaving no room for the answer within max_length={self.max_length}; raise max_length"
                 )
-            input_ids = input_ids[:, : self.max_length]
-            attention_mask = attention_mask[:, : self.max_length]
-            completion_mask = completion_mask[:, : self.max_length]
-            aligned = [tensor[:, : self.max_length] for tensor in aligned]
+            # Truncate answers, never prompts, and give every row that scores the same answer of the same record
+            # the same answer tokens: a larger corrupted image (more image tokens) must not leave its row fewer
+            # answer tokens than the real image's, or CoPO would compare sums over different token sets.
+            answer_lengths = answer_mask.sum(dim=1)
+            kept = torch.minimum(answer_lengths, self.max_length - prompt_lengths)
+            groups: dict[tuple[int, str], list[int]] = {}
+            for row, key in enumerate(answer_keys):
+                groups.setdefault(key, []).append(row)
+            for members in groups.values():
+                kept[members] = kept[members].min()
+            totals = prompt_lengths + kept
+            keep = torch.arange(input_ids.size(1)).unsqueeze(0) < totals.unsqueeze(1)
+            pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+            width = int(totals.max())
+            input_ids = input_ids.masked_fill(~keep, pad_id)[:, :width]
+            attention_mask = (attention_mask * keep)[:, :width]
+            completion_mask = (completion_mask * keep)[:, :width]
+            aligned = [(tensor * keep)[:, :width] for tensor in aligned]
         batch = dict(processed)
         batch["input_ids"] = input_ids
         batch["attention_mask"] = attention_mask

@@ -3,7 +3,8 @@
 A recipe is a small YAML file in ``trainers/recipes/`` naming an objective and the hyperparameters that differ
 from the defaults below (the study's: β = 0.1, lr 1e-7 cosine, warmup 3 %, 3 epochs, projector frozen). A backbone
 profile in ``trainers/backbones/`` adds the settings one model family needs (chat template, max length, which
-modules train). Settings resolve as: field defaults < recipe file < backbone profile < command-line overrides.
+modules train). Settings resolve as: field defaults < backbone profile < recipe file < command-line overrides (a profile
+never overrides what the recipe itself states).
 
 Everything here is import-light: no torch, no TRL (TRL is imported only to validate ``trainer_args`` keys).
 """
@@ -83,6 +84,16 @@ class RecipeConfig:
             "help": "Error taxonomy keys (categories or subtypes, medbench/taxonomy.yaml) trained with the image-side "
             "term by `error_targeted`; every other error type gets the text-side (DPO) term."
         },
+    )
+    terms: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Loss terms to sum (e.g. [dpo, copo, anchor]); default: the objective's own. Each term may only "
+            "read rows the objective builds (see `medbench train --list`)."
+        },
+    )
+    term_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per entry of `terms` (default: all 1.0)."}
     )
     trl_loss_type: list[str] = field(
         default_factory=lambda: ["sigmoid"],
@@ -200,6 +211,16 @@ class RecipeConfig:
             self.visual_error_types = [load_taxonomy().check(t, "visual_error_types") for t in self.visual_error_types]
         except MedbenchError as error:
             self._fail("visual_error_types", f"is invalid: {error}")
+        if self.terms is not None or self.term_weights is not None:
+            from .objectives import check_terms
+
+            objective = OBJECTIVES[self.objective]
+            terms = list(self.terms) if self.terms is not None else list(objective.default_terms())
+            problem = check_terms(objective, terms, self.term_weights)
+            if problem:
+                self._fail("terms" if "weights" not in problem else "term_weights", problem)
+            if self.term_weights is not None and any(w < 0 for w in self.term_weights):
+                self._fail("term_weights", f"must be >= 0, got {self.term_weights}")
         bad = [t for t in self.trl_loss_type if t not in TRL_LOSS_TYPES]
         if not self.trl_loss_type or bad:
             self._fail("trl_loss_type", f"has unknown loss types {bad}; choose from {', '.join(TRL_LOSS_TYPES)}")
@@ -269,7 +290,7 @@ class BackboneProfile:
         description: One line for ``--list``.
         model_type: The Hugging Face ``config.model_type`` the profile is written for; loading another fails.
         checkpoint: Where the weights come from (a hub id or a note), for documentation.
-        settings: Recipe fields the profile sets (over the recipe file, under command-line overrides).
+        settings: Recipe fields the profile sets (over the defaults, under the recipe file and the command line).
     """
 
     name: str
@@ -391,9 +412,12 @@ def load_recipe(
         else:
             raise RecipeError(f"unknown option --{key}: not a recipe field nor a trl.DPOConfig argument")
     backbone = field_overrides.get("backbone", raw.get("backbone"))
-    merged = dict(raw)
+    # Precedence: field defaults < backbone profile < recipe file < command line. A profile fills in what the
+    # model family needs; it never overrides a value the recipe states itself (e.g. the recipe's max_length).
+    merged: dict[str, Any] = {}
     if backbone:
         merged.update(load_backbone_profile(str(backbone)).settings)
+    merged.update(raw)
     merged.update(field_overrides)
     merged["trainer_args"] = trainer_args
     if backbone:

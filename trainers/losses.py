@@ -32,6 +32,7 @@ __all__ = [
     "mmedpo_loss",
     "orpo_loss",
     "robust_dpo_loss",
+    "sft_loss",
     "simpo_loss",
 ]
 
@@ -342,6 +343,7 @@ def mdpo_loss(
     ref_rejected_logps: torch.Tensor,
     ref_corrupted_logps: torch.Tensor,
     beta: float = 0.1,
+    delta: float = 0.0,
 ) -> torch.Tensor:
     """mDPO: DPO + conditional (image-side) preference + reward anchor.
 
@@ -360,6 +362,7 @@ def mdpo_loss(
         ref_rejected_logps: ``log π_ref(y_l|m)``.
         ref_corrupted_logps: ``log π_ref(y_w|m′)``.
         beta: β, shared by the three terms.
+        delta: δ, the reward anchor of the anchor term (0 in the paper and the study).
 
     Returns:
         Per-sample loss, shape ``(batch,)``.
@@ -367,8 +370,28 @@ def mdpo_loss(
     return (
         dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
         + copo_loss(policy_chosen_logps, policy_corrupted_logps, ref_chosen_logps, ref_corrupted_logps, beta)
-        + anchor_loss(policy_chosen_logps, ref_chosen_logps, beta)
+        + anchor_loss(policy_chosen_logps, ref_chosen_logps, beta, delta=delta)
     )
+
+
+def sft_loss(policy_chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """Supervised fine-tuning on the chosen answer: its length-normalised negative log-likelihood.
+
+    The study's comparator for the preference objectives (Kim et al., 2026, https://arxiv.org/abs/2601.17918)::
+
+        L_SFT = −log π(y_w|m) / |y_w|
+
+    The per-sample token mean, averaged over the batch, weighs every record equally whatever its answer length
+    (TRL's SFTTrainer averages over all answer tokens of the batch instead, which weighs long answers more).
+
+    Args:
+        policy_chosen_logps: ``log π(y_w|m)`` summed over the answer tokens.
+        chosen_lengths: ``|y_w|``, answer tokens per sample (clamped to >= 1).
+
+    Returns:
+        Per-sample loss, shape ``(batch,)``.
+    """
+    return -policy_chosen_logps / chosen_lengths.clamp(min=1).to(policy_chosen_logps.dtype)
 
 
 def mmedpo_loss(

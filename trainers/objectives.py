@@ -48,6 +48,46 @@ TRL_LOSS_TYPES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
+class Term:
+    """One loss term a recipe can list (``terms: [dpo, copo, anchor]``), computed by one pure function.
+
+    Attributes:
+        name: Identifier in recipe files.
+        function: The :mod:`medbench.train.losses` function that computes it (the code that trains).
+        rows: The scored sequences it reads, as ``(answer field, image field)`` pairs.
+        reference_free: True when it reads no reference log-probs.
+        needs: Extra batch fields it reads (``weight``, ``is_visual``).
+    """
+
+    name: str
+    function: str
+    rows: tuple[Row, ...]
+    reference_free: bool = False
+    needs: tuple[str, ...] = ()
+
+
+_W, _L, _WC, _LC = ("chosen", "image"), ("rejected", "image"), ("chosen", "rejected_image"), ("rejected", "rejected_image")
+
+TERMS: dict[str, Term] = {
+    t.name: t
+    for t in (
+        Term("dpo", "dpo_loss", (_W, _L)),
+        Term("dpo_nll", "dpo_nll_loss", (_W, _L)),
+        Term("ipo", "ipo_loss", (_W, _L)),
+        Term("robust_dpo", "robust_dpo_loss", (_W, _L)),
+        Term("cdpo", "conservative_dpo_loss", (_W, _L)),
+        Term("simpo", "simpo_loss", (_W, _L), reference_free=True),
+        Term("orpo", "orpo_loss", (_W, _L), reference_free=True),
+        Term("copo", "copo_loss", (_W, _WC)),
+        Term("anchor", "anchor_loss", (_W,)),
+        Term("mmedpo", "mmedpo_loss", (_W, _LC), needs=("weight",)),
+        Term("error_targeted", "error_targeted_loss", (_W, _L), needs=("is_visual",)),
+        Term("sft", "sft_loss", (_W,), reference_free=True),
+    )
+}
+
+
+@dataclass(frozen=True)
 class Objective:
     """Static description of one objective.
 
@@ -59,6 +99,7 @@ class Objective:
         reference_free: True when no reference model is needed.
         per_record_rows: True when the second row depends on the record (error-targeted objective).
         needs_note: Extra, record-dependent requirements in words (for ``--list`` and the README).
+        terms: The loss terms it sums with weight 1 (a recipe may list others over the same rows, with weights).
     """
 
     name: str
@@ -68,6 +109,11 @@ class Objective:
     reference_free: bool = False
     per_record_rows: bool = False
     needs_note: str = ""
+    terms: tuple[str, ...] = ()
+
+    def default_terms(self) -> tuple[str, ...]:
+        """The terms summed when a recipe lists none (the objective's own name for single-term objectives)."""
+        return self.terms or ((self.name,) if self.name in TERMS else ())
 
     @property
     def n_rows(self) -> int:
@@ -144,6 +190,7 @@ OBJECTIVES: dict[str, Objective] = {
             "DPO + CoPO − log σ(β·r(y_w|m))",
             (*_BASE, "rejected", "rejected_image"),
             (("chosen", "image"), ("rejected", "image"), ("chosen", "rejected_image")),
+            terms=("dpo", "copo", "anchor"),
         ),
         Objective(
             "mmedpo",
@@ -161,6 +208,13 @@ OBJECTIVES: dict[str, Objective] = {
             needs_note="+ rejected (text-side records) or rejected_image (visual records)",
         ),
         Objective(
+            "sft",
+            "−log π(y_w|m)/|y_w| (supervised fine-tuning on the chosen answer; the study's comparator)",
+            _BASE,
+            (("chosen", "image"),),
+            reference_free=True,
+        ),
+        Objective(
             "trl",
             "any TRL 1.16 DPOTrainer loss_type, computed by TRL itself",
             (*_BASE, "rejected"),
@@ -168,6 +222,36 @@ OBJECTIVES: dict[str, Objective] = {
         ),
     )
 }
+
+
+def check_terms(objective: Objective, terms: list[str], weights: list[float] | None) -> str | None:
+    """Why ``terms`` (with ``weights``) cannot train under ``objective``, or None when they can.
+
+    A term may only read rows the objective's collation builds, and a reference-free objective (no reference
+    model) cannot carry a reference-based term.
+    """
+    if objective.name == "trl":
+        return "objective `trl` computes TRL's own loss; set trl_loss_type / trl_loss_weights instead"
+    unknown = [t for t in terms if t not in TERMS]
+    if unknown:
+        return f"has unknown terms {unknown}; choose from {', '.join(TERMS)}"
+    if not terms:
+        return "must list at least one term"
+    if weights is not None and len(weights) != len(terms):
+        return f"lists {len(terms)} terms but {len(weights)} term_weights"
+    for name in terms:
+        term = TERMS[name]
+        # error_targeted's second row differs per record; only terms that read row 0 alone can join it.
+        if objective.per_record_rows and name not in ("error_targeted", "anchor", "sft"):
+            return f"term {name} cannot be combined with objective {objective.name}'s per-record rows"
+        if name == "error_targeted" and not objective.per_record_rows:
+            return f"term error_targeted needs objective error_targeted (per-record rows), not {objective.name}"
+        missing = [row for row in term.rows if row not in objective.rows]
+        if missing:
+            return f"term {name} reads rows {missing} that objective {objective.name} does not build"
+        if objective.reference_free and not term.reference_free:
+            return f"term {name} needs a reference model, which objective {objective.name} does not build"
+    return None
 
 
 def get_objective(name: str) -> Objective:

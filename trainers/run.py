@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,81 @@ from .outputs import LOG_FILE, METADATA_FILE, PLOT_FILE, plot_training_curves, w
 logger = logging.getLogger(__name__)
 
 MERGED_DIR = "merged"
+FINGERPRINT_FILE = "medbench_fingerprint.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def run_fingerprint(recipe: RecipeConfig, data: Path) -> dict[str, str]:
+    """What must match for a checkpoint to be resumed: the recipe's settings and the data file's bytes."""
+    settings = json.dumps(recipe.to_dict(), sort_keys=True, default=str)
+    return {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(settings.encode()).hexdigest(),
+            "data_sha256": file_sha256(data)}
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest *complete* ``checkpoint-N`` in ``output_dir``: one whose trainer state and medbench fingerprint
+    were both written (a run killed while saving leaves an incomplete folder, which is skipped)."""
+    if not output_dir.is_dir():
+        return None
+    complete = [
+        (int(match.group(1)), path)
+        for path in output_dir.iterdir()
+        if (match := _CHECKPOINT.match(path.name))
+        and (path / "trainer_state.json").is_file()
+        and (path / FINGERPRINT_FILE).is_file()
+    ]
+    return max(complete)[1] if complete else None
+
+
+def resolve_resume(resume: str | bool | None, output_dir: Path, fingerprint: dict[str, str]) -> Path | None:
+    """Which checkpoint to resume from.
+
+    Args:
+        resume: ``"auto"`` (default: the latest complete checkpoint when there is one), ``True`` / ``"latest"``
+            (there must be one), a checkpoint path, or ``False`` / ``"never"`` (start over).
+        output_dir: The run folder.
+        fingerprint: :func:`run_fingerprint` of this run.
+
+    Raises:
+        RecipeError: no checkpoint where one is required, or the checkpoint was made by another recipe or data.
+    """
+    if resume in (False, "never", "no", "false"):
+        return None
+    if resume in (None, "auto", True, "latest", "true", "yes"):
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None:
+            if resume in (True, "latest", "true", "yes"):
+                raise RecipeError(f"--resume: no complete checkpoint in {output_dir}; drop --resume to start afresh")
+            return None
+    else:
+        checkpoint = Path(str(resume))
+        if not (checkpoint / "trainer_state.json").is_file() or not (checkpoint / FINGERPRINT_FILE).is_file():
+            raise RecipeError(f"--resume {checkpoint}: not a complete medbench checkpoint (no trainer_state.json or "
+                              f"{FINGERPRINT_FILE})")
+    saved = json.loads((checkpoint / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    for key, what in (("recipe_sha256", "recipe settings"), ("data_sha256", "data file")):
+        if saved.get(key) != fingerprint[key]:
+            raise RecipeError(
+                f"cannot resume {checkpoint}: its {what} differ from this run's (checkpoint recipe "
+                f"'{saved.get('recipe')}'); use another --output_dir, or --resume never to start over"
+            )
+    return checkpoint
+
+
+def _fingerprint_callback(fingerprint: dict[str, str]):
+    from transformers import TrainerCallback
+
+    class WriteFingerprint(TrainerCallback):
+        """Marks each saved checkpoint complete and records what made it (read back by :func:`resolve_resume`)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    (folder / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
+            return control
+
+    return WriteFingerprint()
 
 
 @dataclass
@@ -107,6 +185,7 @@ class PreparedRun:
     records: list[dict[str, Any]]
     error_types: dict[str, int] | None
     trainable: dict[str, int]
+    resumed_from: str | None = None
 
 
 def build_trainer(
@@ -118,10 +197,12 @@ def build_trainer(
     image_root: str | Path | None = None,
     rejected_image_root: str | Path | None = None,
     callbacks: list[Any] | None = None,
+    resume_from: Path | None = None,
 ) -> PreparedRun:
     """Load and validate the data, load the model, and build the :class:`MedPreferenceTrainer`.
 
-    Arguments are those of :func:`train`. Raises :class:`medbench.errors.MedbenchError` for user mistakes.
+    Arguments are those of :func:`train`; ``resume_from`` is the checkpoint whose full weights the policy starts
+    from. Raises :class:`medbench.errors.MedbenchError` for user mistakes.
     """
     from .collator import PreferenceCollator
     from .modeling import apply_freezing, build_lora_config, load_model_and_processor
@@ -139,6 +220,8 @@ def build_trainer(
     # DPOConfig before the model: under DeepSpeed ZeRO-3 it must exist for from_pretrained to shard the weights.
     args = build_training_args(recipe, output_dir)
     policy, processor = load_model_and_processor(model, recipe)
+    if resume_from is not None and not recipe.use_lora:
+        _load_checkpoint_weights(policy, resume_from)
     trainable = apply_freezing(policy, recipe)
     peft_config = build_lora_config(policy, recipe) if recipe.use_lora else None
     collator = PreferenceCollator(
@@ -161,6 +244,21 @@ def build_trainer(
     return PreparedRun(trainer, processor, records, error_types, trainable)
 
 
+def _load_checkpoint_weights(policy: Any, checkpoint: Path) -> None:
+    """Put a full checkpoint's weights into the policy (strictly: every key must match).
+
+    transformers' own resume loads ``model.safetensors`` with ``load_state_dict(strict=False)`` and without the
+    checkpoint-key conversion ``from_pretrained`` applies, so for LLaVA / Qwen-VL in transformers 5 it silently
+    loads nothing and training continues from the base weights. ``from_pretrained`` maps the keys; the policy keeps
+    its own config, so TRL still builds the reference model from the base checkpoint.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    saved = AutoModelForImageTextToText.from_pretrained(str(checkpoint), dtype=policy.dtype)
+    policy.load_state_dict(saved.state_dict(), strict=True)
+    del saved
+
+
 def train(
     recipe: RecipeConfig,
     model: str | Path,
@@ -170,6 +268,7 @@ def train(
     image_root: str | Path | None = None,
     rejected_image_root: str | Path | None = None,
     callbacks: list[Any] | None = None,
+    resume: str | bool | None = "auto",
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``recipe`` and write the outputs to ``output_dir``.
 
@@ -181,6 +280,9 @@ def train(
         image_root: Folder relative image paths resolve against (default: the data file's folder).
         rejected_image_root: Folder relative ``rejected_image`` paths resolve against (default: ``image_root``).
         callbacks: Extra ``transformers.TrainerCallback`` objects.
+        resume: ``"auto"`` resumes from the latest complete checkpoint in ``output_dir`` when there is one;
+            ``True`` requires one; a path picks one; ``False`` starts over (see :func:`resolve_resume`). A
+            checkpoint made by other recipe settings or data is refused.
 
     Returns:
         A :class:`TrainResult`.
@@ -192,6 +294,12 @@ def train(
 
     data = Path(data)
     output_dir = Path(output_dir)
+    if not data.is_file():
+        from medbench.errors import DataError
+
+        raise DataError(f"preference data file not found: {data}")
+    fingerprint = run_fingerprint(recipe, data)
+    checkpoint = resolve_resume(resume, output_dir, fingerprint)
     run = build_trainer(
         recipe,
         model,
@@ -199,9 +307,11 @@ def train(
         output_dir,
         image_root=image_root,
         rejected_image_root=rejected_image_root,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), _fingerprint_callback(fingerprint)],
+        resume_from=checkpoint,
     )
     trainer, processor = run.trainer, run.processor
+    run.resumed_from = checkpoint.name if checkpoint is not None else None
     logger.info(
         "recipe %s (objective %s) on %d records, %s, %s",
         recipe.name,
@@ -210,7 +320,9 @@ def train(
         "LoRA" if recipe.use_lora else "full fine-tuning",
         "bf16" if trainer.args.bf16 else "fp32",
     )
-    train_output = trainer.train()
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     trainer.save_model(str(output_dir))
 
     accelerator = trainer.accelerator
@@ -278,6 +390,7 @@ def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, An
             "merged": MERGED_DIR if recipe.use_lora and recipe.merge_lora else None,
             "evaluate": str(model_dir.resolve()) if model_dir is not None else None,
         },
+        "resumed_from": run.resumed_from,
         "result": {
             "global_step": train_output.global_step,
             "train_loss": train_output.training_loss,
@@ -291,7 +404,11 @@ __all__ = [
     "PreparedRun",
     "TrainResult",
     "build_trainer",
+    "FINGERPRINT_FILE",
     "build_training_args",
+    "latest_checkpoint",
+    "resolve_resume",
+    "run_fingerprint",
     "precision_flags",
     "train",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from trl.trainer.utils import use_adapter
 
 from . import losses as L
 from .config import RecipeConfig
-from .objectives import Objective, get_objective
+from .objectives import Objective, Row, get_objective
 
 # The trainer relies on TRL 1.16 internals reached through public names (the fused log-prob head TRL patches onto
 # the model, `use_adapter`, `disable_gradient_checkpointing`); pyproject pins trl>=1.16,<1.17.
@@ -41,6 +42,67 @@ if not trl.__version__.startswith("1.16."):
 NON_MODEL_KEYS = frozenset({"completion_mask", "weight", "is_visual", "ref_chosen_logps", "ref_rejected_logps"})
 
 
+class ScoredRows:
+    """Per-row log-probabilities of one batch, addressed by ``(answer field, image field)`` instead of block index."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        policy_logps: torch.Tensor,
+        ref_logps: torch.Tensor | None,
+        lengths: torch.Tensor,
+    ) -> None:
+        self._index = {row: block for block, row in enumerate(objective.rows)}
+        self._policy = policy_logps.float().chunk(objective.n_rows)
+        self._ref = ref_logps.float().chunk(objective.n_rows) if ref_logps is not None else None
+        self._lengths = lengths.float().chunk(objective.n_rows)
+
+    def p(self, row: Row) -> torch.Tensor:
+        """Policy log-probs of a row."""
+        return self._policy[self._index[row]]
+
+    def r(self, row: Row) -> torch.Tensor:
+        """Reference log-probs of a row."""
+        if self._ref is None:
+            raise ValueError("this objective scores no reference log-probs")
+        return self._ref[self._index[row]]
+
+    def n(self, row: Row) -> torch.Tensor:
+        """Answer-token counts of a row."""
+        return self._lengths[self._index[row]]
+
+
+_W, _L, _WC, _LC = ("chosen", "image"), ("rejected", "image"), ("chosen", "rejected_image"), ("rejected", "rejected_image")
+
+# One entry per term of medbench.train.objectives.TERMS: the tested pure function, fed the rows it reads.
+TERM_FUNCTIONS: dict[str, Callable[[ScoredRows, RecipeConfig, dict[str, torch.Tensor]], torch.Tensor]] = {
+    "dpo": lambda x, c, b: L.dpo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), c.beta),
+    "dpo_nll": lambda x, c, b: L.dpo_nll_loss(
+        x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), beta=c.beta, alpha=c.nll_weight
+    ),
+    "ipo": lambda x, c, b: L.ipo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), x.n(_L), beta=c.beta),
+    "robust_dpo": lambda x, c, b: L.robust_dpo_loss(
+        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=c.beta, label_smoothing=c.label_smoothing
+    ),
+    "cdpo": lambda x, c, b: L.conservative_dpo_loss(
+        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=c.beta, label_smoothing=c.label_smoothing
+    ),
+    "simpo": lambda x, c, b: L.simpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), beta=c.beta, gamma=c.simpo_gamma),
+    "orpo": lambda x, c, b: L.orpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), lam=c.beta),
+    "copo": lambda x, c, b: L.copo_loss(x.p(_W), x.p(_WC), x.r(_W), x.r(_WC), c.beta),
+    "anchor": lambda x, c, b: L.anchor_loss(x.p(_W), x.r(_W), c.beta, delta=c.anchor_delta),
+    "mmedpo": lambda x, c, b: L.mmedpo_loss(
+        x.p(_W), x.p(_LC), x.r(_W), x.r(_LC), b["weight"].to(x.p(_W).device), c.beta
+    ),
+    # The collator put each record's losing sequence in block 1: (y_l, m) for text-side records and (y_w, m') for
+    # visual ones, so it serves as both the rejected and the corrupted input.
+    "error_targeted": lambda x, c, b: L.error_targeted_loss(
+        x.p(_W), x.p(_L), x.p(_L), x.r(_W), x.r(_L), x.r(_L), b["is_visual"].to(x.p(_W).device), c.beta
+    ),
+    "sft": lambda x, c, b: L.sft_loss(x.p(_W), x.n(_W)),
+}
+
+
 def objective_terms(
     objective: Objective,
     recipe: RecipeConfig,
@@ -49,11 +111,11 @@ def objective_terms(
     lengths: torch.Tensor,
     batch: dict[str, torch.Tensor],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-sample losses and logging metrics for one batch.
+    """Per-sample losses (the weighted sum of the recipe's terms) and logging metrics for one batch.
 
     Args:
-        objective: The recipe's objective.
-        recipe: Hyperparameters (β, α, ε, γ, δ).
+        objective: The recipe's objective (which rows were scored, in which block order).
+        recipe: Terms, term weights and hyperparameters (β, α, ε, γ, δ).
         policy_logps: Summed answer log-probs under the policy, one per row, block-major ``(n_rows * batch,)``.
         ref_logps: The same under the reference model, or None for reference-free objectives.
         lengths: Answer-token counts per row, same layout.
@@ -62,66 +124,45 @@ def objective_terms(
     Returns:
         ``(per-sample losses of shape (batch,), {metric name: scalar tensor})``.
     """
-    beta = recipe.beta
-    p = policy_logps.float().chunk(objective.n_rows)
-    n = lengths.float().chunk(objective.n_rows)
-    r = ref_logps.float().chunk(objective.n_rows) if ref_logps is not None else None
+    if ref_logps is None and not objective.reference_free:
+        raise ValueError(f"objective {objective.name} needs reference log-probs")
+    rows = ScoredRows(objective, policy_logps, ref_logps, lengths)
+    names = list(recipe.terms) if recipe.terms is not None else list(objective.default_terms())
+    weights = list(recipe.term_weights) if recipe.term_weights is not None else [1.0] * len(names)
     metrics: dict[str, torch.Tensor] = {}
-    name = objective.name
+    losses = None
+    for name, weight in zip(names, weights):
+        term = TERM_FUNCTIONS[name](rows, recipe, batch)
+        losses = weight * term if losses is None else losses + weight * term
+        if len(names) > 1:
+            metrics[f"loss/{name}"] = term.detach().mean()
+    assert losses is not None  # recipe validation guarantees at least one term
 
-    if name in ("simpo", "orpo"):
-        if name == "simpo":
-            losses = L.simpo_loss(p[0], p[1], n[0], n[1], beta=beta, gamma=recipe.simpo_gamma)
-        else:
-            losses = L.orpo_loss(p[0], p[1], n[0], n[1], lam=beta)
-            metrics["loss/nll"] = (-p[0] / n[0].clamp(min=1)).mean()
+    beta, chosen = recipe.beta, rows.p(_W)
+    if set(names) & {"dpo_nll", "orpo", "sft"}:
+        metrics["loss/nll"] = (-chosen / rows.n(_W).clamp(min=1)).detach().mean()
+    metrics["logps/chosen"] = chosen.mean()
+    if objective.n_rows < 2:
+        return losses, metrics
+    second = objective.rows[1]
+    if objective.reference_free:
         # Reference-free rewards: β times the mean token log-prob (as in TRL's CPO/ORPO trainers).
-        chosen_rewards = beta * p[0] / n[0].clamp(min=1)
-        rejected_rewards = beta * p[1] / n[1].clamp(min=1)
+        chosen_rewards = beta * chosen / rows.n(_W).clamp(min=1)
+        rejected_rewards = beta * rows.p(second) / rows.n(second).clamp(min=1)
     else:
-        if r is None:
-            raise ValueError(f"objective {name} needs reference log-probs")
-        if name == "dpo":
-            losses = L.dpo_loss(p[0], p[1], r[0], r[1], beta)
-        elif name == "dpo_nll":
-            losses = L.dpo_nll_loss(p[0], p[1], r[0], r[1], n[0], beta=beta, alpha=recipe.nll_weight)
-            metrics["loss/nll"] = (-p[0] / n[0].clamp(min=1)).mean()
-        elif name == "ipo":
-            losses = L.ipo_loss(p[0], p[1], r[0], r[1], n[0], n[1], beta=beta)
-        elif name == "robust_dpo":
-            losses = L.robust_dpo_loss(p[0], p[1], r[0], r[1], beta=beta, label_smoothing=recipe.label_smoothing)
-        elif name == "cdpo":
-            losses = L.conservative_dpo_loss(p[0], p[1], r[0], r[1], beta=beta, label_smoothing=recipe.label_smoothing)
-        elif name == "copo":
-            losses = L.copo_loss(p[0], p[1], r[0], r[1], beta)
-        elif name == "mdpo":
-            dpo = L.dpo_loss(p[0], p[1], r[0], r[1], beta)
-            copo = L.copo_loss(p[0], p[2], r[0], r[2], beta)
-            anchor = L.anchor_loss(p[0], r[0], beta, delta=recipe.anchor_delta)
-            losses = dpo + copo + anchor
-            metrics.update({"loss/dpo": dpo.mean(), "loss/copo": copo.mean(), "loss/anchor": anchor.mean()})
-            metrics["rewards/corrupted"] = (beta * (p[2] - r[2])).mean()
-        elif name == "mmedpo":
-            weights = batch["weight"].to(p[0].device)
-            losses = L.mmedpo_loss(p[0], p[1], r[0], r[1], weights, beta)
-            metrics["weight"] = weights.float().mean()
-        elif name == "error_targeted":
-            # The collator put each record's losing sequence in block 1: (y_l, m) for text-side records and
-            # (y_w, m') for visual ones, so it serves as both the rejected and the corrupted input.
-            is_visual = batch["is_visual"].to(p[0].device)
-            losses = L.error_targeted_loss(p[0], p[1], p[1], r[0], r[1], r[1], is_visual, beta)
-            metrics["visual_fraction"] = is_visual.float().mean()
-        else:
-            raise ValueError(f"objective {name!r} has no loss mapping")
-        chosen_rewards = beta * (p[0] - r[0])
-        rejected_rewards = beta * (p[1] - r[1])
-
+        chosen_rewards = beta * (chosen - rows.r(_W))
+        rejected_rewards = beta * (rows.p(second) - rows.r(second))
+    if _WC in objective.rows and second != _WC:
+        metrics["rewards/corrupted"] = (beta * (rows.p(_WC) - rows.r(_WC))).mean()
+    if "weight" in batch:
+        metrics["weight"] = batch["weight"].float().mean()
+    if "is_visual" in batch:
+        metrics["visual_fraction"] = batch["is_visual"].float().mean()
     metrics["rewards/chosen"] = chosen_rewards.mean()
     metrics["rewards/rejected"] = rejected_rewards.mean()
     metrics["rewards/margins"] = (chosen_rewards - rejected_rewards).mean()
     metrics["rewards/accuracies"] = (chosen_rewards > rejected_rewards).float().mean()
-    metrics["logps/chosen"] = p[0].mean()
-    metrics["logps/rejected"] = p[1].mean()
+    metrics["logps/rejected"] = rows.p(second).mean()
     return losses, metrics
 
 

@@ -163,3 +163,12 @@ def test_direct_construction_validates():
     with pytest.raises(RecipeError, match="`lora_r` must be >= 1"):
         RecipeConfig(lora_r=0)
     assert RecipeConfig(objective="copo").objective == "copo"
+
+
+def test_a_backbone_profile_never_overrides_what_the_recipe_states(tmp_path):
+    recipe_file = tmp_path / "short.yaml"
+    recipe_file.write_text("objective: dpo\nmax_length: 384\n")
+    assert load_recipe(str(recipe_file), {"backbone": "huatuogpt_vision_qwen2_5vl"}).max_length == 384
+    # What the recipe leaves unset, the profile fills in; the command line wins over both.
+    assert load_recipe("dpo", {"backbone": "huatuogpt_vision_qwen2_5vl"}).max_length == 2048
+    assert load_recipe(str(recipe_file), {"backbone": "huatuogpt_vision_qwen2_5vl", "max_length": "640"}).max_length == 640

@@ -1,4 +1,4 @@
-"""A merged LoRA checkpoint from medbench-train evaluates through lmms-eval on a demo task (medbench_hf plugin)."""
+"""Checkpoints from medbench-train (a merged mDPO LoRA, a full SFT run) evaluate through lmms-eval on a demo task."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from medbench.commands.demo import demo_environment
 
@@ -17,13 +19,14 @@ from medbench.train.run import train
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_merged_checkpoint_evaluates_on_a_demo_task(tmp_path, tiny_model_dirs, pref_file):
+@pytest.mark.parametrize("recipe_name, lora", [("mdpo", True), ("sft", False)])
+def test_trained_checkpoint_evaluates_on_a_demo_task(tmp_path, tiny_model_dirs, pref_file, recipe_name, lora):
     result = train(
-        load_recipe("mdpo", {**FAST, "use_lora": True}), tiny_model_dirs["llava"], pref_file, tmp_path / "run"
+        load_recipe(recipe_name, {**FAST, "use_lora": lora}), tiny_model_dirs["llava"], pref_file, tmp_path / "run"
     )
     metadata = json.loads(result.metadata_path.read_text())
     model_dir = Path(metadata["outputs"]["evaluate"])  # what the metadata tells users to evaluate
-    assert model_dir == (tmp_path / "run" / "merged").resolve()
+    assert model_dir == ((tmp_path / "run" / "merged") if lora else (tmp_path / "run")).resolve()
 
     out = tmp_path / "eval"
     env = {**demo_environment(), "PYTHONPATH": str(REPO)}

@@ -195,3 +195,24 @@ def test_losses_backpropagate_through_the_policy_only():
     loss.backward()
     # Every term rewards a more likely chosen answer, so the gradient is negative.
     assert (policy_chosen.grad < 0).all()
+
+
+def test_sft_loss_is_the_token_mean_nll_by_hand():
+    from medbench.train.losses import sft_loss
+
+    logps = torch.tensor([-6.0, -3.0, -2.0])
+    lengths = torch.tensor([3, 1, 0])
+    # -(-6)/3 = 2, -(-3)/1 = 3, an empty answer counts one token: 2.
+    torch.testing.assert_close(sft_loss(logps, lengths), torch.tensor([2.0, 3.0, 2.0]))
+
+
+def test_mdpo_anchor_delta_reaches_the_training_function():
+    from medbench.train.losses import anchor_loss, copo_loss, dpo_loss, mdpo_loss
+
+    p = [torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5])]
+    r = [torch.tensor([-1.2]), torch.tensor([-1.8]), torch.tensor([-1.1])]
+    expected = dpo_loss(p[0], p[1], r[0], r[1], 0.1) + copo_loss(p[0], p[2], r[0], r[2], 0.1) + anchor_loss(
+        p[0], r[0], 0.1, delta=0.3
+    )
+    torch.testing.assert_close(mdpo_loss(*p, *r, 0.1, delta=0.3), expected)
+    assert not torch.allclose(mdpo_loss(*p, *r, 0.1, delta=0.3), mdpo_loss(*p, *r, 0.1))

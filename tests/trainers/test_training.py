@@ -34,7 +34,10 @@ def test_recipe_trains_two_steps(tmp_path, tiny_model_dirs, pref_file, recipe_na
     assert [entry["step"] for entry in steps] == [1, 2]
     assert all(math.isfinite(entry["loss"]) for entry in steps)
     # After one update the policy differs from the reference (or, reference-free, the rewards differ).
-    assert steps[1]["rewards/chosen"] != 0.0 or steps[1]["rewards/rejected"] != 0.0
+    if recipe.objective == "sft":
+        assert steps[0]["loss/nll"] == pytest.approx(steps[0]["loss"], rel=1e-5)
+    else:
+        assert steps[1]["rewards/chosen"] != 0.0 or steps[1]["rewards/rejected"] != 0.0
     if recipe.objective == "mdpo":
         assert {"loss/dpo", "loss/copo", "loss/anchor"} <= set(steps[0])
 

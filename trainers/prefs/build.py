@@ -1,0 +1,403 @@
+"""``medbench prefs build``: turn a supervised (image, question, answer) data set into preference records.
+
+Input is a task's local JSONL/JSON file (VQA fields, aliases as in :data:`medbench.data.loading.VQA_FIELDS`), a
+medbench task name (its configured source: demo, local file or hub), or a file in the trainer's schema (its
+``chosen`` is the answer). Output, in ``--output_dir``:
+
+* ``prefs.jsonl``: records in the trainer's schema with the fields ``--recipe`` needs, each with ``meta``
+  naming the rule (or LLM prompt) behind its rejected answer and the corruption behind its ``rejected_image``;
+* ``images/``: the derived (corrupted) images, and the source images of hub data sets;
+* ``manifest.json``: builder version, input hashes, seed, every option, taxonomy and lexicon versions, counts per
+  rule / error type / corruption, the skipped records with their reason, and the LLM cost report.
+
+Every random choice comes from a generator seeded by ``(seed, record id, purpose)``: the same seed gives the same
+files, whatever the record order. A bad record (missing or unreadable image, empty question or answer, no
+applicable rule) is reported and skipped; the others are built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbench.errors import DataError, MedbenchError
+from medbench.taxonomy import load_taxonomy
+
+from .images import CORRUPTIONS, DEFAULT_REGION, DEFAULTS, corrupt
+from .rules import load_lexicon, record_rng, rule_edit
+
+BUILDER_VERSION = "1.0"
+RECORDS_FILE = "prefs.jsonl"
+MANIFEST_FILE = "manifest.json"
+IMAGES_DIR = "images"
+
+# The corruption each image-side recipe gets by default: lesion-region noise (CoPO, MMedPO), crop (mDPO's paper).
+DEFAULT_CORRUPTION = {"mdpo": "crop"}
+
+# Offline clinical-relevance scores per error type for MMedPO's weights (used without an LLM scorer): errors that
+# change diagnosis or management score 1.0, attribute errors less. Mapped linearly onto --weight_range.
+OFFLINE_RELEVANCE = {
+    "laterality_position": 1.0,
+    "presence_abnormality": 1.0,
+    "organ": 1.0,
+    "modality": 0.9,
+    "diagnosis": 1.0,
+    "clinical_knowledge": 0.8,
+    "size": 0.7,
+    "count": 0.7,
+    "plane": 0.5,
+    "colour": 0.5,
+}
+DEFAULT_RELEVANCE = 0.6
+
+
+@dataclass
+class BuildOptions:
+    """Every option of one build (recorded in the manifest).
+
+    Attributes:
+        recipe: Trainer recipe the records are for (decides which fields are built).
+        seed: Seed of every random choice.
+        mode: ``rules`` (offline) or ``llm`` (rejected answers from an LLM through the judge transport).
+        corruption: ``noise``, ``crop``, ``blackout`` or ``blur``; None picks the recipe's default.
+        corruption_options: Overrides of the corruption's defaults (``sigma``, ``radius``, ``max_area``, ...).
+        rules: Restrict the offline rules (names as in :func:`medbench.train.prefs.rules.rule_edit`); None = all.
+        weight_range: ``(low, high)`` MMedPO weights are mapped onto.
+        image_root: Folder relative image paths resolve against (default: the input file's folder).
+        limit: Build at most this many records (None: all).
+        progress: Show a progress bar.
+    """
+
+    recipe: str = "dpo"
+    seed: int = 0
+    mode: str = "rules"
+    corruption: str | None = None
+    corruption_options: dict[str, Any] = field(default_factory=dict)
+    rules: list[str] | None = None
+    weight_range: tuple[float, float] = (0.5, 1.5)
+    image_root: str | None = None
+    limit: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class BuildReport:
+    """What a build wrote and counted."""
+
+    output_dir: Path
+    records_path: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pick(raw: dict[str, Any], names: tuple[str, ...]) -> Any:
+    for name in names:
+        if raw.get(name) not in (None, ""):
+            return raw[name]
+    return None
+
+
+def read_supervised(source: str, image_root: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read (id, image, question, answer) items from a file or a medbench task name, without failing on bad rows.
+
+    Returns:
+        ``(items, input description)``; an item with a problem carries ``problem`` (and is skipped by the builder).
+
+    Raises:
+        DataError: the source itself is unusable (no such file or task, unreadable file).
+    """
+    from medbench.data.loading import VQA_FIELDS, iter_json_records
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        root = Path(image_root).expanduser() if image_root else path.parent
+        description = {"kind": "file", "path": path.name, "sha256": _file_sha256(path)}
+        return _items_from_json(iter_json_records(path), root, VQA_FIELDS, str(path)), description
+    if source.startswith("medbench_"):
+        return _items_from_task(source, image_root)
+    raise DataError(f"prefs build input {source!r} is neither a file nor a medbench task name (e.g. medbench_vqa_rad)")
+
+
+def _items_from_json(rows, root: Path, fields, where_prefix: str) -> list[dict[str, Any]]:
+    items = []
+    aliases = {**fields, "answer": ("chosen", *fields["answer"])}
+    for number, raw in rows:
+        where = f"{where_prefix}:{number}"
+        if not isinstance(raw, dict):
+            items.append({"id": str(number), "where": where, "problem": "not a JSON object"})
+            continue
+        if "conversations" in raw:  # the authors' LLaVA form of the trainer schema
+            turns = raw.get("conversations") or []
+            texts = [t.get("value") for t in turns if isinstance(t, dict)]
+            raw = {**raw, "question": texts[0] if texts else None, "answer": texts[1] if len(texts) > 1 else None}
+        item = {name: _pick(raw, names) for name, names in aliases.items()}
+        item["id"] = str(item["id"]) if item["id"] is not None else str(number)
+        item["where"] = where
+        for key in ("box", "bbox"):
+            if raw.get(key) is not None:
+                item["box"] = raw[key]
+        if raw.get("mask"):
+            item["mask"] = str(root / raw["mask"]) if not Path(str(raw["mask"])).is_absolute() else str(raw["mask"])
+        for key in ("question", "answer"):
+            value = item.get(key)
+            item[key] = str(value).replace("<image>", "").strip() if value is not None else ""
+        if item["image"] is not None:
+            image = Path(str(item["image"])).expanduser()
+            item["image"] = str(image if image.is_absolute() else root / image)
+        items.append(item)
+    return items
+
+
+def _items_from_task(task: str, image_root: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from medbench.data.loading import VQA_FIELDS, iter_json_records, load_task_docs, resolve_source
+    from medbench.data.sources import get_source
+
+    try:
+        source = get_source(task)
+    except (KeyError, MedbenchError):
+        raise DataError(f"unknown medbench task {task!r}; see `medbench tasks list`") from None
+    if source.kind != "vqa":
+        raise DataError(f"{task} is a report task; prefs build needs (image, question, answer) VQA data")
+    resolved = resolve_source(task)
+    if resolved.origin in ("local", "demo"):
+        path = Path(resolved.location)
+        root = Path(image_root) if image_root else (resolved.images_dir or path.parent)
+        description = {"kind": "task", "task": task, "source": resolved.origin, "file": path.name,
+                       "sha256": _file_sha256(path)}
+        return _items_from_json(iter_json_records(path), root, VQA_FIELDS, str(path)), description
+    try:
+        dataset = load_task_docs(task)
+    except MedbenchError:
+        raise
+    except Exception as error:  # datasets raises ConnectionError, FileNotFoundError, ... for an unreachable hub
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise DataError(
+            f"{task}: cannot load {resolved.describe()} ({first}); point {source.env_var} at a local copy"
+        ) from None
+    items = [
+        {"id": str(doc["id"]), "where": f"{task}[{i}]", "question": doc["question"] or "", "answer": doc["answer"] or "",
+         "image": doc["image"]}
+        for i, doc in enumerate(dataset)
+    ]
+    description = {"kind": "task", "task": task, "source": resolved.describe(),
+                   "fingerprint": getattr(dataset, "_fingerprint", None)}
+    return items, description
+
+
+def _needs(recipe_name: str) -> tuple[set[str], str]:
+    """(fields to build, objective name) for a recipe (reads the recipe's objective, no torch)."""
+    from medbench.train.config import load_recipe
+    from medbench.train.objectives import OBJECTIVES
+
+    recipe = load_recipe(recipe_name)
+    objective = OBJECTIVES[recipe.objective]
+    fields = set(objective.requires) | {name for row in objective.rows for name in row}
+    if objective.per_record_rows:
+        fields |= {"rejected", "rejected_image", "error_type"}
+    return fields, recipe.objective
+
+
+def _open_image(item: dict[str, Any]):
+    from medbench.train.data import load_image
+
+    image = item["image"]
+    if image is None:
+        raise DataError("no image field")
+    if not isinstance(image, str):
+        return image.convert("RGB")  # a decoded hub image
+    if not Path(image).is_file():
+        raise DataError(f"image not found: {image}")
+    return load_image(image)
+
+
+def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer: Any | None = None) -> BuildReport:
+    """Build preference records for ``options.recipe`` from ``source`` into ``output_dir``.
+
+    Args:
+        source: Input file or medbench task name (see the module docstring).
+        output_dir: Folder for ``prefs.jsonl``, ``images/`` and ``manifest.json`` (created; must not hold a
+            previous build's records unless they are overwritten on purpose by the caller).
+        options: The build's options.
+        llm_writer: For ``mode: llm``, an :class:`medbench.train.prefs.llm.LLMRejectedWriter`.
+
+    Returns:
+        The :class:`BuildReport`.
+
+    Raises:
+        MedbenchError: unusable input source, options, or LLM configuration (one line); nothing is written then.
+    """
+    if options.mode not in ("rules", "llm"):
+        raise MedbenchError(f"prefs build: --mode {options.mode!r} is not rules or llm")
+    if options.mode == "llm" and llm_writer is None:
+        raise MedbenchError("prefs build: --mode llm needs a judge model (set MEDBENCH_JUDGE_MODEL or --llm_model)")
+    corruption = options.corruption
+    if corruption is not None and corruption not in CORRUPTIONS:
+        raise MedbenchError(f"prefs build: --corruption {corruption!r}; choose {', '.join(CORRUPTIONS)}")
+    low, high = options.weight_range
+    if not 0 <= low <= high:
+        raise MedbenchError(f"prefs build: --weight_range {low},{high} must satisfy 0 <= low <= high")
+    fields, objective = _needs(options.recipe)
+    corruption = corruption or DEFAULT_CORRUPTION.get(objective, "noise")
+    items, input_description = read_supervised(source, options.image_root)
+    if options.limit is not None:
+        items = items[: options.limit]
+    output_dir = Path(output_dir)
+    (output_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    taxonomy = load_taxonomy()
+    lexicon = load_lexicon()
+    rules = frozenset(options.rules) if options.rules else None
+
+    skipped: list[dict[str, str]] = []
+    usable: list[dict[str, Any]] = []
+    image_hashes: list[str] = []
+    for item in items:
+        problem = item.get("problem")
+        if not problem and not item.get("question"):
+            problem = "empty question"
+        if not problem and not item.get("answer"):
+            problem = "empty answer"
+        if not problem:
+            try:
+                item["pil"] = _open_image(item)
+            except DataError as error:
+                problem = str(error)
+        if problem:
+            skipped.append({"id": item["id"], "where": item["where"], "problem": problem})
+            continue
+        usable.append(item)
+
+    progress = _progress(len(usable) * (2 if options.mode == "llm" else 1), options.progress)
+    edits: dict[str, Any] = {}
+    llm_report = None
+    needs_rejected = "rejected" in fields
+    if needs_rejected and options.mode == "llm":
+        outcomes = llm_writer.write_all([(i["question"], i["answer"]) for i in usable], on_done=lambda: progress.update(1))
+        for item, outcome in zip(usable, outcomes):
+            edits[item["id"]] = outcome
+        llm_report = llm_writer.report()
+
+    counts = {"rule": Counter(), "error_type": Counter(), "category": Counter(), "corruption": Counter(),
+              "rejected_by_check": Counter(), "error_type_source": Counter()}
+    records = []
+    for item in usable:
+        progress.update(1)
+        record: dict[str, Any] = {"id": item["id"], "question": item["question"], "chosen": item["answer"]}
+        meta: dict[str, Any] = {"source": item["where"].rsplit("/", 1)[-1]}
+        if isinstance(item["image"], str):
+            record["image"] = os.path.abspath(item["image"])
+            image_hashes.append(_file_sha256(Path(item["image"])))
+        else:
+            name = f"{IMAGES_DIR}/source-{_safe(item['id'])}.png"
+            item["pil"].save(output_dir / name)
+            record["image"] = name
+            image_hashes.append(_file_sha256(output_dir / name))
+        edit = None
+        if needs_rejected:
+            if options.mode == "llm":
+                outcome = edits[item["id"]]
+                if outcome.edit is None:
+                    counts["rejected_by_check"][outcome.problem.split(":")[0]] += 1
+                    skipped.append({"id": item["id"], "where": item["where"], "problem": f"llm: {outcome.problem}"})
+                    continue
+                edit = outcome.edit
+                counts["error_type_source"][outcome.error_type_source] += 1
+            else:
+                edit = rule_edit(item["question"], item["answer"], record_rng(options.seed, item["id"], "rejected"),
+                                 rules)
+                if edit is None:
+                    skipped.append({"id": item["id"], "where": item["where"], "problem": "no rule applies"})
+                    continue
+                counts["error_type_source"]["rules"] += 1
+            record["rejected"] = edit.rejected
+            record["error_type"] = edit.error_type
+            meta.update(rule=edit.rule, edit=edit.detail)
+            counts["rule"][edit.rule] += 1
+            counts["error_type"][edit.error_type] += 1
+            counts["category"][taxonomy.category(edit.error_type)] += 1
+        elif "error_type" in fields:
+            record["error_type"] = "other"
+        if "rejected_image" in fields:
+            box = item.get("box")
+            mask = None
+            if item.get("mask"):
+                from PIL import Image
+
+                with Image.open(item["mask"]) as opened:
+                    mask = opened.copy()
+            image, params = corrupt(item["pil"], corruption, record_rng(options.seed, item["id"], "image"), box=box,
+                                    mask=mask, options=options.corruption_options.get(corruption))
+            name = f"{IMAGES_DIR}/{_safe(item['id'])}-{corruption}.png"
+            image.save(output_dir / name)
+            record["rejected_image"] = name
+            meta["corruption"] = params
+            counts["corruption"][corruption] += 1
+        if "weight" in fields:
+            relevance = OFFLINE_RELEVANCE.get(record.get("error_type") or "", DEFAULT_RELEVANCE)
+            record["weight"] = round(low + relevance * (high - low), 4)
+            meta["relevance"] = {"score": relevance, "source": "offline error-type table"}
+        record["meta"] = meta
+        records.append(record)
+    progress.close()
+
+    records_path = output_dir / RECORDS_FILE
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    records_path.write_text(text, encoding="utf-8")
+    manifest = {
+        "builder": {"name": "medbench prefs build", "version": BUILDER_VERSION},
+        "input": {**input_description, "records": len(items),
+                  "images_sha256": _sha256_bytes("".join(sorted(image_hashes)).encode())},
+        "seed": options.seed,
+        "options": {**asdict(options), "corruption": corruption, "weight_range": list(options.weight_range)},
+        "recipe": {"name": options.recipe, "objective": objective, "fields": sorted(fields)},
+        "taxonomy": taxonomy.describe(),
+        "lexicon": {"version": lexicon.version, "sha256": lexicon.sha256},
+        "corruption": {"kind": corruption, "defaults": DEFAULTS[corruption], "default_region": DEFAULT_REGION}
+        if "rejected_image" in fields else None,
+        "weights": {"range": list(options.weight_range), "scorer": "offline error-type table",
+                    "table": OFFLINE_RELEVANCE, "default": DEFAULT_RELEVANCE} if "weight" in fields else None,
+        "counts": {"input": len(items), "built": len(records), "skipped": len(skipped),
+                   **{name: dict(sorted(counter.items())) for name, counter in counts.items()}},
+        "skipped": skipped,
+        "llm": llm_report,
+        "output": {"records": RECORDS_FILE, "sha256": _sha256_bytes(text.encode("utf-8"))},
+    }
+    manifest_path = output_dir / MANIFEST_FILE
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return BuildReport(output_dir, records_path, manifest_path, manifest)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        del n
+
+    def close(self) -> None:
+        return None
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="prefs build", unit="record", dynamic_ncols=True)
