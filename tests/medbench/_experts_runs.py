@@ -23,7 +23,7 @@ MODELS = {
 def make_runs(root: Path) -> dict[str, Path]:
     """``{label: lmms-eval output folder}`` for the two judged baseline runs."""
     from medbench.cli import main as medbench_main
-    from medbench.judge.loopback import LoopbackJudgeServer
+    from judge_server import LoopbackJudgeServer
 
     folders = {}
     with LoopbackJudgeServer() as server:

@@ -12,7 +12,7 @@ from _prefdata import FAST
 
 from medbench.data.loading import DEMO_DIR
 from medbench.judge.config import JudgeConfig
-from medbench.judge.loopback import LoopbackJudgeServer
+from judge_server import LoopbackJudgeServer
 from medbench.train.config import load_recipe, recipe_paths
 from medbench.train.data import load_preference_file, validate_records
 from medbench.train.objectives import OBJECTIVES
