@@ -1,4 +1,13 @@
-"""Read lmms-eval output folders: the results JSON and the per-sample logs of a run."""
+"""Read lmms-eval output folders: the results JSON, the per-sample logs and the judge files beside them.
+
+The layout, in one place (the demo table, ``medbench judge`` and the leaderboard all read it from here):
+
+* ``<output>/<model>/<stamp>_results.json``: lmms-eval's results;
+* ``<stamp>_samples_<task>.jsonl`` beside it: the ``--log_samples`` per-sample records;
+* ``<stamp>_judge_results_<task>.json`` and ``<stamp>_judge_samples_<task>.jsonl`` beside those:
+  a ``medbench judge`` re-score of that log;
+* ``<output>/medbench_judge/<time>_<task>.json``: the judge sidecar a run judged inside lmms-eval writes.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,34 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
+from medbench.metrics.registry import COUNTERS, DETAIL_KEY
 
-# Per-sample detail keys and counts are written by the medbench tasks but are not scores.
-NON_SCORE_METRICS = frozenset({"n_closed", "n_open", "medbench_detail"})
+# Counters (question counts, unscored and failed samples) and the per-sample detail record are written by
+# the medbench tasks but are not scores (declared in medbench.metrics.registry).
+NON_SCORE_METRICS = COUNTERS | {DETAIL_KEY}
+
+# What lmms-eval writes as the answer when a model call failed after its retries (api models).
+FAILED_GENERATION_MARK = "[LMMS_EVAL_REQUEST_FAILED"
+SIDECAR_FOLDER = "medbench_judge"
+
+
+def pair_samples(results_path: Path) -> dict[str, Path]:
+    """Task -> the ``--log_samples`` file written with ``results_path`` (same stamp, same folder)."""
+    stamp = results_path.name[: -len("_results.json")]
+    return {
+        sample.name[len(f"{stamp}_samples_") : -len(".jsonl")]: sample
+        for sample in results_path.parent.glob(f"{stamp}_samples_*.jsonl")
+        if "_judge_samples_" not in sample.name
+    }
+
+
+def judge_paths(samples_path: Path, task: str) -> tuple[Path, Path]:
+    """The ``medbench judge`` results and verdicts files of a samples file (whether or not they exist)."""
+    stem = samples_path.name[: -len(f"_samples_{task}.jsonl")]
+    return (
+        samples_path.with_name(f"{stem}_judge_results_{task}.json"),
+        samples_path.with_name(f"{stem}_judge_samples_{task}.jsonl"),
+    )
 
 
 @dataclass
@@ -35,18 +69,25 @@ class RunResults:
     def tasks(self) -> list[str]:
         return sorted(task for task in self.raw.get("results", {}) if task in self.raw.get("configs", {}))
 
-    def metrics(self, task: str) -> dict[str, tuple[float, float | None]]:
-        """``{metric: (value, stderr or None)}`` for a task, filter suffixes (",none") removed."""
+    def metrics(self, task: str, include_counters: bool = False) -> dict[str, tuple[float, float | None]]:
+        """``{metric: (value, stderr or None)}`` for a task, filter suffixes (",none") removed.
+
+        Args:
+            task: Task name.
+            include_counters: Also the counters (question counts, unscored and failed samples).
+        """
         values: dict[str, tuple[float, float | None]] = {}
         entry = self.raw["results"][task]
+        skipped = {DETAIL_KEY} if include_counters else NON_SCORE_METRICS
         for key, value in entry.items():
             if "," not in key or "_stderr" in key:
                 continue
             metric, filter_name = key.split(",", 1)
-            if metric in NON_SCORE_METRICS or not isinstance(value, (int, float)):
+            if metric in skipped or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             stderr = entry.get(f"{metric}_stderr,{filter_name}")
-            values[metric] = (float(value), float(stderr) if isinstance(stderr, (int, float)) else None)
+            valid = isinstance(stderr, (int, float)) and not isinstance(stderr, bool)
+            values[metric] = (float(value), float(stderr) if valid else None)
         return values
 
     def count(self, task: str, metric: str) -> float | None:
@@ -67,12 +108,7 @@ def find_runs(folder: Path) -> list[RunResults]:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise MedbenchError(f"{path}: not a readable lmms-eval results file ({error})") from None
-        stamp = path.name[: -len("_results.json")]
-        samples = {
-            sample.name[len(f"{stamp}_samples_") : -len(".jsonl")]: sample
-            for sample in path.parent.glob(f"{stamp}_samples_*.jsonl")
-        }
-        runs.append(RunResults(path=path, raw=raw, samples=samples))
+        runs.append(RunResults(path=path, raw=raw, samples=pair_samples(path)))
     if not runs:
         raise MedbenchError(f"{folder}: no lmms-eval results (*_results.json) found; was --output_path set?")
     return runs
