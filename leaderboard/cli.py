@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build a leaderboard (HTML, Markdown, CSV, plots) from lmms-eval output folders, recomputing "
         "every score from the --log_samples files, or validate one submission. See docs/leaderboard.md.",
     )
-    commands = parser.add_subparsers(dest="leaderboard_command", metavar="{build,validate}")
+    commands = parser.add_subparsers(dest="leaderboard_command", metavar="{build,validate,fingerprint}")
     parser.set_defaults(func=lambda args: _missing_subcommand(parser))
 
     build = commands.add_parser("build", help="build the board from result folders")
@@ -73,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="runs already on the board: also check for duplicates and for a different test set",
     )
     validate.set_defaults(func=run_validate)
+
+    fingerprint = commands.add_parser(
+        "fingerprint",
+        help="print the reference-data fingerprint of each task's configured data (for metadata.data_fingerprints)",
+    )
+    fingerprint.add_argument("tasks", nargs="*", metavar="TASK", help="tasks (default: every medbench task)")
+    fingerprint.set_defaults(func=run_fingerprint)
 
 
 def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
@@ -189,6 +196,22 @@ def run_validate(args: argparse.Namespace) -> int:
         for task, departures in run.nonstandard.items():
             print(f"note: non-standard {task}: {printable('; '.join(departures))}")
     return 2 if problems else 0
+
+
+def run_fingerprint(args: argparse.Namespace) -> int:
+    """Print each task's reference fingerprints on this installation, as YAML for ``metadata.data_fingerprints``."""
+    from medbench.data.fingerprint import reference_data
+    from medbench.taskfiles import task_configs
+
+    configs = task_configs()
+    unknown = [task for task in args.tasks if task not in configs]
+    if unknown:
+        raise MedbenchError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(configs)}")
+    for task in args.tasks or list(configs):
+        print(f"{task}:")
+        for reference in reference_data(task, configs[task]):
+            print(f"  - {{data: {json.dumps(reference.data)}, sha256: {reference.sha256}, size: {reference.size}}}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,12 +48,18 @@ from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.runs import Run, TaskScores
 from medbench.leaderboard.safe_io import parse, parse_lines, read_bytes, read_json, relative, schema_problem
 from medbench.metrics.registry import METRICS, Metric
-from medbench.results import FAILED_GENERATION_MARK, RunResults, judge_paths, pair_samples
+from medbench.results import (
+    FAILED_GENERATION_MARK,
+    RecordError,
+    RunResults,
+    judge_paths,
+    pair_samples,
+    parse_sample_record,
+)
 from medbench.taskfiles import group_members, task_configs, task_versions
 
 MANIFEST_SCHEMA = "submission-v1.schema.json"
 RESULTS_SCHEMA = "lmms-results-v1.schema.json"
-SAMPLE_SCHEMA = "sample-v1.schema.json"
 JUDGE_RESULTS_SCHEMA = "judge-results-v1.schema.json"
 JUDGE_VERDICT_SCHEMA = "judge-verdict-v1.schema.json"
 SIDECAR_SCHEMA = "judge-sidecar-v1.schema.json"
@@ -330,38 +336,29 @@ def _sidecar_files(root: Path, source: _TaskSource, limits: Limits) -> list[tupl
 # -------------------------------------------------------------------------------------------- samples
 
 
-def _first_text(value: Any) -> str | None:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return value if isinstance(value, str) else None
-
-
 def read_samples(path: Path, data: bytes, task: str, limits: Limits) -> list[Sample]:
-    """Parse and schema-check a ``--log_samples`` file.
+    """Parse a ``--log_samples`` file, each line checked as medbench's per-sample record.
 
     Raises:
         Rejected: Bad lines, missing fields, repeated ids, too many samples.
     """
     samples: list[Sample] = []
     seen: set[str] = set()
-    for number, record in parse_lines(path, data, limits, f"the {task} per-sample log"):
-        problem = schema_problem(record, SAMPLE_SCHEMA)
-        if problem:
+    for number, line in parse_lines(path, data, limits, f"the {task} per-sample log"):
+        try:
+            record = parse_sample_record(line, strict=True)
+        except RecordError as problem:
             raise Rejected(
                 "schema",
                 path,
-                f"line {number}: {problem} (schema {SAMPLE_SCHEMA}; the log must come from lmms-eval --log_samples)",
-            )
-        prediction = _first_text(record["filtered_resps"])
-        if prediction is None:
-            raise Rejected("schema", path, f"line {number}: filtered_resps holds no answer text")
-        detail = record["medbench_detail"]
-        item_id = str(detail["id"])
-        if item_id in seen:
-            raise Rejected("duplicate", path, f"line {number}: sample {item_id!r} is logged twice")
-        seen.add(item_id)
+                f"line {number}: {problem} (medbench.results.SampleRecord; the log must come from lmms-eval --log_samples)",
+            ) from None
+        if record.item_id in seen:
+            raise Rejected("duplicate", path, f"line {number}: sample {record.item_id!r} is logged twice")
+        seen.add(record.item_id)
+        assert record.doc_id is not None and record.prediction is not None and record.target is not None  # strict
         samples.append(
-            Sample(int(record["doc_id"]), item_id, prediction, record["target"], detail.get("answer_type"), record)
+            Sample(record.doc_id, record.item_id, record.prediction, record.target, record.answer_type, record.raw)
         )
         if len(samples) > limits.samples_per_task:
             raise Rejected("oversized", path, f"more than {limits.samples_per_task} samples for {task}")
@@ -378,9 +375,7 @@ def _failed(sample: Sample) -> bool:
 def _check_data(path: Path, task: str, samples: list[Sample], references: list[DataFingerprint]) -> DataFingerprint:
     """The reference the log's items and references match; compared before anything is recomputed."""
     kind = get_source(task).kind
-    facts = [s.record["medbench_detail"].get("facts") for s in samples]
-    if kind != "vqa" and any(f is not None and not (isinstance(f, list) and all(isinstance(x, str) for x in f)) for f in facts):
-        raise Rejected("schema", path, "medbench_detail.facts must be a list of strings")
+    facts = [s.record["medbench_detail"].get("facts") for s in samples]  # checked by parse_sample_record
     mine = fingerprint_items(item_key(kind, s.item_id, s.target, s.answer_type, f) for s, f in zip(samples, facts))
     for reference in references:
         if reference.sha256 == mine.sha256 and reference.size == mine.size:
@@ -465,6 +460,7 @@ def _verify_task(
             f"{failed} of {len(samples)} {task} generations failed ({FAILED_GENERATION_MARK}...); fix the model or endpoint and rerun",
         )
     reference = _check_data(path, task, samples, references)
+    decoding = provenance.decoding(source.results.path, raw, task)
     declared = _task_metrics(task)
     try:
         reported = source.results.metrics(task, include_counters=True)
@@ -524,10 +520,6 @@ def _verify_task(
             raise Rejected("tampered", path, f"{task} {name}: values cannot be added up ({problem})") from None
         scores[name], stderr[name] = value, error
         per_sample[name], checks[name] = check.per_sample, check.verdict
-    try:
-        decoding = provenance.decoding(source.results.path, raw, task)
-    except Rejected:
-        raise
     inputs = [sample.record.get("input") for sample in samples]
     return TaskScores(
         task=task,
