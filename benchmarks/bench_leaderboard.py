@@ -285,8 +285,10 @@ def main() -> None:
                 import contextlib
                 import io
 
-                with contextlib.redirect_stdout(io.StringIO()):
-                    assert leaderboard(argv + extra) == 0
+                printed = io.StringIO()
+                with contextlib.redirect_stdout(printed):
+                    code = leaderboard(argv + extra)
+                assert code == 0 and " 0 rejected" in printed.getvalue(), printed.getvalue()
 
             return call
 

@@ -190,10 +190,6 @@ class RunResults:
             values[metric] = (float(value), float(stderr) if valid else None)
         return values
 
-    def count(self, task: str, metric: str) -> float | None:
-        value = self.raw["results"].get(task, {}).get(f"{metric},none")
-        return float(value) if isinstance(value, (int, float)) else None
-
 
 def find_runs(folder: Path) -> list[RunResults]:
     """All lmms-eval runs under ``folder`` (results JSONs found recursively), oldest first.

@@ -441,3 +441,16 @@ def test_a_multi_process_run_still_catches_edited_cider(demo_results, tmp_path):
     load_run(copy)
     edit_results(copy, lambda d: d["results"]["medbench_amboss"].update({"cider,none": 0.5}))
     assert rejection(copy).rule == "tampered"
+
+
+def test_floating_point_noise_at_a_bound_is_no_range_violation():
+    # Sentence BLEU of identical texts can come out a hair above 1; that is a perfect score, not an attack.
+    from medbench.leaderboard.recompute import REGISTRY, Sample, VerificationError, check_metric
+
+    noisy = 1.0000000000000002
+    samples = [Sample(0, "a", "x", "x", None, {"bertscore_f1": {"id": "a", "score": noisy}})]
+    check = check_metric("t", "bertscore_f1", REGISTRY["bertscore_f1"], samples, noisy, bounds=(-1.0, 1.0))
+    assert check.verdict == "consistent"
+    samples[0].record["bertscore_f1"]["score"] = 1.001
+    with pytest.raises(VerificationError, match="outside the metric's range"):
+        check_metric("t", "bertscore_f1", REGISTRY["bertscore_f1"], samples, 1.001, bounds=(-1.0, 1.0))
