@@ -1,9 +1,11 @@
 """Assemble verified runs into a board: columns from the task YAMLs, rows grouped under base models, statistics.
 
-Board-level trust rules live here (the per-run ones are in :mod:`medbench.leaderboard.submission`): a run whose
-answers equal another's on every item, or whose display name is taken, is a duplicate; a run evaluated on
-other items or references than the board's reference run (the baseline, else the first accepted run) is a
-data mismatch. Either rejects the later run.
+Board-level trust rules live here (the per-run ones are in :mod:`medbench.leaderboard.verification`), and
+none depends on the order the runs come in: runs that share a display name, or whose answers are the same
+on every item, are all rejected as duplicates (each is told which other run it collides with); and a task
+is shown on one reference data set, the strongest any accepted run matched (the board's own copy over a
+declared fingerprint over the demo set), so runs of that task on weaker reference data are data mismatches.
+The baseline is only the run the others are compared with; it decides nothing about the data.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from medbench.leaderboard import stats
-from medbench.leaderboard.submission import Limits, Rejected, Run, VerificationCache, find_submissions, load_run
-from medbench.leaderboard.verify import rule_for
+from medbench.data.fingerprint import DataFingerprint
 from medbench.errors import MedbenchError
+from medbench.leaderboard import stats
+from medbench.leaderboard.cache import VerificationCache
+from medbench.leaderboard.discovery import find_submissions
+from medbench.leaderboard.rules import Limits, Rejected
+from medbench.leaderboard.runs import Run
+from medbench.leaderboard.verification import board_references, safe_load_run
+from medbench.metrics.registry import METRICS
 from medbench.taskfiles import group_members, task_configs, task_versions
 
 
@@ -121,91 +128,100 @@ def task_order() -> list[str]:
 
 
 def all_columns() -> list[Column]:
-    """Every scored metric of every task, from the task YAMLs' ``metric_list`` (counts are not scores)."""
+    """Every scored metric of every task: the task YAMLs' ``metric_list``, facts from the metric declarations.
+
+    Counters (question counts, unscored and failed samples) are not scores and get no column.
+    """
     columns = []
     configs = task_configs()
     for task in task_order():
         for entry in configs[task].get("metric_list", []):
-            rule = rule_for(entry["metric"], str(entry.get("aggregation", "")))
-            if rule is not None and rule.kind in ("sum", "count"):
-                continue  # question counts and unscored-sample counts go to provenance, not the ranking
+            metric = METRICS.get(str(entry["metric"]))
+            if metric is None or metric.counter:
+                continue
             columns.append(
                 Column(
                     task=task,
-                    metric=entry["metric"],
-                    higher_is_better=bool(entry.get("higher_is_better", True)),
-                    per_sample=rule is not None and rule.mean_of_samples,
+                    metric=metric.name,
+                    higher_is_better=metric.higher_is_better,
+                    per_sample=metric.mean_of_samples,
                 )
             )
     return columns
 
 
 def load_runs(
-    paths: list[Path], limits: Limits | None = None, cache: VerificationCache | None = None
+    paths: list[Path],
+    limits: Limits | None = None,
+    cache: VerificationCache | None = None,
+    references: dict[str, list[DataFingerprint]] | None = None,
 ) -> tuple[list[Run], list[Rejected]]:
-    """Load every submission under ``paths``; rejected ones are returned, not raised.
+    """Load every submission under ``paths``; rejected ones (and empty or missing paths) are returned, not raised.
 
     Raises:
-        MedbenchError: A path that does not exist or holds no results at all.
+        MedbenchError: The board's own reference data (a configured ``MEDBENCH_<TASK>``) cannot be read.
     """
+    references = board_references() if references is None else references
+    roots, rejected = find_submissions(paths)
     runs: list[Run] = []
-    rejected: list[Rejected] = []
-    for root in find_submissions(paths):
+    for root in roots:
         try:
-            runs.append(load_run(root, limits or Limits(), cache))
+            runs.append(safe_load_run(root, limits or Limits(), cache, references))
         except Rejected as error:
             rejected.append(error)
     return runs, rejected
 
 
-def screen(runs: list[Run], baseline: str | None = None) -> tuple[list[Run], list[Rejected]]:
+def screen(runs: list[Run]) -> tuple[list[Run], list[Rejected]]:
     """Apply the board-level rules: duplicates and data mismatches (see the module docstring).
 
-    Raises:
-        MedbenchError: ``baseline`` names no accepted run.
+    The result does not depend on the order of ``runs``: every run involved in a collision is rejected.
     """
-    if baseline is not None:
-        names = [run.name for run in runs]
-        if baseline not in names:
-            raise MedbenchError(
-                f"--baseline {baseline!r} is not a run on the board (runs: {', '.join(names) or 'none'}); pass a display name"
-            )
-        runs = sorted(runs, key=lambda run: run.name != baseline)  # the baseline is the reference: screen it first
-    accepted: list[Run] = []
     rejected: list[Rejected] = []
-    names: dict[str, Run] = {}
-    answers: dict[str, Run] = {}
-    reference: dict[str, tuple[str, str]] = {}
-    for run in runs:
-        try:
-            if run.name in names:
-                raise Rejected(
-                    "duplicate",
-                    run.root,
-                    f"display name {run.name!r} is already taken by {names[run.name].root}; set a unique display_name in medbench-submission.json",
+    out: set[int] = set()
+    for key, what, fix in (
+        (lambda run: run.name, "display name", "set a unique display_name in medbench-submission.json"),
+        (lambda run: run.answers, "answers on every item", "submit each run once"),
+    ):
+        groups: dict[str, list[int]] = {}
+        for index, run in enumerate(runs):
+            groups.setdefault(key(run), []).append(index)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            for index in members:
+                if index in out:
+                    continue
+                others = ", ".join(f"{runs[i].root} ({runs[i].name})" for i in members if i != index)
+                rejected.append(
+                    Rejected("duplicate", runs[index].root, f"the same {what} as {others}; {fix}")
                 )
-            if run.answers in answers:
-                raise Rejected(
-                    "duplicate",
-                    run.root,
-                    f"the same answers on every item as {answers[run.answers].root} ({answers[run.answers].name}); submit each run once",
-                )
-            for task, scores in run.tasks.items():
-                if task in reference and reference[task][0] != scores.fingerprint:
-                    raise Rejected(
-                        "data_mismatch",
-                        run.root,
-                        f"{task} was evaluated on other items or references than {reference[task][1]}; evaluate on the board's test set",
-                    )
-        except Rejected as error:
-            rejected.append(error)
+                out.add(index)
+    strongest: dict[str, tuple[int, str]] = {}
+    for index, run in enumerate(runs):
+        if index in out:
             continue
         for task, scores in run.tasks.items():
-            reference.setdefault(task, (scores.fingerprint, run.name))
-        names[run.name] = run
-        answers[run.answers] = run
-        accepted.append(run)
-    return accepted, rejected
+            current = strongest.get(task)
+            if current is None or scores.data_priority > current[0]:
+                strongest[task] = (scores.data_priority, scores.data)
+    for index, run in enumerate(runs):
+        if index in out:
+            continue
+        weaker = [
+            (task, scores.data) for task, scores in sorted(run.tasks.items()) if scores.data != strongest[task][1]
+        ]
+        if weaker:
+            task, data = weaker[0]
+            rejected.append(
+                Rejected(
+                    "data_mismatch",
+                    run.root,
+                    f"{task} was evaluated on {data}, the board shows it on {strongest[task][1]}; evaluate on the board's test set",
+                )
+            )
+            out.add(index)
+    return [run for index, run in enumerate(runs) if index not in out], rejected
 
 
 def _grouped(runs: list[Run]) -> list[tuple[Run, int, str]]:
@@ -258,8 +274,15 @@ def build_board(
     Raises:
         MedbenchError: An unknown baseline, or a ``primary`` entry naming an unknown task or metric.
     """
-    accepted, screened_out = screen(runs, baseline)
+    if baseline is not None and baseline not in {run.name for run in runs}:
+        names = ", ".join(run.name for run in runs) or "none"
+        raise MedbenchError(f"--baseline {baseline!r} is not a run on the board (runs: {names}); pass a display name")
+    accepted, screened_out = screen(runs)
     rejected = [*rejected, *screened_out]
+    pre_notes: list[str] = []
+    if baseline is not None and baseline not in {run.name for run in accepted}:
+        pre_notes.append(f"the baseline {baseline!r} was rejected (see the rejections), so no run is compared with it")
+        baseline = None
     present = {(task, metric) for run in accepted for task, scores in run.tasks.items() for metric in scores.scores}
     columns = [column for column in all_columns() if (column.task, column.metric) in present]
     primary = _primary(columns, primary or {})
@@ -273,7 +296,7 @@ def build_board(
     for row in rows:
         _fill_cells(row, columns)
     pairs: list[tuple[Row, Row, str]] = []
-    notes: list[str] = []
+    notes: list[str] = list(pre_notes)
     for row in rows:
         if baseline is not None and not row.is_baseline:
             pairs.append((row, by_name[baseline], "vs_baseline"))
@@ -294,6 +317,11 @@ def build_board(
             notes.append(
                 f"{row.run.name}: sampled decoding (temperature > 0) on {', '.join(sampled)}; its scores vary between runs"
             )
+        for task, departures in row.run.nonstandard.items():
+            notes.append(f"{row.run.name}: non-standard {task} ({'; '.join(departures)})")
+        missing = [task for task in task_order() if task not in row.run.tasks]
+        if missing:
+            notes.append(f"{row.run.name}: not evaluated on {', '.join(missing)}")
     return Board(
         columns=columns,
         rows=rows,
@@ -313,6 +341,9 @@ def _primary(columns: list[Column], requested: dict[str, str]) -> dict[str, str]
         if not any(c.task == task and c.metric == metric for c in all_columns()):
             raise MedbenchError(f"--metric {task}={metric}: no such task metric in the task YAMLs")
         primary[task] = metric
+    for column in columns:  # the declared headline metric (VQA: overall, reports: ROUGE-L), when reported
+        if METRICS[column.metric].primary:
+            primary.setdefault(column.task, column.metric)
     for column in columns:
         if column.per_sample:
             primary.setdefault(column.task, column.metric)

@@ -14,11 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medbench.leaderboard import stats
-
 from medbench.errors import MedbenchError
-
-CACHE_DIR = ".leaderboard-cache"
+from medbench.leaderboard import stats
+from medbench.leaderboard.discovery import CACHE_DIR
+from medbench.leaderboard.rules import printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build a leaderboard (HTML, Markdown, CSV, plots) from lmms-eval output folders, recomputing "
         "every score from the --log_samples files, or validate one submission. See docs/leaderboard.md.",
     )
-    commands = parser.add_subparsers(dest="leaderboard_command", metavar="{build,validate}")
+    commands = parser.add_subparsers(dest="leaderboard_command", metavar="{build,validate,fingerprint}")
     parser.set_defaults(func=lambda args: _missing_subcommand(parser))
 
     build = commands.add_parser("build", help="build the board from result folders")
@@ -78,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     validate.set_defaults(func=run_validate)
 
+    fingerprint = commands.add_parser(
+        "fingerprint",
+        help="print the reference-data fingerprint of each task's configured data (for metadata.data_fingerprints)",
+    )
+    fingerprint.add_argument("tasks", nargs="*", metavar="TASK", help="tasks (default: every medbench task)")
+    fingerprint.set_defaults(func=run_fingerprint)
+
 
 def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -98,7 +104,7 @@ def run_build(args: argparse.Namespace) -> int:
     """Build the board into ``args.out``; returns 0 (1 with ``--strict`` when something was rejected)."""
     from medbench.leaderboard.board import build_board, load_runs
     from medbench.leaderboard.render import render_html, render_markdown, write_csv
-    from medbench.leaderboard.submission import VerificationCache
+    from medbench.leaderboard.cache import VerificationCache
 
     if args.iterations < 100:
         raise MedbenchError(f"--iterations {args.iterations}: use at least 100 draws for a 95% interval")
@@ -150,7 +156,7 @@ def run_build(args: argparse.Namespace) -> int:
     for error in board.rejected:
         print(f"  rejected [{error.rule}] {error}")
     for note in board.notes:
-        print(f"  note: {note}")
+        print(f"  note: {printable(note)}")
     print(
         f"wrote {out / 'index.html'}, {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}"
         + (f", {len(plots)} plots" if plots else "")
@@ -159,20 +165,31 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Validate one submission; one line per problem; returns 0 when it would be accepted."""
-    from medbench.leaderboard.board import load_runs, screen
-    from medbench.leaderboard.submission import Rejected, find_submissions, load_run
+    """Validate one submission; one line per problem; returns 0 when it would be accepted.
 
-    board_runs, board_rejected = load_runs(args.board) if args.board else ([], [])
+    The submission is checked on its own against every per-run rule and the task's reference data, then,
+    with ``--board``, together with the runs already on the board (duplicates, weaker reference data).
+    """
+    from medbench.leaderboard.board import load_runs, screen
+    from medbench.leaderboard.discovery import find_submissions
+    from medbench.leaderboard.rules import Limits, Rejected
+    from medbench.leaderboard.verification import board_references, safe_load_run
+
+    references = board_references()
+    board_runs, board_rejected = load_runs(args.board, references=references) if args.board else ([], [])
     for error in board_rejected:
         print(f"note: a --board run is itself rejected and ignored: {error}", file=sys.stderr)
-    problems = 0
-    for root in find_submissions([args.run]):
+    roots, problems_found = find_submissions([args.run])
+    problems = len(problems_found)
+    for error in problems_found:
+        print(f"medbench: error: rejected [{error.rule}] {error}", file=sys.stderr)
+    for root in roots:
         try:
-            run = load_run(root)
+            run = safe_load_run(root, Limits(), None, references)
             _, screened_out = screen([*board_runs, run])
-            if screened_out:
-                raise screened_out[-1]
+            mine = [error for error in screened_out if error.where == printable(str(run.root))]
+            if mine:
+                raise mine[0]
         except Rejected as error:
             problems += 1
             print(f"medbench: error: rejected [{error.rule}] {error}", file=sys.stderr)
@@ -182,11 +199,30 @@ def run_validate(args: argparse.Namespace) -> int:
         for scores in run.tasks.values():
             for verdict in scores.checks.values():
                 verdicts[verdict] = verdicts.get(verdict, 0) + 1
+        data = ", ".join(sorted({scores.data for scores in run.tasks.values()}))
         print(
-            f"ok: {run.name} ({root}): {len(run.tasks)} tasks, {samples} samples; scores "
+            f"ok: {printable(run.name)} ({printable(str(root))}): {len(run.tasks)} tasks, {samples} samples on {data} data; scores "
             + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
         )
+        for task, departures in run.nonstandard.items():
+            print(f"note: non-standard {task}: {printable('; '.join(departures))}")
     return 2 if problems else 0
+
+
+def run_fingerprint(args: argparse.Namespace) -> int:
+    """Print each task's reference fingerprints on this installation, as YAML for ``metadata.data_fingerprints``."""
+    from medbench.data.fingerprint import reference_data
+    from medbench.taskfiles import task_configs
+
+    configs = task_configs()
+    unknown = [task for task in args.tasks if task not in configs]
+    if unknown:
+        raise MedbenchError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(configs)}")
+    for task in args.tasks or list(configs):
+        print(f"{task}:")
+        for reference in reference_data(task, configs[task]):
+            print(f"  - {{data: {json.dumps(reference.data)}, sha256: {reference.sha256}, size: {reference.size}}}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,20 @@ def _layout(figure: Any, axes: Any, positions: list[int], labels: list[str], top
     figure.subplots_adjust(left=left, right=0.99, top=1 - top_inches / height, bottom=0.45 / height, wspace=0.12)
 
 
+def _legend(figure: Any, entries: list[tuple[str, str]]) -> None:
+    """A figure legend of marker colours (drawn once, above the panels)."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", linestyle="-", color=colour, markersize=5, label=label) for colour, label in entries
+    ]
+    figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.985), ncol=len(entries), fontsize=8, frameon=False)
+
+
+SCORE_COLOURS = (("#b45309", "baseline"), ("#2563eb", "base model / other run"), ("#7c3aed", "trained variant"))
+DELTA_COLOURS = (("#0a7d32", "significant improvement"), ("#b42318", "significant regression"), ("#6b7280", "not significant"))
+
+
 def _label(row: Row) -> str:
     name = row.run.name
     return name if len(name) <= 40 else name[:37] + "..."
@@ -72,14 +86,16 @@ def plot_scores(board: Board, path: Path) -> Path | None:
             cell = row.cells.get(f"{task}/{metric}")
             if cell is None:
                 continue
-            color = "#b45309" if row.is_baseline else ("#2563eb" if row.depth == 0 else "#7c3aed")
+            color = SCORE_COLOURS[0][0] if row.is_baseline else (SCORE_COLOURS[1][0] if row.depth == 0 else SCORE_COLOURS[2][0])
             points.append((cell.value, position, cell.low, cell.high, color))
         _draw(axis, points)
         axis.set_title(f"{task.removeprefix('medbench_')}\n{metric} {column.arrow if column else ''}", fontsize=9)
         axis.grid(axis="x", alpha=0.3)
         axis.tick_params(labelsize=8)
-    figure.suptitle("Scores with bootstrap 95% CIs (orange: baseline, purple: trained variants)", fontsize=10)
-    _layout(figure, axes[0], positions, labels)
+    figure.suptitle("Scores with bootstrap 95% CIs (bars)", fontsize=10, y=0.998, va="top")
+    used = {colour for axis in axes[0] for line in axis.get_lines() for colour in [line.get_color()]}
+    _legend(figure, [entry for entry in SCORE_COLOURS if entry[0] in used] or list(SCORE_COLOURS[1:2]))
+    _layout(figure, axes[0], positions, labels, top_inches=1.15)
     figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 2})  # fast zlib level: the PNGs are small anyway
     plt.close(figure)
     return path
@@ -112,7 +128,7 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
                 continue
             value = sign * delta["difference"]
             significant = delta["p"] < board.alpha
-            color = ("#0a7d32" if value > 0 else "#b42318") if significant else "#6b7280"
+            color = (DELTA_COLOURS[0][0] if value > 0 else DELTA_COLOURS[1][0]) if significant else DELTA_COLOURS[2][0]
             low = high = None
             if delta["low"] is not None and delta["high"] is not None:
                 low, high = sorted((sign * delta["low"], sign * delta["high"]))
@@ -122,8 +138,9 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
         axis.set_title(f"{task.removeprefix('medbench_')}\nΔ {metric} (improvement →)", fontsize=9)
         axis.grid(axis="x", alpha=0.3)
         axis.tick_params(labelsize=8)
-    figure.suptitle(f"Variant minus base model, paired bootstrap 95% CI (coloured: p < {board.alpha})", fontsize=10)
-    _layout(figure, axes[0], positions, labels)
+    figure.suptitle(f"Variant minus base model, paired bootstrap 95% CI (significance: p < {board.alpha})", fontsize=10, y=0.998, va="top")
+    _legend(figure, list(DELTA_COLOURS))
+    _layout(figure, axes[0], positions, labels, top_inches=1.15)
     figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 2})  # fast zlib level: the PNGs are small anyway
     plt.close(figure)
     return path

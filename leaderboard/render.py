@@ -98,8 +98,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _display_name(row: Row) -> str:
-    return ("↳ " * row.depth) + row.run.name
+def _display_name(row: Row, tasks: list[str] | None = None) -> str:
+    flagged = any(task in row.run.nonstandard for task in (tasks if tasks is not None else row.run.tasks))
+    return ("↳ " * row.depth) + row.run.name + (" (non-standard)" if flagged else "")
 
 
 def render_markdown(board: Board) -> str:
@@ -156,10 +157,14 @@ def render_markdown(board: Board) -> str:
         columns = [column for column in board.columns if column.task == task]
         header = ["model", *[f"{column.metric} {column.arrow}" for column in columns]]
         rows = [
-            [md(_display_name(row)), *[_md_cell(row.cells.get(column.key), ci=False) for column in columns]]
+            [md(_display_name(row, [task])), *[_md_cell(row.cells.get(column.key), ci=False) for column in columns]]
             for row in board.rows
         ]
         parts += [f"## {task} (v{board.task_versions[task]})", "", _md_table(header, rows), ""]
+    if board.notes:
+        parts += ["## Notes", ""]
+        parts += [f"- {md(note)}" for note in board.notes]
+        parts.append("")
     if board.rejected:
         parts += ["## Rejected submissions", ""]
         parts += [f"- **{md(error.rule)}**: {md(error.where)}: {md(error.reason)}" for error in board.rejected]
@@ -194,7 +199,7 @@ tr.variant td.name{padding-left:1.6rem}
 td.name,td.base{max-width:20rem;overflow:hidden;text-overflow:ellipsis}
 .ci{display:block;color:#6b7280;font-size:.75rem}
 .better{color:#0a7d32;font-weight:600}.worse{color:#b42318;font-weight:600}
-.check{color:#8a6d00}
+.check{color:#8a6d00}.nonstd{color:#b45309;font-weight:600}
 .controls{margin:.6rem 0}
 details{margin:.4rem 0;border:1px solid #e6e9ee;border-radius:6px;padding:.4rem .7rem}
 summary{cursor:pointer;font-weight:600}
@@ -209,44 +214,51 @@ img.plot{max-width:100%;border:1px solid #e6e9ee;border-radius:6px;margin:.5rem 
 _JS = """
 (function () {
   "use strict";
-  var table = document.getElementById("board");
-  var body = table.tBodies[0];
-  var original = Array.prototype.slice.call(body.rows);
-  function sortBy(index, header) {
-    var current = header.getAttribute("aria-sort");
-    var higher = header.getAttribute("data-higher") === "true";
-    var numeric = header.getAttribute("data-type") === "number";
-    var order;
-    if (current === "descending") { order = "ascending"; }
-    else if (current === "ascending") { order = "descending"; }
-    else { order = numeric && !higher ? "ascending" : "descending"; }
-    if (!numeric && current === null) { order = "ascending"; }
-    Array.prototype.forEach.call(table.querySelectorAll("th[aria-sort]"), function (th) { th.removeAttribute("aria-sort"); });
-    header.setAttribute("aria-sort", order);
-    var sign = order === "ascending" ? 1 : -1;
-    var rows = original.slice();
-    rows.sort(function (a, b) {
-      var x = a.cells[index].getAttribute("data-value");
-      var y = b.cells[index].getAttribute("data-value");
-      if (x === "" && y === "") { return 0; }
-      if (x === "") { return 1; }
-      if (y === "") { return -1; }
-      if (numeric) { return sign * (parseFloat(x) - parseFloat(y)); }
-      return sign * x.localeCompare(y);
+  var tables = Array.prototype.slice.call(document.querySelectorAll("table.sortable"));
+  function wire(table) {
+    var body = table.tBodies[0];
+    var original = Array.prototype.slice.call(body.rows);
+    var headers = table.tHead.rows[table.tHead.rows.length - 1].cells;
+    function sortBy(index, header) {
+      var current = header.getAttribute("aria-sort");
+      var higher = header.getAttribute("data-higher") === "true";
+      var numeric = header.getAttribute("data-type") === "number";
+      var order;
+      if (current === "descending") { order = "ascending"; }
+      else if (current === "ascending") { order = "descending"; }
+      else { order = numeric && !higher ? "ascending" : "descending"; }
+      if (!numeric && current === null) { order = "ascending"; }
+      Array.prototype.forEach.call(table.querySelectorAll("th[aria-sort]"), function (th) { th.removeAttribute("aria-sort"); });
+      header.setAttribute("aria-sort", order);
+      var sign = order === "ascending" ? 1 : -1;
+      var rows = original.slice();
+      rows.sort(function (a, b) {
+        var x = a.cells[index].getAttribute("data-value");
+        var y = b.cells[index].getAttribute("data-value");
+        if (x === "" && y === "") { return 0; }
+        if (x === "") { return 1; }
+        if (y === "") { return -1; }
+        if (numeric) { return sign * (parseFloat(x) - parseFloat(y)); }
+        return sign * x.localeCompare(y);
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+      table.setAttribute("data-sorted-by", header.getAttribute("data-key"));
+    }
+    Array.prototype.forEach.call(headers, function (header, index) {
+      var button = header.querySelector("button");
+      if (button) { button.addEventListener("click", function () { sortBy(index, header); }); }
     });
-    rows.forEach(function (row) { body.appendChild(row); });
-    table.setAttribute("data-sorted-by", header.getAttribute("data-key"));
+    return function reset() {
+      Array.prototype.forEach.call(table.querySelectorAll("th[aria-sort]"), function (th) { th.removeAttribute("aria-sort"); });
+      original.forEach(function (row) { body.appendChild(row); });
+      table.setAttribute("data-sorted-by", "");
+    };
   }
-  Array.prototype.forEach.call(table.tHead.rows[1].cells, function (header, index) {
-    var button = header.querySelector("button");
-    if (button) { button.addEventListener("click", function () { sortBy(index, header); }); }
-  });
+  var resets = tables.map(wire);
   document.getElementById("grouped").addEventListener("click", function () {
-    Array.prototype.forEach.call(table.querySelectorAll("th[aria-sort]"), function (th) { th.removeAttribute("aria-sort"); });
-    original.forEach(function (row) { body.appendChild(row); });
-    table.setAttribute("data-sorted-by", "");
+    resets.forEach(function (reset) { reset(); });
   });
-  table.setAttribute("data-ready", "true");
+  tables.forEach(function (table) { table.setAttribute("data-ready", "true"); });
 })();
 """
 
@@ -280,16 +292,19 @@ def _cell_html(column: Column, cell: Cell | None, first: bool, alpha: float) -> 
     return f'<td class="{classes}" data-value="{cell.value!r}" title="{e(" · ".join(tooltip))}">{body}</td>'
 
 
-def _board_table(board: Board) -> str:
-    tasks: list[tuple[str, int]] = []
-    for column in board.columns:
-        if tasks and tasks[-1][0] == column.task:
-            tasks[-1] = (column.task, tasks[-1][1] + 1)
+def _sortable_table(board: Board, table_id: str, columns: list[Column], tasks: list[str], with_versions: bool) -> str:
+    """A sortable table of the runs with ``columns``; the name cell flags runs non-standard on ``tasks``."""
+    spans: list[tuple[str, int]] = []
+    for column in columns:
+        if spans and spans[-1][0] == column.task:
+            spans[-1] = (column.task, spans[-1][1] + 1)
         else:
-            tasks.append((column.task, 1))
+            spans.append((column.task, 1))
     head1 = '<th class="text" colspan="4"></th>' + "".join(
-        f'<th class="task" colspan="{span}">{e(task)} <small>v{board.task_versions[task]}</small></th>'
-        for task, span in tasks
+        f'<th class="task" colspan="{span}">{e(task)}'
+        + (f" <small>v{board.task_versions[task]}</small>" if with_versions else "")
+        + "</th>"
+        for task, span in spans
     )
     fixed = [("model", "model"), ("backbone", "backbone"), ("variant", "variant"), ("base", "base model")]
     head2 = "".join(
@@ -297,7 +312,7 @@ def _board_table(board: Board) -> str:
         for key, label in fixed
     )
     previous = None
-    for column in board.columns:
+    for column in columns:
         first = " first" if column.task != previous else ""
         previous = column.task
         head2 += (
@@ -309,7 +324,10 @@ def _board_table(board: Board) -> str:
     for index, row in enumerate(board.rows):
         meta = row.run.meta
         classes = " ".join(filter(None, ["baseline" if row.is_baseline else "", "variant" if row.depth else ""]))
+        departures = [d for task in tasks for d in row.run.nonstandard.get(task, [])]
         name = e(meta.display_name) + (" <small>(baseline)</small>" if row.is_baseline else "")
+        if departures:
+            name += f' <small class="nonstd" title="{e("; ".join(dict.fromkeys(departures)))}">non-standard</small>'
         cells = [
             f'<td class="text name" data-value="{e(meta.display_name)}" title="{e(meta.display_name)}"><a href="#run-{index}">{name}</a></td>',
             f'<td class="text" data-value="{e(meta.backbone or "")}">{e(meta.backbone or "-")}</td>',
@@ -317,14 +335,26 @@ def _board_table(board: Board) -> str:
             f'<td class="text base" data-value="{e(meta.base_model or "")}" title="{e(meta.base_model or "")}">{e(meta.base_model or "-")}</td>',
         ]
         previous = None
-        for column in board.columns:
+        for column in columns:
             cells.append(_cell_html(column, row.cells.get(column.key), column.task != previous, board.alpha))
             previous = column.task
         body.append(f'<tr class="{classes}" data-name="{e(meta.display_name)}">{"".join(cells)}</tr>')
     return (
-        f'<div class="wrap"><table id="board"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
+        f'<div class="wrap"><table id="{e(table_id)}" class="sortable"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _board_tables(board: Board) -> str:
+    """The summary table (each task's headline metric) and one table per task with all its metrics."""
+    tasks = list(dict.fromkeys(column.task for column in board.columns))
+    headline = [c for task in tasks if (c := board.column(task, board.primary[task])) is not None]
+    parts = ["<h2>Summary</h2>", _sortable_table(board, "board", headline, tasks, with_versions=True)]
+    for task in tasks:
+        columns = [column for column in board.columns if column.task == task]
+        parts.append(f'<h2 id="task-{e(task)}">{e(task)} <small>v{board.task_versions[task]}</small></h2>')
+        parts.append(_sortable_table(board, f"table-{task}", columns, [task], with_versions=False))
+    return "".join(parts)
 
 
 def _kv(pairs: list[tuple[str, Any]]) -> str:
@@ -424,7 +454,9 @@ def render_html(
         f"BLEU-n have none). {baseline}"
         '<span class="check">‡</span> consistent with the per-sample values but not recomputable offline (BERTScore, LLM judge); '
         '<span class="check">†</span> not verified. ↑/↓: higher/lower is better (from the task YAMLs). '
-        "Click a column header to sort; variants are listed under the model they were trained from."
+        "Click a column header to sort; variants are listed under the model they were trained from. "
+        '<span class="nonstd">non-standard</span>: evaluated with another prompt, system instruction or decoding '
+        "than the task defines (hover for what changed; see the notes)."
     )
     sections = [
         f"<h1>{e(title)}</h1>",
@@ -432,8 +464,10 @@ def render_html(
         + e(", ".join(f"{task} v{board.task_versions[task]}" for task in tasks))
         + f" · built {e(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
         f'<p class="legend">{legend}</p>',
-        '<div class="controls"><button type="button" id="grouped">Grouped order</button></div>',
-        _board_table(board),
+        '<div class="controls"><button type="button" id="grouped">Grouped order</button> '
+        + " · ".join(f'<a href="#task-{e(task)}">{e(task)}</a>' for task in tasks)
+        + "</div>",
+        _board_tables(board),
     ]
     sections += extra_sections
     if board.notes:

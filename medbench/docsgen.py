@@ -1,6 +1,7 @@
-"""Generated documentation blocks. ``python -m medbench.docsgen`` rewrites them; a test fails when stale.
+"""Generated blocks in docs and task YAMLs. ``python -m medbench.docsgen`` rewrites them; a test fails when stale.
 
-A generated block sits between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->``.
+A generated block sits between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` in
+Markdown, and between ``# BEGIN generated:NAME ...`` and ``# END generated:NAME`` lines in YAML.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from medbench.data.sources import SOURCES
+from medbench.metrics.registry import TaskKind, metric_list
 from medbench.taskfiles import group_members, task_configs, tasks_dir
 
 
@@ -33,13 +35,38 @@ def task_index() -> str:
     return "\n".join(lines)
 
 
+def yaml_metric_list(kind: TaskKind) -> Callable[[], str]:
+    """The ``metric_list`` block of the task YAMLs of one kind, from :mod:`medbench.metrics.registry`."""
+
+    def generate() -> str:
+        lines = ["metric_list:"]
+        for entry in metric_list(kind):
+            lines += [
+                f"  - metric: {entry['metric']}",
+                f"    aggregation: {entry['aggregation']}",
+                f"    higher_is_better: {str(entry['higher_is_better']).lower()}",
+            ]
+        return "\n".join(lines)
+
+    return generate
+
+
+# YAML blocks first: the task index reads the metric lists they hold.
 GENERATORS: dict[str, tuple[Callable[[], Path], Callable[[], str]]] = {
+    "metric_list:vqa": (lambda: tasks_dir() / "_templates" / "vqa_yaml", yaml_metric_list("vqa")),
+    "metric_list:report": (lambda: tasks_dir() / "_templates" / "report_yaml", yaml_metric_list("report")),
+    "metric_list:chest_xray": (
+        lambda: tasks_dir() / "medbench_mimic_cxr" / "medbench_mimic_cxr.yaml",
+        yaml_metric_list("chest_xray"),
+    ),
     "task-index": (lambda: tasks_dir() / "README.md", task_index),
 }
 
 
 def _pattern(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- BEGIN generated:{name} -->\n)(.*?)(<!-- END generated:{name} -->)", re.S)
+    begin = rf"<!-- BEGIN generated:{re.escape(name)} -->\n|# BEGIN generated:{re.escape(name)}(?: [^\n]*)?\n"
+    end = rf"<!-- END generated:{re.escape(name)} -->|# END generated:{re.escape(name)}\n"
+    return re.compile(rf"({begin})(.*?)({end})", re.S)
 
 
 def stale_blocks() -> list[str]:
@@ -60,6 +87,7 @@ def write_blocks() -> None:
         if not _pattern(name).search(text):
             raise ValueError(f"{path} has no generated:{name} block markers")
         path.write_text(_pattern(name).sub(lambda m: m.group(1) + generate() + "\n" + m.group(3), text), encoding="utf-8")
+        task_configs.cache_clear()  # later blocks read the task YAMLs just written
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from medbench.judge.parts import HIGHER_IS_BETTER
 from medbench.judge.parts import PREFIX as METRIC_PREFIX
 from medbench.judge.parts import UNSCORED as UNSCORED_METRIC
 from medbench.judge.runner import JudgeItem, JudgeReport
+from medbench.results import RecordError, judge_paths, parse_sample_record
 
 SAMPLES_FILE = re.compile(r"^(?P<stem>.+)_samples_(?P<task>.+)\.jsonl$")
 
@@ -44,11 +45,11 @@ class SamplesFile:
 
     @property
     def verdicts_path(self) -> Path:
-        return self.path.with_name(f"{self.stem}_judge_samples_{self.task}.jsonl")
+        return judge_paths(self.path, self.task)[1]
 
     @property
     def results_path(self) -> Path:
-        return self.path.with_name(f"{self.stem}_judge_results_{self.task}.json")
+        return judge_paths(self.path, self.task)[0]
 
 
 def task_of(path: Path) -> str | None:
@@ -158,11 +159,16 @@ def _failed_generation(record: dict[str, Any]) -> bool:
 
 
 def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: str) -> JudgeItem:
+    # medbench's per-sample record (medbench.results), read leniently: --data may supply what is missing.
+    try:
+        sample = parse_sample_record(record, strict=False)
+    except RecordError as error:
+        raise DataError(f"{where}: {error}: pass an lmms-eval --log_samples file of a medbench task") from None
     doc = record.get("doc") if isinstance(record.get("doc"), dict) else {}
-    detail = record.get("medbench_detail") if isinstance(record.get("medbench_detail"), dict) else {}
+    detail = sample.detail
     sample_id = detail.get("id", doc.get("id", record.get("doc_id")))
     extra = data.get(str(sample_id), {})
-    prediction = _first_text(record.get("filtered_resps", record.get("resps")))
+    prediction = sample.prediction
     if prediction is None:
         raise DataError(f"{where}: no 'filtered_resps' text: pass an lmms-eval --log_samples file of a generation task")
     reference = extra.get("reference", doc.get("reference", record.get("target")))
@@ -172,12 +178,6 @@ def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: 
     if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
         raise DataError(f"{where}: 'facts' must be a list of strings")
     return JudgeItem(id=str(sample_id), prediction=prediction, reference=reference, facts=tuple(facts) if facts is not None else None)
-
-
-def _first_text(value: Any) -> str | None:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return value if isinstance(value, str) else None
 
 
 def write_outputs(samples: SamplesFile, report: JudgeReport, parts: Iterable[str]) -> None:

@@ -32,6 +32,7 @@ pass of the extractor over all reports) — when their local weights are configu
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from medbench.errors import MedbenchError
 from medbench.metrics import clinical, text
+from medbench.metrics.registry import METRICS, REPORT_METRICS, Metric
 from medbench.metrics.text import MetricUnavailable, rouge_l, sentence_bleu4
 
 logger = logging.getLogger("medbench.report")
@@ -50,14 +52,12 @@ ENV_JUDGE_PARTS = "MEDBENCH_JUDGE_PARTS"
 # METEOR's Java start-up costs seconds once per process: worth it on a real run, not on a quick check.
 ENV_METEOR = "MEDBENCH_METEOR"
 JUDGE_PARTS_DEFAULT = ("nli", "fabrication", "severity")
+# From the declarations: a judge metric's family is "judge:<part>"; the always-on corpus metrics have none.
 JUDGE_METRIC_PART = {
-    "judge_completeness": "nli",
-    "judge_hallucination": "nli",
-    "judge_fabrication": "fabrication",
-    "judge_severe": "severity",
+    m.name: m.family.split(":", 1)[1] for m in REPORT_METRICS if m.family and m.family.startswith("judge:")
 }
 JUDGE_UNSCORED = "judge_unscored"
-CORPUS_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider")
+CORPUS_METRICS = tuple(m.name for m in REPORT_METRICS if m.aggregation == "function" and m.family is None)
 
 
 class Deferred(dict):
@@ -230,39 +230,19 @@ def _corpus_bleu(items: Sequence[Deferred]) -> dict[str, float]:
     return _memoised("bleu", items, lambda: text.corpus_bleu(*_texts(items)))
 
 
-def bleu1(items: list[Deferred]) -> float:
-    """Corpus BLEU-1 (coco-caption), higher is better."""
-    return _corpus_bleu(items)["bleu1"]
-
-
-def bleu2(items: list[Deferred]) -> float:
-    """Corpus BLEU-2 (coco-caption), higher is better."""
-    return _corpus_bleu(items)["bleu2"]
-
-
-def bleu3(items: list[Deferred]) -> float:
-    """Corpus BLEU-3 (coco-caption), higher is better."""
-    return _corpus_bleu(items)["bleu3"]
-
-
-def bleu4(items: list[Deferred]) -> float:
-    """Corpus BLEU-4 (coco-caption), higher is better."""
-    return _corpus_bleu(items)["bleu4"]
-
-
 def _fill_scores(items: Sequence[Deferred], values: Sequence[float]) -> None:
     for item, value in zip(items, values):
         item["score"] = value
 
 
-def cider(items: list[Deferred]) -> float:
+def _cider(items: list[Deferred]) -> float:
     """CIDEr (coco-caption, IDF from this test set's references; 0-10 scale), higher is better."""
     score, per_sample = _memoised("cider", items, lambda: text.cider(*_texts(items)))
     _fill_scores(items, per_sample)
     return score
 
 
-def meteor(items: list[Deferred]) -> float | None:
+def _meteor(items: list[Deferred]) -> float | None:
     """METEOR 1.5 corpus score (coco-caption, Java), higher is better; ``None`` if Java vanished."""
     try:
         score, per_sample = _memoised("meteor", items, lambda: text.meteor(*_texts(items)))
@@ -273,7 +253,7 @@ def meteor(items: list[Deferred]) -> float | None:
     return score
 
 
-def bertscore_f1(items: list[Deferred]) -> float | None:
+def _bertscore_f1(items: list[Deferred]) -> float | None:
     """Mean BERTScore F1 with the local model of ``MEDBENCH_BERTSCORE_MODEL``, higher is better."""
     try:
         settings = text.BertScoreSettings.from_env()
@@ -391,27 +371,7 @@ def _judge_metric(items: list[Deferred], metric: str, args: Any, details: Iterab
     return sum(values) / len(values) if values else None
 
 
-def judge_completeness(items: list[Deferred], args: Any = None) -> float | None:
-    """Mean (E + 0.5 PE) / n over judged samples (the study's completeness), higher is better."""
-    return _judge_metric(items, "completeness", args, ("facts_source", "facts", "labels"))
-
-
-def judge_hallucination(items: list[Deferred], args: Any = None) -> float | None:
-    """Mean C / n over judged samples (the study's hallucination), lower is better."""
-    return _judge_metric(items, "hallucination", args, ())
-
-
-def judge_fabrication(items: list[Deferred], args: Any = None) -> float | None:
-    """Mean share of output claims the reference does not support (Neutral or Contradiction), lower is better."""
-    return _judge_metric(items, "fabrication", args, ("claims", "claim_labels"))
-
-
-def judge_severe(items: list[Deferred], args: Any = None) -> float | None:
-    """Share of outputs whose worst error is graded severe (rubric severity-v1), lower is better."""
-    return _judge_metric(items, "severe", args, ("severity", "severity_reason"))
-
-
-def judge_unscored(items: list[Deferred], args: Any = None) -> float:
+def _judge_unscored(items: list[Deferred], args: Any = None) -> float:
     """Number of samples missing at least one enabled judge score (failures after retries), lower is better."""
     report = _judge_report(items, args)
     if report is None or isinstance(report, MedbenchError):
@@ -442,26 +402,6 @@ def _chexbert_metric(items: list[Deferred], metric: str) -> float | None:
     return result.scores[metric]
 
 
-def chexbert_f1_micro_14(items: list[Deferred]) -> float | None:
-    """CheXbert-F1, micro-averaged over the 14 CheXpert observations (uncertain = positive), higher is better."""
-    return _chexbert_metric(items, "chexbert_f1_micro_14")
-
-
-def chexbert_f1_macro_14(items: list[Deferred]) -> float | None:
-    """CheXbert-F1, macro-averaged over the 14 CheXpert observations, higher is better."""
-    return _chexbert_metric(items, "chexbert_f1_macro_14")
-
-
-def chexbert_f1_micro_5(items: list[Deferred]) -> float | None:
-    """CheXbert-F1, micro-averaged over the 5 competition observations, higher is better."""
-    return _chexbert_metric(items, "chexbert_f1_micro_5")
-
-
-def chexbert_f1_macro_5(items: list[Deferred]) -> float | None:
-    """CheXbert-F1, macro-averaged over the 5 competition observations, higher is better."""
-    return _chexbert_metric(items, "chexbert_f1_macro_5")
-
-
 def _radgraph_metric(items: list[Deferred], level: str) -> float | None:
     try:
         settings = clinical.RadGraphSettings.from_env()
@@ -475,16 +415,66 @@ def _radgraph_metric(items: list[Deferred], level: str) -> float | None:
     return result.scores[f"radgraph_f1_{level}"]
 
 
-def radgraph_f1_partial(items: list[Deferred]) -> float | None:
-    """RadGraph-F1 RG_ER (entities + has-relation; Delbrouck et al. 2022), mean over reports, higher is better."""
-    return _radgraph_metric(items, "partial")
+# ------------------------------------------------------------------ aggregation functions, one per metric
+# The task YAMLs name ``medbench.lmms.report.<metric>`` for every metric declared with ``aggregation:
+# function`` in medbench.metrics.registry; they are made here from the declarations, so a declared metric
+# always has its function and no hand-kept wrapper can drift from it.
+
+_JUDGE_DETAILS = {
+    "completeness": ("facts_source", "facts", "labels"),
+    "hallucination": (),
+    "fabrication": ("claims", "claim_labels"),
+    "severe": ("severity", "severity_reason"),
+}
 
 
-def radgraph_f1_simple(items: list[Deferred]) -> float | None:
-    """RadGraph-F1 RG_E (entities only), mean over reports, higher is better."""
-    return _radgraph_metric(items, "simple")
+def _aggregation_function(metric: Metric) -> Callable[..., float | None]:
+    name = metric.name
+    if name.startswith("bleu"):
+
+        def aggregate(items: list[Deferred]) -> float | None:
+            return _corpus_bleu(items)[name]
+
+    elif name in ("cider", "meteor", "bertscore_f1"):
+        aggregate = {"cider": _cider, "meteor": _meteor, "bertscore_f1": _bertscore_f1}[name]
+    elif name == JUDGE_UNSCORED:
+        aggregate = _judge_unscored
+    elif name.startswith("judge_"):
+        part = name.removeprefix("judge_")
+
+        def aggregate(items: list[Deferred], args: Any = None) -> float | None:
+            return _judge_metric(items, part, args, _JUDGE_DETAILS[part])
+
+    elif name.startswith("chexbert_f1_"):
+
+        def aggregate(items: list[Deferred]) -> float | None:
+            return _chexbert_metric(items, name)
+
+    elif name.startswith("radgraph_f1_"):
+        level = name.removeprefix("radgraph_f1_")
+
+        def aggregate(items: list[Deferred]) -> float | None:
+            return _radgraph_metric(items, level)
+
+    else:
+        raise ValueError(f"no aggregation for the declared metric {name!r}; add it to medbench.lmms.report")
+
+    # lmms-eval passes ``args=`` only to aggregations that declare it (the judge writes its sidecar there).
+    if "args" in inspect.signature(aggregate).parameters:
+
+        def declared(items: list[Deferred], args: Any = None) -> float | None:
+            return aggregate(items, args)
+
+    else:
+
+        def declared(items: list[Deferred]) -> float | None:
+            return aggregate(items)
+
+    declared.__name__ = declared.__qualname__ = name
+    declared.__doc__ = f"{metric.description[:1].upper()}{metric.description[1:]}, {'higher' if metric.higher_is_better else 'lower'} is better."
+    return declared
 
 
-def radgraph_f1_complete(items: list[Deferred]) -> float | None:
-    """RadGraph-F1 RG_ER-bar (entities matched through their relations), mean over reports, higher is better."""
-    return _radgraph_metric(items, "complete")
+for _metric in METRICS.values():
+    if _metric.aggregation == "function" and _metric.module == __name__:
+        globals()[_metric.name] = _aggregation_function(_metric)

@@ -10,7 +10,8 @@ import pytest
 from _lbfiles import copy_run, edit_results, edit_samples, forge_vqa, results_file, samples_file
 
 from medbench.leaderboard.board import build_board, load_runs, screen
-from medbench.leaderboard.submission import Limits, Rejected, load_run
+from medbench.leaderboard.rules import Limits, Rejected
+from medbench.leaderboard.verification import load_run
 
 VQA = "medbench_vqa_rad"
 
@@ -152,10 +153,13 @@ def test_duplicate_runs_are_rejected_by_answers_and_by_name(demo_results, tmp_pa
     )
     runs, rejected = load_runs([first, renamed, same_name])
     assert not rejected
-    accepted, screened = screen(runs)
-    assert [run.name for run in accepted] == ["Model A"]
-    assert [error.rule for error in screened] == ["duplicate", "duplicate"]
-    assert "same answers on every item" in screened[0].reason and "display name 'Model A'" in screened[1].reason
+    for order in (runs, runs[::-1], [runs[1], runs[2], runs[0]]):
+        # Every run involved in a collision is turned away, whichever comes first.
+        accepted, screened = screen(order)
+        assert accepted == [] and sorted(error.rule for error in screened) == ["duplicate"] * 3
+        by_folder = {Path(error.where).name: error.reason for error in screened}
+        assert "same display name" in by_folder["a"] and "same display name" in by_folder["c"]
+        assert "same answers on every item" in by_folder["b"]
 
 
 def test_the_same_task_twice_in_one_submission_is_a_duplicate(baseline_copy):
@@ -178,11 +182,9 @@ def test_other_references_than_the_board_are_a_data_mismatch(demo_results, tmp_p
             record["target"] = record["filtered_resps"]
 
     forge_vqa(forged, VQA, answers_become_references)
-    run = load_run(forged)  # internally consistent
-    assert run.tasks[VQA].scores["exact_match"] == 1.0
-    runs, _ = load_runs([demo_results["baseline"]])
-    _, screened = screen([*runs, run])
-    assert [error.rule for error in screened] == ["data_mismatch"] and VQA in str(screened[0])
+    # Internally consistent, but the references are not the task's: caught on its own, before any recompute.
+    error = rejection(forged)
+    assert error.rule == "data_mismatch" and VQA in str(error) and "other gold answers" in str(error)
 
 
 def test_schema_violations_name_the_field(baseline_copy):
@@ -295,7 +297,7 @@ def test_rejected_runs_do_not_stop_the_board(demo_results, baseline_copy, limite
 
 
 def test_a_cached_verification_is_not_reused_after_an_edit(baseline_copy, tmp_path):
-    from medbench.leaderboard.submission import VerificationCache
+    from medbench.leaderboard.cache import VerificationCache
 
     cache = VerificationCache(tmp_path / "cache")
     load_run(baseline_copy, cache=cache)

@@ -114,10 +114,12 @@ def test_a_bad_study_file_is_one_line(tmp_path, capsys, change, message):
 
 
 def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path, tiny_llava_dir):
-    path = _study(tmp_path, str(tiny_llava_dir))
+    # SFT once, DPO trained from it: the variant is listed under the base model and tested against SFT.
+    path = _study(tmp_path, str(tiny_llava_dir), recipes=["dpo"], sft=True, variants_from="sft",
+                  board={"baseline": "sft"})
     out = tmp_path / "out"
     study = load_study(path, out)
-    first = study.cell("tiny/dpo/s1/train")
+    first = study.cell("tiny/sft/s1/train")
     command = [sys.executable, "-m", "medbench", "study", "run", str(path), "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
@@ -132,12 +134,12 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path, tiny_
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "tiny/dpo/s1/train: complete, skipped" in resumed.stdout
+    assert "tiny/sft/s1/train: complete, skipped" in resumed.stdout
     assert json.loads((study.folder(first) / MARKER).read_text())["finished"] == finished
     assert all(cell_state(study, cell) == "done" for cell in study.cells if cell.kind != "board")
 
     board = (out / "t" / "board" / "leaderboard.csv").read_text()
-    assert "tiny dpo (seed 1)" in board and "tiny dpo_nll (seed 1)" in board and "tiny base" in board
+    assert "tiny dpo (seed 1)" in board and "tiny sft (seed 1)" in board and "tiny base" in board
     manifest = json.loads((study.folder(study.cell("tiny/dpo/s1/eval")) / "medbench-submission.json").read_text())
     assert manifest["base_model"] == "tiny base" and manifest["training_metadata"] == "medbench_train.json"
     status = subprocess.run([*command[:4], "status", str(path), "--out", str(out)], capture_output=True, text=True,

@@ -155,6 +155,51 @@ def test_rouge_l_equals_stock_rouge_score_with_stemming():
         assert rouge_l(prediction, reference) == stock.score(reference, prediction)["rougeL"].fmeasure
 
 
+def test_rouge_l_equals_rouge_score_on_long_texts_up_to_the_token_cap():
+    import random
+
+    from rouge_score import rouge_scorer
+
+    from medbench.metrics.text import ROUGE_MAX_TOKENS
+
+    stock = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    words = "Heart size normal; lungs clear. Ünusual É-mark 12mm opacities running ran isn't".split()
+    rng = random.Random(3)
+    for length in (300, 1500, ROUGE_MAX_TOKENS // 2):
+        prediction = " ".join(rng.choices(words, k=length))
+        reference = " ".join(rng.choices(words, k=length + 7))
+        assert rouge_l(prediction, reference) == stock.score(reference, prediction)["rougeL"].fmeasure
+
+
+def test_rouge_l_scores_texts_beyond_the_cap_on_their_first_tokens():
+    from medbench.metrics.text import ROUGE_MAX_TOKENS, rouge_tokens
+
+    head = " ".join(f"w{i}" for i in range(ROUGE_MAX_TOKENS))
+    assert len(rouge_tokens(head + " tail" * 50_000)) == ROUGE_MAX_TOKENS
+    assert rouge_l(head + " extra" * 50_000, head) == rouge_l(head, head) == 1.0
+
+
+def test_bit_parallel_lcs_matches_the_dynamic_programme():
+    import random
+
+    from medbench.metrics.text import lcs_length
+
+    def table(a, b):
+        previous = [0] * (len(b) + 1)
+        for x in a:
+            current = [0]
+            for j, y in enumerate(b, start=1):
+                current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+            previous = current
+        return previous[-1]
+
+    rng = random.Random(11)
+    for _ in range(400):
+        a = rng.choices("abcde", k=rng.randint(0, 70))
+        b = rng.choices("abcdef", k=rng.randint(0, 90))
+        assert lcs_length(a, b) == lcs_length(b, a) == table(a, b)
+
+
 def test_meteor_can_be_switched_off_for_quick_runs(monkeypatch):
     from medbench.lmms import report
 

@@ -1,26 +1,16 @@
 """Recompute every score of a run from its per-sample logs: the leaderboard's tampering check.
 
-A submission's numbers are only as good as the per-sample answers behind them. For each metric the
-:data:`REGISTRY` says how the leaderboard re-derives it from the logged answers and references, and the
-run is rejected when the results file or the per-sample values disagree with that re-derivation:
+A submission's numbers are only as good as the per-sample answers behind them. Each metric's declaration
+(:mod:`medbench.metrics.registry`) names its recompute rule (``check``); this module holds the functions
+behind those rules and applies them. The run is rejected when the results file or the per-sample values
+disagree with the re-derivation, or when any value lies outside the metric's bounds (a value that cannot
+be recomputed, such as a judge score, is at least range-checked: 1e308 or infinity is no score).
 
-* ``sample``: the per-sample value is recomputed with medbench's own scoring (the same function the task
-  YAML names) and compared with the logged value; the task score must be their mean.
-* ``sum``: recomputed per sample like ``sample``; the task score is their sum (question counts).
-* ``corpus``: the task score is recomputed over all samples at once (corpus BLEU, CIDEr); CIDEr's
-  per-sample values are compared as well.
-* ``java``: a corpus metric that needs a Java runtime (METEOR); recomputed when ``java`` is on PATH,
-  otherwise only checked for internal consistency and marked *unverified* on the board.
-* ``consistency``: metrics that cannot be recomputed offline (BERTScore needs a model, the LLM judge an
-  API); the task score must equal the mean of the logged per-sample values, so editing the aggregate alone
-  is caught, and the board shows the metric as *consistent* rather than *recomputed*.
-* ``count``: ``judge_unscored``: the task score must equal the number of samples logged as unscored.
-* ``none``: corpus-level scores from a model the board cannot run and with no per-sample values to
-  check against (CheXbert-F1 is an F1 over all reports' extracted labels); shown as *unverified*.
-
-A metric present in a task YAML but missing here gets the ``consistency`` rule when its aggregation is
-``mean`` and is shown as unverified otherwise; ``tests/leaderboard`` fails when a YAML metric has no
-entry, so a new metric gets a deliberate rule.
+Deferred metrics (CIDEr, METEOR, BERTScore, the judge, RadGraph) get their per-sample values from the
+aggregation, which writes them into the logged records. A multi-process lmms-eval run logs copies made
+before the aggregation, so those values are absent (the record is just ``{"id": ...}``). That is not
+tampering: CIDEr is then recomputed from the texts, judge scores come from the run's judge sidecar, and
+the others are shown *unverified*.
 """
 
 from __future__ import annotations
@@ -30,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-CheckKind = Literal["sample", "sum", "corpus", "java", "consistency", "count", "none"]
+from medbench.metrics.registry import METRICS, CheckKind, Metric
+
 Verdict = Literal["recomputed", "consistent", "unverified"]
 
 # Recomputation uses the very functions that produced the logged values, so values agree to rounding noise.
@@ -138,45 +129,34 @@ class MetricRule:
     mean_of_samples: bool = True
 
 
-_VQA_MEAN = ("overall", "closed_accuracy", "open_recall", "exact_match", "token_f1", "closed_unparsed")
-_JUDGE = ("judge_completeness", "judge_hallucination", "judge_fabrication", "judge_severe")
-
-REGISTRY: dict[str, MetricRule] = {
-    **{name: MetricRule("sample", per_sample=_vqa_metric(name)) for name in _VQA_MEAN},
-    "n_closed": MetricRule("sum", per_sample=_vqa_metric("n_closed"), mean_of_samples=False),
-    "n_open": MetricRule("sum", per_sample=_vqa_metric("n_open"), mean_of_samples=False),
-    "rouge_l": MetricRule("sample", per_sample=_rouge_l),
-    "bleu4_sentence": MetricRule("sample", per_sample=_bleu4_sentence),
-    **{f"bleu{n}": MetricRule("corpus", corpus=_corpus_bleu(n), mean_of_samples=False) for n in range(1, 5)},
-    "cider": MetricRule("corpus", corpus=_cider),
-    "meteor": MetricRule("java", corpus=_meteor, mean_of_samples=False),
-    "bertscore_f1": MetricRule("consistency"),
-    **{name: MetricRule("consistency") for name in _JUDGE},
-    "judge_unscored": MetricRule("count", mean_of_samples=False),
-    # Chest X-ray clinical metrics (medbench.metrics.clinical): RadGraph-F1 is a mean of per-report values,
-    # CheXbert-F1 a corpus F1 over extracted labels; both need model weights the board does not have.
-    **{f"radgraph_f1_{level}": MetricRule("consistency") for level in ("partial", "simple", "complete")},
-    **{
-        f"chexbert_f1_{avg}_{n}": MetricRule("none", mean_of_samples=False)
-        for avg in ("micro", "macro")
-        for n in (14, 5)
-    },
+_PER_SAMPLE: dict[str, Callable[[Sample], float | None]] = {
+    "rouge_l": _rouge_l,
+    "bleu4_sentence": _bleu4_sentence,
+}
+_CORPUS: dict[str, Callable[[Sequence[Sample]], tuple[float, list[float] | None]]] = {
+    **{f"bleu{n}": _corpus_bleu(n) for n in range(1, 5)},
+    "cider": _cider,
+    "meteor": _meteor,
 }
 
 
-def rule_for(metric: str, aggregation: str | None) -> MetricRule | None:
-    """The rule for ``metric``; metrics outside the registry get a consistency check when mean-aggregated.
+def rule_for(metric: Metric) -> MetricRule:
+    """The recompute rule of a declared metric (the functions behind its ``check``)."""
+    if metric.check in ("sample", "sum"):
+        recompute = _PER_SAMPLE.get(metric.name) or _vqa_metric(metric.name)
+        return MetricRule(metric.check, per_sample=recompute, mean_of_samples=metric.mean_of_samples)
+    if metric.check in ("corpus", "java"):
+        return MetricRule(metric.check, corpus=_CORPUS[metric.name], mean_of_samples=metric.mean_of_samples)
+    return MetricRule(metric.check, mean_of_samples=metric.mean_of_samples)
 
-    Args:
-        metric: Metric name from the task YAML.
-        aggregation: The YAML's ``aggregation`` (``"mean"`` or a ``!function`` reference).
 
-    Returns:
-        The rule, or ``None`` when the metric can be neither recomputed nor checked (shown unverified).
-    """
-    if metric in REGISTRY:
-        return REGISTRY[metric]
-    return MetricRule("consistency") if aggregation == "mean" else None
+REGISTRY: dict[str, MetricRule] = {name: rule_for(metric) for name, metric in METRICS.items()}
+
+
+def unfilled(record: dict[str, Any], metric: str) -> bool:
+    """Whether a deferred metric's logged item was never filled in by the aggregation (multi-process logs)."""
+    value = record.get(metric)
+    return value is None or (isinstance(value, dict) and set(value) <= {"id"})
 
 
 def logged_value(record: dict[str, Any], metric: str) -> float | None:
@@ -186,7 +166,10 @@ def logged_value(record: dict[str, Any], metric: str) -> float | None:
         value = value.get("score")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def close(a: float, b: float) -> bool:
@@ -222,6 +205,8 @@ def check_metric(
     samples: Sequence[Sample],
     aggregate: float,
     external: Sequence[float | None] | None = None,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    recompute_missing: bool = False,
 ) -> MetricCheck:
     """Check one task score against the per-sample logs.
 
@@ -232,6 +217,9 @@ def check_metric(
         samples: The task's logged samples, in log order.
         aggregate: The task score the results file reports.
         external: Per-sample values from another file (``medbench judge`` verdicts) instead of the log.
+        bounds: The range every logged value and the task score must lie in.
+        recompute_missing: The per-sample values were never logged (a multi-process run): compare the
+            recomputed score only.
 
     Returns:
         The per-sample values and the verdict.
@@ -240,6 +228,7 @@ def check_metric(
         VerificationError: A per-sample value or the task score does not match.
     """
     logged = list(external) if external is not None else [logged_value(s.record, metric) for s in samples]
+    _check_bounds(task, metric, samples, logged, aggregate, bounds)
     if rule is None or rule.kind == "none":
         return MetricCheck(logged, "unverified")
     kind: str = rule.kind
@@ -263,7 +252,9 @@ def check_metric(
     if kind in ("corpus", "java"):
         assert rule.corpus is not None
         expected_score, expected_samples = rule.corpus(samples)
-        if expected_samples is not None:
+        if expected_samples is not None and recompute_missing:
+            logged = list(expected_samples)
+        elif expected_samples is not None:
             for sample, value, expected in zip(samples, logged, expected_samples):
                 if value is None or not close(expected, value):
                     raise VerificationError(
@@ -282,6 +273,29 @@ def check_metric(
         )
         return MetricCheck(logged, "consistent")
     raise ValueError(f"unknown check kind {kind!r} for {metric}")
+
+
+def _check_bounds(
+    task: str,
+    metric: str,
+    samples: Sequence[Sample],
+    logged: Sequence[float | None],
+    aggregate: float,
+    bounds: tuple[float, float],
+) -> None:
+    # Floating-point noise may put a perfect score a hair above 1 (sentence BLEU of identical texts).
+    low, high = bounds
+    slack = 1e-9 * max(1.0, abs(low), abs(high)) if math.isfinite(high) and math.isfinite(low) else 0.0
+    low, high = low - slack, high + slack
+    for sample, value in zip(samples, logged):
+        if value is not None and not (low <= value <= high):
+            raise VerificationError(
+                f"{task} {metric}: sample {sample.item_id!r} (doc_id {sample.doc_id}) logs {value!r}, outside the metric's range [{bounds[0]:g}, {bounds[1]:g}]"
+            )
+    if not math.isnan(aggregate) and not (low <= aggregate <= high):
+        raise VerificationError(
+            f"{task} {metric}: the results file reports {aggregate!r}, outside the metric's range [{bounds[0]:g}, {bounds[1]:g}]"
+        )
 
 
 def _differs(expected: float | None, logged: float | None) -> bool:
