@@ -32,6 +32,7 @@ from medbench.judge.config import JudgeConfig
 from medbench.judge.parts import HIGHER_IS_BETTER, METRICS, PART_METRICS, PART_ROLES
 from medbench.judge.prompts import PromptSpec, load_prompt
 from medbench.metrics.facts import CONTRADICTION, NEUTRAL, extract_json_list, fact_scores, parse_labels
+from medbench.progress import progress_bar
 
 logger = logging.getLogger("medbench.judge")
 R = TypeVar("R")
@@ -226,7 +227,7 @@ class JudgeRunner:
             kwargs["sleep"] = self._sleep
         self.client = JudgeClient(self.config, self.cache, self._transport, **kwargs)
         items = [item for batch in batches for item in batch]
-        progress = _progress(len(items), self.config.progress)
+        progress = progress_bar(len(items), self.config.progress, "judge", "sample")
         try:
 
             async def one(item: JudgeItem) -> SampleJudgement:
@@ -399,18 +400,3 @@ def _fail(verdict: SampleJudgement, metrics: Iterable[str], reason: str) -> None
     for metric in metrics:
         verdict.failures[metric] = reason
 
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        del n
-
-    def close(self) -> None:
-        return None
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="judge", unit="sample", dynamic_ncols=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import DataError, MedbenchError
+from medbench.progress import progress_bar
 from medbench.taxonomy import load_taxonomy
 
 from .images import CORRUPTIONS, DEFAULT_REGION, DEFAULTS, corrupt
@@ -283,7 +284,9 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
             continue
         usable.append(item)
 
-    progress = _progress(len(usable) * (2 if options.mode == "llm" else 1), options.progress)
+    progress = progress_bar(
+        len(usable) * (2 if options.mode == "llm" else 1), options.progress, "prefs build", "record"
+    )
     edits: dict[str, Any] = {}
     llm_report = None
     needs_rejected = "rejected" in fields
@@ -386,18 +389,3 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        del n
-
-    def close(self) -> None:
-        return None
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="prefs build", unit="record", dynamic_ncols=True)
