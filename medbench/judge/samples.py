@@ -154,7 +154,9 @@ def _failed_generation(record: dict[str, Any]) -> bool:
     detail = record.get("medbench_detail")
     if isinstance(detail, dict) and detail.get(DETAIL_FLAG) is True:
         return True
-    prediction = _first_text(record.get("filtered_resps", record.get("resps")))
+    prediction = record.get("filtered_resps", record.get("resps"))
+    while isinstance(prediction, list) and prediction:
+        prediction = prediction[0]
     return isinstance(prediction, str) and prediction.lstrip().startswith(FAILURE_MARKER)
 
 
