@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from _lbfiles import copy_run, edit_results, edit_samples, forge_vqa, results_file, samples_file
-
 from medbench.leaderboard.board import build_board, load_runs, screen
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.verification import load_run
+
+from medbench.metrics.registry import COUNTERS
+from medbench.taskfiles import task_versions
 
 VQA = "medbench_vqa_rad"
 
@@ -41,8 +43,10 @@ def test_the_untouched_demo_runs_are_accepted_with_every_score_recomputed(demo_r
         }
         for scores in run.tasks.values():
             assert scores.checks, scores.task
-            # without Java METEOR is absent or unverified; everything else is recomputed from the logs
-            assert {v for m, v in scores.checks.items() if m != "meteor"} == {"recomputed"}
+            # without Java METEOR is absent or unverified; every score is recomputed from the logs, and a
+            # counter recorded by the run itself (failed generations) must agree with its per-sample values
+            assert {v for m, v in scores.checks.items() if m != "meteor" and m not in COUNTERS} == {"recomputed"}
+            assert {v for m, v in scores.checks.items() if m in COUNTERS} <= {"recomputed", "consistent"}
 
 
 def test_limit_runs_are_rejected(limited_results):
@@ -58,7 +62,7 @@ def test_fewer_effective_samples_count_as_a_limited_run(baseline_copy):
 def test_task_version_mismatch_is_rejected(baseline_copy):
     edit_results(baseline_copy, lambda d: d["versions"].update({VQA: 0}))
     error = rejection(baseline_copy)
-    assert error.rule == "version" and "version 0" in str(error) and "version 1" in str(error)
+    assert error.rule == "version" and "version 0" in str(error) and f"version {task_versions()[VQA]}" in str(error)
 
 
 def test_missing_per_sample_log_is_rejected(baseline_copy):
