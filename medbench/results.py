@@ -86,7 +86,7 @@ def parse_sample_record(record: Any, strict: bool = True) -> SampleRecord:
     if not isinstance(record, dict):
         raise RecordError("(record): not a JSON object")
     doc_id = record.get("doc_id")
-    if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, int) or doc_id < 0):
+    if strict and doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, int) or doc_id < 0):
         raise RecordError("doc_id: not a non-negative integer")
     detail = record.get(DETAIL_KEY)
     if detail is not None and not isinstance(detail, dict):
