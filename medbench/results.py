@@ -190,6 +190,11 @@ class RunResults:
             values[metric] = (float(value), float(stderr) if valid else None)
         return values
 
+    def count(self, task: str, metric: str) -> float | None:
+        """A counter's value for a task (``n_closed``, ``judge_unscored``, ``failed_generations``), or ``None``."""
+        value = self.metrics(task, include_counters=True).get(metric)
+        return None if value is None else value[0]
+
 
 def find_runs(folder: Path) -> list[RunResults]:
     """All lmms-eval runs under ``folder`` (results JSONs found recursively), oldest first.

@@ -1,6 +1,6 @@
 """The study's error taxonomy: one versioned data file, read here, used by preference data, training and rubrics.
 
-The taxonomy lives in ``medbench/taxonomy.yaml``. Its top level follows MedHEval's hallucination types
+The taxonomy lives in ``medbench/data/error_taxonomy.yaml``. Its top level follows MedHEval's hallucination types
 (visual misinterpretation, knowledge deficiency, context misalignment) plus omission and other; visual
 misinterpretation splits into modality, plane, organ, laterality/position, presence/abnormality, size, count and
 colour. An ``error_type`` value is a category key or a subtype key. Validation is strict: only exact keys
@@ -94,10 +94,10 @@ class Taxonomy:
 
 @lru_cache(maxsize=1)
 def load_taxonomy() -> Taxonomy:
-    """Read ``medbench/taxonomy.yaml`` (cached)."""
+    """Read ``medbench/data/error_taxonomy.yaml`` (cached)."""
     import yaml
 
-    text = resources.files("medbench").joinpath("taxonomy.yaml").read_text(encoding="utf-8")
+    text = resources.files("medbench").joinpath("data", "error_taxonomy.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text)
     categories: dict[str, str] = {}
     subtypes: dict[str, tuple[str, str]] = {}
@@ -105,7 +105,7 @@ def load_taxonomy() -> Taxonomy:
         categories[name] = str(body["description"])
         for sub, description in (body.get("subtypes") or {}).items():
             if sub in subtypes or sub in data["categories"]:
-                raise ValueError(f"medbench/taxonomy.yaml: key {sub!r} is defined twice")
+                raise ValueError(f"medbench/data/error_taxonomy.yaml: key {sub!r} is defined twice")
             subtypes[sub] = (name, str(description))
     return Taxonomy(version=str(data["version"]), categories=categories, subtypes=subtypes)
 

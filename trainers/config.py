@@ -81,7 +81,7 @@ class RecipeConfig:
     visual_error_types: list[str] = field(
         default_factory=lambda: ["visual_misinterpretation"],
         metadata={
-            "help": "Error taxonomy keys (categories or subtypes, medbench/taxonomy.yaml) trained with the image-side "
+            "help": "Error taxonomy keys (categories or subtypes, medbench/data/error_taxonomy.yaml) trained with the image-side "
             "term by `error_targeted`; every other error type gets the text-side (DPO) term."
         },
     )

@@ -23,7 +23,7 @@ RECORD_FIELDS: dict[str, str] = {
     "rejected": "the dispreferred answer (usually a minimal factual edit of `chosen`)",
     "rejected_image": "path of a corrupted image (lesion-region noise, crop, ...) for image-side terms",
     "weight": "per-record weight >= 0 (MMedPO's clinical-relevance score; authors' key `weighted_score`)",
-    "error_type": "error taxonomy key of the rejected answer (medbench/taxonomy.yaml; error-targeted recipes)",
+    "error_type": "error taxonomy key of the rejected answer (medbench/data/error_taxonomy.yaml; error-targeted recipes)",
 }
 
 Row = tuple[str, str]

@@ -194,7 +194,7 @@ def report_lines(study: Study) -> list[str]:
         runs = find_runs(study.folder(cell))
         scores = []
         for run in runs:
-            for task in run.tasks():
+            for task in run.tasks:
                 metrics = run.metrics(task)
                 for metric in ("overall", "rouge_l"):
                     if metric in metrics:

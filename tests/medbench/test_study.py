@@ -145,3 +145,6 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path, tiny_
     status = subprocess.run([*command[:4], "status", str(path), "--out", str(out)], capture_output=True, text=True,
                             check=True)
     assert status.stdout.strip().splitlines()[-1] == f"{len(study.cells)} done"
+    report = subprocess.run([*command[:4], "report", str(path), "--out", str(out)], capture_output=True, text=True,
+                            check=True)
+    assert "tiny/dpo/s1/eval: medbench_vqa_rad overall" in report.stdout and "board:" in report.stdout

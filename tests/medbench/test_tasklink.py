@@ -135,6 +135,11 @@ def test_bare_lmms_eval_globs_lists_and_tolerates_the_legacy_plugin_variable(lin
     assert set(json.loads(written[0].read_text())["results"]) == {"medbench_vqa_rad"}
 
 
+def test_the_package_folder_holds_no_yaml_but_the_group_pointer():
+    # lmms-eval loads every medbench/*.yaml as a task for `--tasks medbench` run from the repository root.
+    assert sorted(p.name for p in (REPO / "medbench").glob("*.yaml")) == ["medbench.yaml"]
+
+
 def test_the_medbench_group_runs_from_the_repository_root(linked_lmms_eval, tmp_path):
     # lmms-eval reads `--tasks medbench` as the folder medbench/ here; medbench/medbench.yaml names the group.
     result = _lmms_eval(["--tasks", "medbench", "--model", "medbench_baseline", "--limit", "1",
