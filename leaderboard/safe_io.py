@@ -18,6 +18,8 @@ from typing import Any
 
 from medbench.leaderboard.rules import Limits, Rejected
 
+from medbench.errors import MedbenchError
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -169,8 +171,13 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @cache
 def _validator(name: str) -> Any:
-    from jsonschema import Draft202012Validator
-    from referencing import Registry, Resource
+    try:
+        from jsonschema import Draft202012Validator
+        from referencing import Registry, Resource
+    except ImportError as error:
+        raise MedbenchError(
+            f"the leaderboard needs {error.name}: pip install -c medbench/lock.txt 'medbench[leaderboard]'"
+        ) from None
 
     folder = resources.files("medbench.leaderboard").joinpath("schema")
     # Schemas refer to each other by $id (the sidecar's samples are judge verdicts).
