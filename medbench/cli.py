@@ -29,6 +29,7 @@ BUILTIN_COMMANDS = (
     "medbench.commands.doctor",
     "medbench.commands.study",
     "medbench.commands.convert",
+    "medbench.commands.synth",
 )
 
 

@@ -92,6 +92,7 @@ def build_tiny_model(
     *,
     corpus: Iterable[str] = (),
     seed: int = 0,
+    size: str = "demo",
 ) -> Path:
     """Build, save and return the directory of a tiny randomly initialised vision-language model.
 
@@ -100,6 +101,9 @@ def build_tiny_model(
         architecture: ``"llava"``, ``"qwen2_vl"`` or ``"qwen2_5_vl"``.
         corpus: Extra text the tokenizer should know as whole words (e.g. the demo questions).
         seed: Seed for the random weights.
+        size: ``"demo"`` (the smallest, for tests and the demo) or ``"study"`` (LLaVA only: 64 px images in
+            16-px patches, a 64-wide vision tower and a 128-wide language model, 2 layers each; the model the
+            tiny study teaches, see :mod:`medbench.synth`).
 
     Returns:
         The output directory, loadable with ``AutoModelForImageTextToText.from_pretrained`` and
@@ -109,13 +113,15 @@ def build_tiny_model(
 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown tiny architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if size not in LLAVA_SIZES or (size != "demo" and architecture != "llava"):
+        raise ValueError(f"tiny size {size!r}: choose demo, or study with the llava architecture")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(_IMAGE_TOKENS[architecture], corpus)
     chat_template = _CHAT_TEMPLATE.replace("{{ IMAGE_MARKUP }}", _IMAGE_MARKUP[architecture])
     torch.manual_seed(seed)
     if architecture == "llava":
-        model, processor = _build_llava(tokenizer, chat_template)
+        model, processor = _build_llava(tokenizer, chat_template, **LLAVA_SIZES[size])
     else:
         model, processor = _build_qwen_vl(tokenizer, chat_template, architecture)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -126,7 +132,14 @@ def build_tiny_model(
     return out
 
 
-def _build_llava(tokenizer, chat_template):
+# LLaVA dimensions per size: image side, patch side, vision width, language-model width.
+LLAVA_SIZES = {
+    "demo": {"image_size": 32, "patch_size": 8, "vision_hidden": 32, "text_hidden": 64},
+    "study": {"image_size": 64, "patch_size": 16, "vision_hidden": 64, "text_hidden": 128},
+}
+
+
+def _build_llava(tokenizer, chat_template, image_size: int, patch_size: int, vision_hidden: int, text_hidden: int):
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -136,11 +149,10 @@ def _build_llava(tokenizer, chat_template):
         LlavaProcessor,
     )
 
-    image_size, patch_size = 32, 8
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=text_hidden,
+        intermediate_size=2 * text_hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
@@ -151,13 +163,13 @@ def _build_llava(tokenizer, chat_template):
         tie_word_embeddings=False,
     )
     vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=32,
+        projection_dim=vision_hidden,
     )
     config = LlavaConfig(
         vision_config=vision_config,

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from medbench.errors import MedbenchError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--cell", action="append", default=[], metavar="ID_OR_INDEX",
                      help="run only this cell (repeatable); its dependencies must be complete. An index is the "
                      "[N] of `study plan`, so a scheduler array can run `--cell $SLURM_ARRAY_TASK_ID`")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="run up to N independent cells at once (default 1; each cell is its own process)")
     plan = action("plan", "print each cell's command, in dependency order, for a scheduler", _plan)
     plan.add_argument("--json", action="store_true", help="one JSON object per cell instead of shell lines")
     action("status", "show which cells are complete, stale (settings changed), failed or pending", _status)
@@ -49,7 +53,9 @@ def _run(args: argparse.Namespace) -> int:
     cells = []
     for item in args.cell:
         cells.append(study.cells[int(item)].id if item.isdigit() and int(item) < len(study.cells) else item)
-    run_study(study, cells or None, log=lambda line: print(line, flush=True))
+    if args.jobs < 1:
+        raise MedbenchError(f"--jobs {args.jobs}: give 1 or more")
+    run_study(study, cells or None, log=lambda line: print(line, flush=True), jobs=args.jobs)
     print(f"medbench study: {study.name} done; board in {study.root / 'board'}")
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medbench import __version__
 from medbench.errors import MedbenchError
-from medbench.study.spec import BASE, Cell, Study
+from medbench.study.spec import BASE, REFERENCE, Cell, Study
 
 MARKER = ".medbench-cell.json"
 FAILED = ".medbench-cell-failed.json"
@@ -74,10 +74,10 @@ def _submission(study: Study, cell: Cell) -> dict:
         "backbone": meta["backbone"],
         "variant": meta["variant"],
     }
-    if meta["variant"] != BASE:
+    if meta["variant"] != BASE and meta["backbone"] != REFERENCE:
         if any(c.meta.get("variant") == BASE and c.meta.get("backbone") == meta["backbone"] for c in study.cells):
             manifest["base_model"] = display_name(meta["backbone"], BASE, None)
-        train = study.folder(study.cell(cell.deps[0]))
+        train = study.folder(next(study.cell(dep) for dep in cell.deps if study.cell(dep).kind == "train"))
         if (train / TRAINING_METADATA).is_file():
             shutil.copy(train / TRAINING_METADATA, study.folder(cell) / TRAINING_METADATA)
             manifest["training_metadata"] = TRAINING_METADATA
@@ -86,6 +86,9 @@ def _submission(study: Study, cell: Cell) -> dict:
 
 
 def display_name(backbone: str, variant: str, seed: int | None) -> str:
+    """The board's name of a cell's model: ``tiny dpo (seed 1)``, ``tiny base``; a reference is its own name."""
+    if backbone == REFERENCE:
+        return variant
     return f"{backbone} {variant}" + (f" (seed {seed})" if seed is not None else "")
 
 
@@ -98,10 +101,6 @@ def run_cell(study: Study, cell: Cell, log=print) -> float:
     for dep in cell.deps:
         if cell_state(study, study.cell(dep)) != "done":
             raise MedbenchError(f"cell {cell.id} needs {dep}, which is not complete: run it first")
-    if cell.kind == "board":
-        started = time.monotonic()
-        build_board(study)
-        return time.monotonic() - started
     folder = study.folder(cell)
     if folder.exists():
         shutil.rmtree(folder)
@@ -124,6 +123,8 @@ def run_cell(study: Study, cell: Cell, log=print) -> float:
         if not list(folder.rglob("*_results.json")):
             raise MedbenchError(f"cell {cell.id}: lmms-eval wrote no results; full log: {log_path}")
         _write_json(folder / SUBMISSION, _submission(study, cell))
+    if cell.kind == "probe" and not (folder / "summary.json").is_file():
+        raise MedbenchError(f"cell {cell.id}: prefs score wrote no summary.json; full log: {log_path}")
     _write_json(folder / MARKER, {
         "hash": cell.hash, "cell": cell.id, "kind": cell.kind, "command": command_of(cell, ["medbench"]),
         "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "medbench": __version__,
@@ -132,21 +133,69 @@ def run_cell(study: Study, cell: Cell, log=print) -> float:
     return seconds
 
 
-def run_study(study: Study, only: list[str] | None = None, log=print) -> dict[str, str]:
-    """Run every incomplete cell (or only ``only``) in order; skip complete ones. Returns cell id -> outcome."""
+def run_study(study: Study, only: list[str] | None = None, log=print, jobs: int = 1) -> dict[str, str]:
+    """Run every incomplete cell (or only ``only``), skipping complete ones; returns cell id -> outcome.
+
+    With ``jobs`` > 1, up to that many cells whose dependencies are complete run at once (each is its own
+    process); the order of starting is the file's order. After a failure no new cell starts; the running ones
+    finish, then the first failure is raised.
+    """
     selected = [study.cell(cell_id) for cell_id in only] if only else study.cells
-    outcomes = {}
+    total = len(selected)
+    outcomes: dict[str, str] = {}
+    queue: list[tuple[int, Cell]] = []
     for index, cell in enumerate(selected, 1):
         state = cell_state(study, cell)
         if state == "done" and cell.kind != "board":
             outcomes[cell.id] = "skipped (complete)"
-            log(f"[{index}/{len(selected)}] {cell.id}: complete, skipped")
-            continue
-        log(f"[{index}/{len(selected)}] {cell.id}: running{' (settings changed)' if state == 'stale' else ''}")
-        seconds = run_cell(study, cell, log)
-        outcomes[cell.id] = f"ran in {seconds:.0f} s"
-        log(f"[{index}/{len(selected)}] {cell.id}: done in {seconds:.0f} s")
+            log(f"[{index}/{total}] {cell.id}: complete, skipped")
+        else:
+            queue.append((index, cell))
+    if jobs <= 1:
+        for index, cell in queue:
+            _run_logged(study, cell, index, total, log, outcomes)
+        return outcomes
+
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    queued_ids = {cell.id for _, cell in queue}
+    finished: set[str] = set()
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict = {}
+        while queue or running:
+            if failure is None:
+                for item in list(queue):
+                    if len(running) >= jobs:
+                        break
+                    index, cell = item
+                    if all(dep in finished or dep not in queued_ids for dep in cell.deps):
+                        queue.remove(item)
+                        running[pool.submit(_run_logged, study, cell, index, total, log, outcomes)] = cell
+            elif not running:
+                break
+            if not running:
+                blocked = ", ".join(cell.id for _, cell in queue)
+                raise MedbenchError(f"study {study.name}: cells {blocked} wait for cells outside --cell; run those first")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    finished.add(cell.id)
+                elif failure is None:
+                    failure = error
+    if failure is not None:
+        raise failure
     return outcomes
+
+
+def _run_logged(study: Study, cell: Cell, index: int, total: int, log, outcomes: dict[str, str]) -> None:
+    state = cell_state(study, cell)
+    log(f"[{index}/{total}] {cell.id}: running{' (settings changed)' if state == 'stale' else ''}")
+    seconds = run_cell(study, cell, log)
+    outcomes[cell.id] = f"ran in {seconds:.0f} s"
+    log(f"[{index}/{total}] {cell.id}: done in {seconds:.0f} s")
 
 
 def status_lines(study: Study) -> list[str]:
@@ -169,6 +218,23 @@ def build_board(study: Study) -> Path:
     if not runs:
         raise MedbenchError(f"study {study.name}: no evaluation cell is complete yet; run `medbench study run`")
     out = study.root / "board"
+    # The board checks each run against the task's test data: read it from where the evaluation cells did.
+    board_env = study.cell("board").env
+    saved = {key: os.environ.get(key) for key in board_env}
+    os.environ.update(board_env)
+    try:
+        return _build_board(study, runs, out)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _build_board(study: Study, runs: list[Path], out: Path) -> Path:
+    from medbench.cli import main as medbench_main
+
     argv = ["leaderboard", "build", *map(str, runs), "--out", str(out)]
     if study.baseline:
         first = next((c for c in study.cells if c.kind == "eval" and c.meta["variant"] == study.baseline), None)
@@ -177,6 +243,10 @@ def build_board(study: Study) -> Path:
     code = medbench_main(argv)
     if code:
         raise MedbenchError(f"study {study.name}: the leaderboard build failed (exit {code})")
+    if study.probe:
+        from medbench.study.analysis import write_analysis
+
+        write_analysis(study, out)
     return out
 
 
@@ -201,6 +271,15 @@ def report_lines(study: Study) -> list[str]:
                         value, stderr = metrics[metric]
                         scores.append(f"{task} {metric} {value:.3f}" + (f" ± {stderr:.3f}" if stderr else ""))
         lines.append(f"{cell.id}: {'; '.join(scores) or 'no scores'}")
+    analysis = study.root / "board" / "study.json"
+    if analysis.is_file():
+        for claim in json.loads(analysis.read_text(encoding="utf-8"))["claims"]:
+            verdict = {True: "holds", False: "does not hold", None: "not measured"}[claim["holds"]]
+            lines.append(f"claim ({claim['backbone']}): {claim['statement']}: {verdict}")
+            for part in claim["evidence"]:
+                lines.append(f"  {part['variant']} - {part['against']} {part['quantity']}: {part['difference']:+.3f} "
+                             f"[{part['low']:+.3f}, {part['high']:+.3f}]")
+        lines.append(f"analysis: {study.root / 'board' / 'study.md'}")
     board = study.root / "board" / "leaderboard.md"
     lines.append(f"board: {board}" if board.is_file() else "board: not built yet (medbench study run builds it last)")
     return lines

@@ -9,6 +9,9 @@ Keys of a study file (relative paths are relative to the working directory, as o
 ``${VAR}`` is read from the environment)::
 
     study: NAME                     # the folder under --out (default: the file's stem)
+    prepare:                        # medbench commands run first, once (data generators, model builders);
+      NAME: [synth, vqa, --out, "{prepare:NAME}"]   # "{prepare:NAME}" anywhere in the file is NAME's folder
+    env: {OMP_NUM_THREADS: "1"}     # environment of every cell
     backbones:                      # name -> the checkpoint to start from and its medbench train profile
       NAME: {model: PATH_OR_HUB_ID, profile: llava_med_v1_5, eval_model_args: "key=value,..."}
     recipes: [dpo, copo, ...]       # medbench train recipes trained for every backbone and seed
@@ -21,6 +24,10 @@ Keys of a study file (relative paths are relative to the working directory, as o
       build: [INPUT, ARGS...]       # `medbench prefs build INPUT ARGS --recipe R` (once per recipe)
       sft: FILE                     # supervised data for `sft` (default: the preference file)
       image_root: DIR               # where the given files' relative image paths resolve
+    probe:                          # held-out preference pairs every model is scored on (`medbench prefs score`)
+      preferences: FILE             # given pairs, or
+      build: [INPUT, ARGS...]       # `medbench prefs build INPUT ARGS` (ARGS name the --recipe, e.g. mdpo)
+      args: [--batch_size, "64"]    # further `prefs score` flags
     train: {key: value}             # `medbench train --key value` for every training cell
     recipe_train: {RECIPE: {key: value}}
     launcher: [accelerate, launch, --config_file, FILE]   # optional: how training cells start
@@ -29,7 +36,13 @@ Keys of a study file (relative paths are relative to the working directory, as o
       tasks: [medbench_vqa_rad]
       args: [--batch_size, "8"]     # further lmms-eval flags
       env: {MEDBENCH_DATA: demo}    # environment of evaluation cells (judge variables go here too)
+      references:                   # models evaluated once, beside the grid (e.g. the non-neural floor)
+        NAME: {model: medbench_baseline, model_args: "key=value,..."}
     board: {baseline: sft}          # `base`, `sft` or a recipe: the run every other one is tested against
+
+Cell kinds: ``prepare``, ``prefs`` (a preference build; ``prefs/heldout`` for the probe), ``train``, ``eval``,
+``probe`` (held-out scoring of one model) and ``board`` (the leaderboard and, with a probe, the study's analysis:
+:mod:`medbench.study.analysis`).
 """
 
 from __future__ import annotations
@@ -48,11 +61,14 @@ from medbench.errors import MedbenchError
 
 SFT = "sft"
 BASE = "base"
-CELL_KINDS = ("prefs", "train", "eval", "board")
+REFERENCE = "reference"
+HELDOUT = "prefs/heldout"
+CELL_KINDS = ("prepare", "prefs", "train", "eval", "probe", "board")
 _KNOWN_KEYS = {
-    "study", "description", "backbones", "recipes", "seeds", "sft", "base", "variants_from", "data", "train",
-    "recipe_train", "launcher", "eval", "board",
+    "study", "description", "prepare", "env", "backbones", "recipes", "seeds", "sft", "base", "variants_from",
+    "data", "probe", "train", "recipe_train", "launcher", "eval", "board",
 }
+_PREPARE = re.compile(r"\{prepare:([A-Za-z0-9_.-]+)\}")
 
 
 @dataclass
@@ -91,6 +107,7 @@ class Study:
     root: Path
     cells: list[Cell]
     baseline: str | None
+    probe: bool = False
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:
@@ -167,6 +184,13 @@ def load_study(path: Path, out: Path | None = None) -> Study:
         raise MedbenchError(f"{path}: study {name!r}: use letters, digits, '.', '_' or '-'")
     out = Path(out) if out else Path("studies-out")
     root = out / name
+    prepare = raw.get("prepare") or {}
+    if not isinstance(prepare, dict) or not all(isinstance(argv, list) and argv for argv in prepare.values()):
+        raise MedbenchError(f"{path}: prepare: map each name to a medbench command, e.g. data: [synth, vqa, --out, "
+                            "\"{prepare:data}\"]")
+    raw = _substitute_prepare({k: v for k, v in raw.items() if k != "prepare"}, root, set(prepare), str(path))
+    prepare = _substitute_prepare(prepare, root, set(prepare), f"{path}: prepare")
+    common_env = {str(k): str(v) for k, v in (raw.get("env") or {}).items()}
 
     backbones = raw.get("backbones")
     if not isinstance(backbones, dict) or not backbones:
@@ -190,7 +214,8 @@ def load_study(path: Path, out: Path | None = None) -> Study:
         raise MedbenchError(f"{path}: data: expected preferences:, build:, sft:, image_root:")
     if bool(data.get("preferences")) == bool(data.get("build")):
         raise MedbenchError(f"{path}: data: give exactly one of preferences: FILE or build: [medbench prefs build args]")
-    train_flags = _flags(raw.get("train") or {}, f"{path}: train")
+    train_settings = raw.get("train") or {}
+    _flags(train_settings, f"{path}: train")
     recipe_train = raw.get("recipe_train") or {}
     launcher = [str(word) for word in raw.get("launcher") or []]
     evaluation = raw.get("eval") or {}
@@ -202,7 +227,11 @@ def load_study(path: Path, out: Path | None = None) -> Study:
     eval_model = str(evaluation.get("model") or "medbench_hf")
     use_lora = _is_true((raw.get("train") or {}).get("use_lora", False))
 
-    cells: list[Cell] = []
+    cells: list[Cell] = [
+        Cell(id=f"prepare/{key}", kind="prepare", argv=[str(word) for word in argv], meta={"prepare": key})
+        for key, argv in prepare.items()
+    ]
+    prepared = [cell.id for cell in cells]
     image_root = data.get("image_root")
     image_flags = ["--image_root", str(_file(image_root))] if image_root else []
 
@@ -221,6 +250,32 @@ def load_study(path: Path, out: Path | None = None) -> Study:
                 meta={"recipe": recipe},
             ))
 
+    probe = raw.get("probe") or {}
+    if probe and (not isinstance(probe, dict) or bool(probe.get("preferences")) == bool(probe.get("build"))):
+        raise MedbenchError(f"{path}: probe: give exactly one of preferences: FILE or build: [medbench prefs build args]")
+    probe_args = [str(arg) for arg in probe.get("args") or []]
+    heldout: tuple[Path, list[str], list[Path]] | None = None
+    if probe.get("build"):
+        build_args = [str(arg) for arg in probe["build"]]
+        if "--recipe" not in build_args:
+            raise MedbenchError(f"{path}: probe.build: name the pairs' recipe, e.g. [..., --recipe, mdpo]")
+        cells.append(Cell(id=HELDOUT, kind="prefs", argv=["prefs", "build", *build_args, "--output_dir",
+                                                          str(root / HELDOUT)], meta={"recipe": "heldout"}))
+        heldout = (root / HELDOUT / "prefs.jsonl", [HELDOUT], [])
+    elif probe.get("preferences"):
+        file = _file(str(probe["preferences"]))
+        heldout = (file, [], [file])
+
+    def probe_cell(backbone: str, variant: str, seed: int | None, model: str, deps: list[str]) -> Cell:
+        assert heldout is not None
+        file, probe_deps, inputs = heldout
+        cell_id = f"{backbone}/{variant}/{'s' + str(seed) if seed is not None else 'model'}/probe"
+        argv = ["prefs", "score", model, str(file), "--output_dir", str(root / cell_id), "--no_progress", *probe_args]
+        if not probe_deps:
+            argv += image_flags
+        return Cell(id=cell_id, kind="probe", argv=argv, deps=deps + probe_deps, inputs=inputs,
+                    meta={"backbone": backbone, "variant": variant, "seed": seed})
+
     def train_cell(backbone: str, spec: dict, recipe: str, seed: int, start: str, start_deps: list[str]) -> Cell:
         if recipe == SFT and data.get("sft"):
             file, deps, inputs = _file(str(data["sft"])), [], [_file(str(data["sft"]))]
@@ -232,8 +287,10 @@ def load_study(path: Path, out: Path | None = None) -> Study:
             argv += image_flags
         if spec.get("profile"):
             argv += ["--backbone", str(spec["profile"])]
-        argv += ["--seed", str(seed), *train_flags,
-                 *_flags(recipe_train.get(recipe) or {}, f"{path}: recipe_train.{recipe}")]
+        # A recipe's own settings replace the study-wide ones (one flag each, so the command reads plainly).
+        overrides = recipe_train.get(recipe) or {}
+        _flags(overrides, f"{path}: recipe_train.{recipe}")
+        argv += ["--seed", str(seed), *_flags({**train_settings, **overrides}, f"{path}: train")]
         return Cell(id=cell_id, kind="train", argv=argv, launcher=launcher, deps=deps + start_deps,
                     inputs=inputs, meta={"backbone": backbone, "variant": recipe, "seed": seed})
 
@@ -255,24 +312,67 @@ def load_study(path: Path, out: Path | None = None) -> Study:
         model = str(spec["model"])
         if want_base:
             cells.append(eval_cell(backbone, spec, BASE, None, model, []))
+            if heldout:
+                cells.append(probe_cell(backbone, BASE, None, model, []))
         for seed in seeds:
             sft_train = None
             if want_sft:
                 sft_train = train_cell(backbone, spec, SFT, seed, model, [])
                 cells += [sft_train, eval_cell(backbone, spec, SFT, seed, model_of(sft_train), [sft_train.id])]
+                if heldout:
+                    cells.append(probe_cell(backbone, SFT, seed, model_of(sft_train), [sft_train.id]))
             for recipe in recipes:
                 start, deps = (model_of(sft_train), [sft_train.id]) if variants_from == SFT and sft_train else (model, [])
                 train = train_cell(backbone, spec, recipe, seed, start, deps)
                 cells += [train, eval_cell(backbone, spec, recipe, seed, model_of(train), [train.id])]
+                if heldout:
+                    cells.append(probe_cell(backbone, recipe, seed, model_of(train), [train.id]))
+
+    references = evaluation.get("references") or {}
+    if not isinstance(references, dict):
+        raise MedbenchError(f"{path}: eval.references: map a name to {{model: LMMS_EVAL_MODEL, model_args: ...}}")
+    for reference, spec in references.items():
+        if not isinstance(spec, dict) or not spec.get("model"):
+            raise MedbenchError(f"{path}: eval.references.{reference}: give model: an lmms-eval model name")
+        cell_id = f"{REFERENCE}/{reference}/eval"
+        argv = ["eval", "--model", str(spec["model"]), "--tasks", ",".join(map(str, tasks)),
+                "--output_path", str(root / cell_id)]
+        if spec.get("model_args"):
+            argv += ["--model_args", str(spec["model_args"])]
+        cells.append(Cell(id=cell_id, kind="eval", argv=argv, env=eval_env, deps=[],
+                          meta={"backbone": REFERENCE, "variant": str(reference), "seed": None}))
 
     board = raw.get("board") or {}
     baseline = board.get("baseline")
     if baseline is not None and baseline not in {BASE, SFT, *recipes}:
         raise MedbenchError(f"{path}: board.baseline: {baseline!r}; choose base, sft or one of the recipes")
-    evals = [cell for cell in cells if cell.kind == "eval"]
-    cells.append(Cell(id="board", kind="board", argv=["study", "board", str(path), "--out", str(out)], deps=[c.id for c in evals]))
+    finals = [cell for cell in cells if cell.kind in ("eval", "probe")]
+    # The board verifies every run against the test data, so it reads the data the evaluation cells read.
+    cells.append(Cell(id="board", kind="board", argv=["study", "board", str(path), "--out", str(out)], env=eval_env,
+                      deps=[c.id for c in finals]))
+    for cell in cells:
+        if cell.kind != "prepare":
+            cell.deps = [*prepared, *cell.deps]
+        cell.env = {**common_env, **cell.env}
     _hash_cells(cells)
-    return Study(name=name, path=path, root=root, cells=cells, baseline=baseline)
+    return Study(name=name, path=path, root=root, cells=cells, baseline=baseline, probe=heldout is not None)
+
+
+def _substitute_prepare(value: Any, root: Path, names: set[str], where: str) -> Any:
+    """Replace ``{prepare:NAME}`` with the folder of prepare cell NAME."""
+    if isinstance(value, str):
+        def folder(match: re.Match) -> str:
+            if match.group(1) not in names:
+                raise MedbenchError(f"{where}: {{prepare:{match.group(1)}}} names no entry of prepare: "
+                                    f"({', '.join(sorted(names)) or 'none'})")
+            return str(root / "prepare" / match.group(1))
+
+        return _PREPARE.sub(folder, value)
+    if isinstance(value, list):
+        return [_substitute_prepare(item, root, names, where) for item in value]
+    if isinstance(value, dict):
+        return {key: _substitute_prepare(item, root, names, where) for key, item in value.items()}
+    return value
 
 
 def _file_digest(path: Path) -> str:

@@ -71,6 +71,8 @@ class BuildOptions:
         weight_range: ``(low, high)`` MMedPO weights are mapped onto.
         image_root: Folder relative image paths resolve against (default: the input file's folder).
         limit: Build at most this many records (None: all).
+        prompt_of: A medbench task whose prompt (its ``pre_prompt`` + question + ``post_prompt``) the records'
+            questions get, so training sees the prompt that task evaluates with; None keeps the bare question.
         progress: Show a progress bar.
     """
 
@@ -83,6 +85,7 @@ class BuildOptions:
     weight_range: tuple[float, float] = (0.5, 1.5)
     image_root: str | None = None
     limit: int | None = None
+    prompt_of: str | None = None
     progress: bool = True
 
 
@@ -94,6 +97,18 @@ class BuildReport:
     records_path: Path
     manifest_path: Path
     manifest: dict[str, Any]
+
+
+def _task_prompt(task: str) -> tuple[str, str]:
+    """``(pre_prompt, post_prompt)`` a medbench VQA task puts around its questions."""
+    from medbench.taskfiles import task_configs
+
+    config = task_configs().get(task)
+    if config is None or "lmms_eval_specific_kwargs" not in config:
+        known = ", ".join(name for name, c in task_configs().items() if "lmms_eval_specific_kwargs" in c)
+        raise MedbenchError(f"prefs build: --prompt_of {task!r} is not a medbench VQA task; choose one of: {known}")
+    default = config["lmms_eval_specific_kwargs"].get("default") or {}
+    return str(default.get("pre_prompt") or ""), str(default.get("post_prompt") or "")
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -255,6 +270,7 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
     if not 0 <= low <= high:
         raise MedbenchError(f"prefs build: --weight_range {low},{high} must satisfy 0 <= low <= high")
     fields, objective = _needs(options.recipe)
+    pre, post = _task_prompt(options.prompt_of) if options.prompt_of else ("", "")
     corruption = corruption or DEFAULT_CORRUPTION.get(objective, "noise")
     items, input_description = read_supervised(source, options.image_root)
     if options.limit is not None:
@@ -301,7 +317,7 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
     records = []
     for item in usable:
         progress.update(1)
-        record: dict[str, Any] = {"id": item["id"], "question": item["question"], "chosen": item["answer"]}
+        record: dict[str, Any] = {"id": item["id"], "question": pre + item["question"] + post, "chosen": item["answer"]}
         meta: dict[str, Any] = {"source": item["where"].rsplit("/", 1)[-1]}
         if isinstance(item["image"], str):
             record["image"] = os.path.abspath(item["image"])

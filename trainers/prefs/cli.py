@@ -20,7 +20,7 @@ from medbench.errors import MedbenchError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``prefs build`` to the ``medbench`` command line (entry point ``medbench.commands``)."""
+    """Add ``prefs build`` and ``prefs score`` to the ``medbench`` command line (entry point ``medbench.commands``)."""
     prefs = subparsers.add_parser("prefs", help="build preference data (chosen/rejected pairs, corrupted images)")
     inner = prefs.add_subparsers(dest="prefs_command", metavar="SUBCOMMAND")
     parser = inner.add_parser(
@@ -42,11 +42,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weight_range", default="0.5,1.5", help="MMedPO weight range LOW,HIGH (default 0.5,1.5)")
     parser.add_argument("--image_root", help="folder relative image paths resolve against (default: input's folder)")
     parser.add_argument("--limit", type=int, help="build at most this many records")
+    parser.add_argument("--prompt_of", metavar="TASK",
+                        help="give the questions the prompt TASK evaluates with (e.g. medbench_vqa_rad)")
     parser.add_argument("--llm_model", help="LLM mode: model name (default MEDBENCH_JUDGE_MODEL)")
     parser.add_argument("--llm_base_url", help="LLM mode: OpenAI-compatible endpoint (default MEDBENCH_JUDGE_BASE_URL)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+    score = inner.add_parser(
+        "score",
+        help="held-out preference accuracy, margin and image dependence of a model",
+        description="Score preference records under a model: log π(y_w|m) − log π(y_l|m) (margin, accuracy) and "
+        "log π(y_w|m) − log π(y_w|m′) (image dependence). Writes scores.jsonl and summary.json.",
+    )
+    score.add_argument("model", help="checkpoint folder (or hub id) of an image-text-to-text model")
+    score.add_argument("data", help="preference file (trainer schema), e.g. from `prefs build TEST.jsonl --recipe mdpo`")
+    score.add_argument("--output_dir", required=True, help="folder for scores.jsonl and summary.json")
+    score.add_argument("--image_root", help="folder relative image paths resolve against (default: the file's folder)")
+    score.add_argument("--batch_size", type=int, default=32, help="records per forward pass (default 32)")
+    score.add_argument("--max_length", type=int, default=1024, help="longest row in tokens, as in training")
+    score.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    score.add_argument("--no_progress", action="store_true", help="no progress bar")
+    score.set_defaults(func=run_score)
     prefs.set_defaults(func=lambda args: prefs.print_help() or 2)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Run ``medbench prefs score``."""
+    from medbench.train.probe import score_file
+
+    summary = score_file(args.model, args.data, args.output_dir, image_root=args.image_root,
+                         batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                         progress=not args.no_progress)
+    parts = [f"{summary['records']} records"]
+    for name in ("correct", "margin", "image_dependence"):
+        entry = summary[name]
+        if entry["n"]:
+            label = "preference accuracy" if name == "correct" else name.replace("_", " ")
+            parts.append(f"{label} {entry['mean']:.3f}")
+    print(f"medbench prefs score: {', '.join(parts)} -> {args.output_dir}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         weight_range=(low, high),
         image_root=args.image_root,
         limit=args.limit,
+        prompt_of=args.prompt_of,
         progress=not args.no_progress,
     )
     writer = None
