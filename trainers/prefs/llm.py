@@ -19,7 +19,6 @@ All steps share one :class:`medbench.judge.client.JudgeClient`, so the manifest 
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import json
 import math
@@ -246,13 +245,14 @@ class PrefsLLM:
                 on (:class:`medbench.judge.client.JudgeAbort`).
         """
 
+        from medbench.judge.client import gather_or_cancel
+        from medbench.judge.runner import run_coroutine
+
         async def main() -> list[R]:
             try:
-                return list(await asyncio.gather(*(job() for job in jobs)))
+                return await gather_or_cancel(job() for job in jobs)
             finally:
                 await self.client.aclose()
-
-        from medbench.judge.runner import run_coroutine
 
         return run_coroutine(main)
 
