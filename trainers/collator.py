@@ -5,10 +5,18 @@ objectives (CoPO, mDPO, MMedPO, error-targeted) also need the answer scored unde
 collator builds one row per ``(answer, image)`` pair the objective asks for and stacks them block by block:
 ``[row 0 of every record; row 1 of every record; ...]``. For the two-row ``(chosen, image), (rejected, image)``
 layout the output is exactly TRL's (checked in ``tests/trainers/test_parity.py``), so stock TRL losses can read it.
+
+Answers are tokenized as the continuation of their prompt, not on their own: the prompt ids are what evaluation
+feeds the model (the processor on the rendered prompt), and the answer ids are what follows them in the
+tokenization of the whole conversation (:func:`continuation_ids`). A sentencepiece tokenizer (LLaVA-Med's) gives a
+text stretch a dummy-prefix ``▁``, so an answer tokenized alone would start with a token the model never sees after
+the prompt; TRL's collator tokenizes answers alone, and its batch equals ours where the two agree (tokenizers
+without a dummy prefix, such as Qwen's byte-level BPE).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +30,34 @@ from medbench.prompts import needs_special_tokens, render_prompt_and_answers
 from .data import load_image
 from .objectives import Objective, is_visual_error
 
+logger = logging.getLogger(__name__)
+
 # Per-token tensors some processors add next to input_ids; they are extended over the answer and truncated with it.
 _TOKEN_ALIGNED_KEYS = ("token_type_ids", "mm_token_type_ids")
+
+
+def continuation_ids(tokenizer: Any, prompts: list[str], answers: list[str]) -> tuple[list[list[int]], list[int]]:
+    """The token ids of each answer as the continuation of its prompt in the conversation's tokenization.
+
+    ``prompts[i] + answers[i]`` is the whole conversation's text (see
+    :func:`medbench.prompts.render_prompt_and_answers`). It is tokenized in one piece, and the answer's ids are the
+    ones after the prompt's own ids, which must be a prefix of it. When they are not (a token merges across the
+    boundary, so no split of the conversation's ids starts with the prompt's ids evaluation uses), the answer is
+    tokenized on its own instead and its index is returned.
+
+    Returns:
+        ``(answer ids per pair, indices of the pairs that fell back to the answer alone)``.
+    """
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer([p + a for p, a in zip(prompts, answers)], add_special_tokens=False)["input_ids"]
+    ids, fallbacks = [], []
+    for index, (prompt, full) in enumerate(zip(prompt_ids, full_ids)):
+        if full[: len(prompt)] == prompt:
+            ids.append(full[len(prompt) :])
+        else:
+            ids.append(tokenizer(answers[index], add_special_tokens=False)["input_ids"])
+            fallbacks.append(index)
+    return ids, fallbacks
 
 
 @dataclass
@@ -51,6 +85,7 @@ class PreferenceCollator:
     visual_error_types: frozenset[str] = frozenset({"visual_misinterpretation"})
     system_prompt: str | None = None
     image_loader: Callable[[str], Any] = field(default=load_image)
+    _warned_fallback: bool = field(default=False, init=False, repr=False)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [self.objective.rows_for(example, self.visual_error_types) for example in examples]
@@ -104,11 +139,9 @@ class PreferenceCollator:
             return_tensors="pt",
             add_special_tokens=needs_special_tokens(tokenizer, prompts[0]),  # as medbench_hf tokenizes the prompt
         )
-        completions = tokenizer(
-            answers, padding=True, padding_side="right", return_tensors="pt", add_special_tokens=False
-        )
+        pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+        answer_ids, answer_mask = self._answer_tensors(tokenizer, prompts, answers, examples, answer_keys, pad_id)
         prompt_ids, prompt_mask = processed["input_ids"], processed["attention_mask"]
-        answer_ids, answer_mask = completions["input_ids"], completions["attention_mask"]
         input_ids = torch.cat((prompt_ids, answer_ids), dim=1)
         attention_mask = torch.cat((prompt_mask, answer_mask), dim=1)
         completion_mask = torch.cat((torch.zeros_like(prompt_mask), answer_mask), dim=1)
@@ -142,7 +175,6 @@ class PreferenceCollator:
                 kept[members] = kept[members].min()
             totals = prompt_lengths + kept
             keep = torch.arange(input_ids.size(1)).unsqueeze(0) < totals.unsqueeze(1)
-            pad_id = getattr(tokenizer, "pad_token_id", None) or 0
             width = int(totals.max())
             input_ids = input_ids.masked_fill(~keep, pad_id)[:, :width]
             attention_mask = (attention_mask * keep)[:, :width]
@@ -155,3 +187,34 @@ class PreferenceCollator:
         for key, tensor in zip([k for k in _TOKEN_ALIGNED_KEYS if k in processed], aligned):
             batch[key] = tensor
         return batch
+
+    def _answer_tensors(
+        self,
+        tokenizer: Any,
+        prompts: list[str],
+        answers: list[str],
+        examples: list[dict[str, Any]],
+        answer_keys: list[tuple[int, str]],
+        pad_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded answer ids and mask, each answer tokenized as its prompt's continuation (once per pair)."""
+        pairs = list(dict.fromkeys(zip(prompts, answers)))
+        ids, fallbacks = continuation_ids(tokenizer, [p for p, _ in pairs], [a for _, a in pairs])
+        index_of = {pair: index for index, pair in enumerate(pairs)}
+        row_pairs = [index_of[pair] for pair in zip(prompts, answers)]
+        if fallbacks and not self._warned_fallback:
+            self._warned_fallback = True
+            row = next(row for row, pair in enumerate(row_pairs) if pair in set(fallbacks))
+            logger.warning(
+                "record '%s': the prompt's tokens are not a prefix of the conversation's tokens (a token spans the "
+                "prompt/answer boundary), so its answer is tokenized on its own (warned once per collator)",
+                examples[answer_keys[row][0]].get("id"),
+            )
+        rows = [ids[pair] for pair in row_pairs]
+        width = max(len(row) for row in rows)
+        answer_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        answer_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            answer_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            answer_mask[index, : len(row)] = 1
+        return answer_ids, answer_mask

@@ -9,16 +9,23 @@ from pathlib import Path
 
 import pytest
 from _prefdata import FAST
+from judge_server import LoopbackJudgeServer
 
 from medbench.data.loading import DEMO_DIR
 from medbench.judge.config import JudgeConfig
-from judge_server import LoopbackJudgeServer
 from medbench.train.config import load_recipe, recipe_paths
 from medbench.train.data import load_preference_file, validate_records
 from medbench.train.objectives import OBJECTIVES
 from medbench.train.prefs.build import BuildOptions, build
 from medbench.train.prefs.images import corrupt
-from medbench.train.prefs.llm import LLMRejectedWriter, parse_rejected, sanity_problem
+from medbench.train.prefs.llm import (
+    PrefsLLM,
+    parse_error_type,
+    parse_rejected,
+    parse_relevance,
+    sanity_problem,
+    taxonomy_key,
+)
 from medbench.train.prefs.rules import candidate_edits, record_rng, rule_edit, tag_error_type
 
 DEMO_VQA = DEMO_DIR / "vqa.jsonl"
@@ -173,9 +180,8 @@ def test_llm_mode_through_the_judge_transport_with_failures(tmp_path):
     with LoopbackJudgeServer(answer=_llm_answer, script=["500", "429", "garbage"]) as server:
         config = JudgeConfig(model="loopback", base_url=server.base_url, max_retries=2, backoff_base=0.0,
                              backoff_max=0.0, concurrency=4, timeout=10.0, progress=False)
-        writer = LLMRejectedWriter(config)
         report = build(str(DEMO_VQA), tmp_path / "out", BuildOptions(recipe="dpo", mode="llm", progress=False),
-                       llm_writer=writer)
+                       llm=PrefsLLM(config))
     manifest = report.manifest
     rows = [json.loads(line) for line in report.records_path.read_text().splitlines()]
     answers = [json.loads(line)["answer"] for line in DEMO_VQA.read_text().splitlines()]
@@ -189,8 +195,164 @@ def test_llm_mode_through_the_judge_transport_with_failures(tmp_path):
     assert all(row["meta"]["rule"] == "llm" and row["meta"]["edit"] == "rejected_answer-v1" for row in rows)
     stats = manifest["llm"]["stats"]
     assert stats["retries"] >= 3 and stats["failures"] == answers.count("CT")
-    assert manifest["llm"]["prompt"]["id"] == "rejected_answer-v1" and len(manifest["llm"]["prompt"]["sha256"]) == 64
+    assert list(manifest["llm"]["prompts"]) == ["rejected_answer"]
+    prompt = manifest["llm"]["prompts"]["rejected_answer"]
+    assert prompt["id"] == "rejected_answer-v1" and len(prompt["sha256"]) == 64
     assert server.count("500") == 1 and server.count("429") == 1 and server.count("garbage") == 1
+
+
+def _loopback_config(server, **extra) -> JudgeConfig:
+    settings = {"model": "loopback", "base_url": server.base_url, "max_retries": 3, "backoff_base": 0.0,
+                "backoff_max": 0.0, "concurrency": 4, "timeout": 10.0, "progress": False}
+    return JudgeConfig(**{**settings, **extra})
+
+
+def _sections(messages) -> tuple[str, str, str | None]:
+    """(what the prompt asks for, the chosen answer, the rejected answer) of one prefs LLM request."""
+    user = messages[-1]["content"]
+    asked = next(key for key in ('{"score"', '{"error_type"', '{"rejected"') if key in user)
+    chosen = user.split("CORRECT ANSWER:", 1)[1].split("WRONG ANSWER:", 1)[0].strip()
+    rejected = user.split("WRONG ANSWER:", 1)[1].strip() if "WRONG ANSWER:" in user else None
+    return asked, chosen, rejected
+
+
+def _relevance_answer(messages):
+    asked, chosen, _ = _sections(messages)
+    assert asked == '{"score"'
+    if chosen == "CT":
+        return "relevance", "This difference is very significant."  # never JSON: re-asked, then failed
+    if chosen == "MRI":
+        return "relevance", json.dumps({"score": "high"})  # not a number: re-asked, then failed
+    if chosen == "no":
+        return "relevance", json.dumps({"score": 1.7, "reason": "wrong scale"})  # outside [0, 1]: refused
+    return "relevance", "```json\n" + json.dumps({"score": 0.25, "reason": "minor"}) + "\n```"
+
+
+def test_llm_relevance_weights_with_failures_fall_back_to_the_offline_table(tmp_path):
+    options = BuildOptions(recipe="mmedpo", seed=3, progress=False, relevance="llm", weight_range=(0.5, 1.5))
+    with LoopbackJudgeServer(answer=_relevance_answer, script=["500", "500", "garbage"]) as server:
+        report = build(str(DEMO_VQA), tmp_path / "llm", options, llm=PrefsLLM(_loopback_config(server)))
+    offline = build(str(DEMO_VQA), tmp_path / "offline", BuildOptions(recipe="mmedpo", seed=3, progress=False))
+    rows = {row["id"]: row for row in map(json.loads, report.records_path.read_text().splitlines())}
+    offline_rows = {row["id"]: row for row in map(json.loads, offline.records_path.read_text().splitlines())}
+    assert set(rows) == set(offline_rows)
+    chosen = [row["chosen"] for row in rows.values()]
+    for key, row in rows.items():
+        relevance = row["meta"]["relevance"]
+        # The rejected answers, error types and images are the offline build's: only the weights differ.
+        assert row["rejected"] == offline_rows[key]["rejected"]
+        assert row["error_type"] == offline_rows[key]["error_type"]
+        assert row["rejected_image"] == offline_rows[key]["rejected_image"]
+        if row["chosen"] in ("CT", "MRI", "no"):
+            # No silent zero: the offline table's score, with the reason it was used.
+            assert relevance["source"] == "offline_fallback" and row["weight"] == offline_rows[key]["weight"]
+            assert relevance["score"] == offline_rows[key]["meta"]["relevance"]["score"]
+            reason = "out_of_range" if row["chosen"] == "no" else "llm_failed"
+            assert relevance["problem"].startswith(reason + ":")
+        else:
+            assert relevance == {"score": 0.25, "source": "llm", "reason": "minor"}
+            assert row["weight"] == 0.75
+    assert offline_rows[key]["meta"]["relevance"]["source"] == "offline"
+    manifest = report.manifest
+    assert manifest["counts"]["relevance_source"] == {
+        "llm": len(rows) - chosen.count("CT") - chosen.count("MRI") - chosen.count("no"),
+        "offline_fallback": chosen.count("CT") + chosen.count("MRI") + chosen.count("no"),
+    }
+    assert manifest["counts"]["relevance_fallback"] == {"llm_failed": chosen.count("CT") + chosen.count("MRI"),
+                                                        "out_of_range": chosen.count("no")}
+    weights = manifest["weights"]
+    assert weights["scorer"] == "llm" and weights["model"] == "loopback"
+    assert weights["prompt"]["id"] == "relevance-v1" and len(weights["prompt"]["sha256"]) == 64
+    assert weights["offline"]["table"]["laterality_position"] == 1.0
+    assert offline.manifest["weights"]["scorer"] == "offline" and "prompt" not in offline.manifest["weights"]
+    assert list(manifest["llm"]["prompts"]) == ["relevance"]
+    stats = manifest["llm"]["stats"]
+    # 500, 500 and a malformed body were retried; each unparseable answer was asked three times in all.
+    assert server.count("500") == 2 and server.count("garbage") == 1
+    assert stats["failures"] == chosen.count("CT") + chosen.count("MRI")
+    assert stats["unparseable"] == 3 * (chosen.count("CT") + chosen.count("MRI"))
+    assert stats["retries"] == 3 + 2 * (chosen.count("CT") + chosen.count("MRI"))
+
+
+def _error_type_answer(messages):
+    asked, chosen, _ = _sections(messages)
+    assert asked == '{"error_type"'
+    if chosen == "yes":
+        return "error_type", json.dumps({"error_type": "visual misinterpretation"})  # a near miss: refused
+    if chosen == "CT":
+        return "error_type", "It is a modality error."  # never JSON: re-asked, then failed
+    if chosen == "no":
+        return "error_type", json.dumps({"error_type": "Modality"})  # an exact key, case aside: accepted
+    return "error_type", json.dumps({"error_type": "knowledge_deficiency"})
+
+
+def test_llm_error_type_classifier_validates_keys_and_falls_back_to_the_rules(tmp_path):
+    options = BuildOptions(recipe="error_targeted", seed=0, progress=False, error_types="llm")
+    with LoopbackJudgeServer(answer=_error_type_answer, script=["500", "429"]) as server:
+        report = build(str(DEMO_VQA), tmp_path / "llm", options, llm=PrefsLLM(_loopback_config(server)))
+    offline = build(str(DEMO_VQA), tmp_path / "offline", BuildOptions(recipe="error_targeted", seed=0, progress=False))
+    rows = [json.loads(line) for line in report.records_path.read_text().splitlines()]
+    rule_tags = {row["id"]: row["error_type"] for row in map(json.loads, offline.records_path.read_text().splitlines())}
+    chosen = [row["chosen"] for row in rows]
+    for row in rows:
+        source = row["meta"]["error_type"]
+        if row["chosen"] in ("yes", "CT"):
+            assert row["error_type"] == rule_tags[row["id"]] and source["source"] == "rules"
+            expected = "not_a_taxonomy_key: 'visual misinterpretation'" if row["chosen"] == "yes" else "llm_failed:"
+            assert source["problem"].startswith(expected)
+        else:
+            assert source == {"source": "llm_classifier"}
+            assert row["error_type"] == ("modality" if row["chosen"] == "no" else "knowledge_deficiency")
+    counts = report.manifest["counts"]
+    assert counts["error_type_fallback"] == {"llm_failed": chosen.count("CT"), "not_a_taxonomy_key": chosen.count("yes")}
+    assert counts["error_type_source"] == {"llm_classifier": len(rows) - chosen.count("yes") - chosen.count("CT"),
+                                           "rules": chosen.count("yes") + chosen.count("CT")}
+    assert counts["category"]["knowledge_deficiency"] == len(rows) - sum(map(chosen.count, ("yes", "no", "CT")))
+    described = report.manifest["error_types"]
+    assert described["tagger"] == "llm" and described["model"] == "loopback"
+    assert described["prompt"]["id"] == "error_type-v1" and len(described["prompt"]["sha256"]) == 64
+    assert offline.manifest["error_types"] == {"tagger": "rules", "fallback": "rule-based tag"}
+    assert report.manifest["llm"]["stats"]["rate_limited"] == 1 and server.count("500") == 1
+    # The records still pass the trainer's validation (the error types are taxonomy keys).
+    recipe = load_recipe("error_targeted")
+    validate_records(load_preference_file(report.records_path), recipe.name, OBJECTIVES[recipe.objective],
+                     frozenset(recipe.visual_error_types), report.records_path)
+
+
+def _all_steps_answer(messages):
+    asked, chosen, rejected = _sections(messages)
+    if asked == '{"rejected"':
+        return "rejected", json.dumps({"rejected": f"not {chosen}", "error_type": "organ"})
+    if asked == '{"error_type"':
+        assert rejected == f"not {chosen}"  # the classifier sees the LLM's edit
+        return "error_type", json.dumps({"error_type": "diagnosis"})
+    return "relevance", json.dumps({"score": 0.5})
+
+
+def test_all_llm_steps_share_one_client_and_one_cost_report(tmp_path):
+    options = BuildOptions(recipe="mmedpo", progress=False, mode="llm", error_types="llm", relevance="llm", limit=4)
+    with LoopbackJudgeServer(answer=_all_steps_answer) as server:
+        report = build(str(DEMO_VQA), tmp_path / "out", options, llm=PrefsLLM(_loopback_config(server)))
+    rows = [json.loads(line) for line in report.records_path.read_text().splitlines()]
+    assert len(rows) == 4 and server.count() == 12
+    assert all(row["error_type"] == "diagnosis" and row["weight"] == 1.0 for row in rows)
+    assert all(row["meta"]["relevance"] == {"score": 0.5, "source": "llm"} for row in rows)
+    llm = report.manifest["llm"]
+    assert list(llm["prompts"]) == ["rejected_answer", "error_type", "relevance"]
+    assert llm["stats"]["requests"] == llm["stats"]["answered"] == 12
+
+
+def test_llm_relevance_and_error_type_answers_are_parsed_strictly():
+    assert parse_relevance('{"score": 0.4, "reason": " small "}') == {"score": 0.4, "reason": "small"}
+    assert parse_relevance('{"score": 1}') == {"score": 1.0, "reason": None}
+    for bad in ('{"score": true}', '{"score": "0.4"}', "0.4", '["score", 0.4]'):
+        with pytest.raises(ValueError):
+            parse_relevance(bad)
+    assert parse_error_type('{"error_type": "Visual misinterpretation"}') == "Visual misinterpretation"
+    with pytest.raises(ValueError):
+        parse_error_type('{"error_type": ""}')
+    assert taxonomy_key("Laterality_Position") == "laterality_position"
+    assert taxonomy_key("visual misinterpretation") is None and taxonomy_key("laterality") is None
 
 
 @pytest.mark.parametrize("recipe_name", RECIPES)
@@ -235,6 +397,10 @@ def test_cli_builds_and_reports(tmp_path, capsys):
         (["nope.jsonl", "--recipe", "dpo"], "neither a file nor a medbench task name"),
         ([str(DEMO_VQA), "--recipe", "nosuch"], "recipe file not found: nosuch"),
         ([str(DEMO_VQA), "--recipe", "dpo", "--mode", "llm"], "needs a model"),
+        ([str(DEMO_VQA), "--recipe", "mmedpo", "--relevance", "llm", "--error_types", "llm"],
+         "--error_types llm and --relevance llm needs a model"),
+        ([str(DEMO_VQA), "--recipe", "dpo", "--relevance", "llm", "--llm_model", "m", "--llm_base_url",
+          "http://127.0.0.1:9/v1"], "recipe dpo has no weight field"),
         ([str(DEMO_VQA), "--recipe", "mdpo", "--max_area", "0.5"], "must lie in (0, 0.2]"),
     ],
 )
@@ -242,6 +408,22 @@ def test_cli_mistakes_are_one_line(tmp_path, capsys, monkeypatch, argv, message)
     from medbench.cli import main
 
     monkeypatch.delenv("MEDBENCH_JUDGE_MODEL", raising=False)
+    monkeypatch.setenv("MEDBENCH_JUDGE_CACHE", str(tmp_path / "cache.sqlite"))
     assert main(["prefs", "build", *argv, "--output_dir", str(tmp_path / "o"), "--no_progress"]) == 2
+    assert not (tmp_path / "cache.sqlite").exists()  # a refused build opens nothing
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_llm_relevance_reports_its_sources(tmp_path, capsys, monkeypatch):
+    from medbench.cli import main
+
+    monkeypatch.setenv("MEDBENCH_JUDGE_CACHE", "off")
+    with LoopbackJudgeServer(answer=_relevance_answer) as server:
+        assert main(["prefs", "build", str(DEMO_VQA), "--recipe", "mmedpo", "--output_dir", str(tmp_path / "o"),
+                     "--relevance", "llm", "--llm_model", "loopback", "--llm_base_url", server.base_url,
+                     "--limit", "3", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    # demo records 1-3 answer yes, no (a score outside [0, 1]) and CT (never JSON)
+    assert "relevance sources: llm 1, offline_fallback 2 (fallback reasons: llm_failed 1, out_of_range 1)" in out
+    assert "llm: " in out and "requests" in out

@@ -5,10 +5,13 @@ medbench task name (its configured source: demo, local file or hub), or a file i
 ``chosen`` is the answer). Output, in ``--output_dir``:
 
 * ``prefs.jsonl``: records in the trainer's schema with the fields ``--recipe`` needs, each with ``meta``
-  naming the rule (or LLM prompt) behind its rejected answer and the corruption behind its ``rejected_image``;
+  naming the rule (or LLM prompt) behind its rejected answer, where its error type and MMedPO relevance came from
+  (``meta.error_type.source``, ``meta.relevance.source``, with the reason of a fallback), and the corruption
+  behind its ``rejected_image``;
 * ``images/``: the derived (corrupted) images, and the source images of hub data sets;
-* ``manifest.json``: builder version, input hashes, seed, every option, taxonomy and lexicon versions, counts per
-  rule / error type / corruption, the skipped records with their reason, and the LLM cost report.
+* ``manifest.json``: builder version, input hashes, seed, every option, taxonomy and lexicon versions, the error-type
+  tagger and relevance scorer (model, prompt id + SHA-256), counts per rule / error type / corruption / source /
+  fallback reason, the skipped records with their reason, and the LLM cost report.
 
 Every random choice comes from a generator seeded by ``(seed, record id, purpose)``: the same seed gives the same
 files, whatever the record order. A bad record (missing or unreadable image, empty question or answer, no
@@ -21,7 +24,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ from medbench.progress import progress_bar
 from medbench.taxonomy import load_taxonomy
 
 from .images import CORRUPTIONS, DEFAULT_REGION, DEFAULTS, corrupt
-from .rules import load_lexicon, record_rng, rule_edit
+from .llm import LLMVerdict
+from .rules import Edit, load_lexicon, record_rng, rule_edit, tag_error_type
 
 BUILDER_VERSION = "1.0"
 RECORDS_FILE = "prefs.jsonl"
@@ -40,8 +44,9 @@ IMAGES_DIR = "images"
 # The corruption each image-side recipe gets by default: lesion-region noise (CoPO, MMedPO), crop (mDPO's paper).
 DEFAULT_CORRUPTION = {"mdpo": "crop"}
 
-# Offline clinical-relevance scores per error type for MMedPO's weights (used without an LLM scorer): errors that
-# change diagnosis or management score 1.0, attribute errors less. Mapped linearly onto --weight_range.
+# Offline clinical-relevance scores per error type for MMedPO's weights (`--relevance offline`, and the fallback of
+# a record the LLM scorer gave no usable score): errors that change diagnosis or management score 1.0, attribute
+# errors less; other keys DEFAULT_RELEVANCE. Mapped linearly onto --weight_range like the LLM's score.
 OFFLINE_RELEVANCE = {
     "laterality_position": 1.0,
     "presence_abnormality": 1.0,
@@ -65,6 +70,10 @@ class BuildOptions:
         recipe: Trainer recipe the records are for (decides which fields are built).
         seed: Seed of every random choice.
         mode: ``rules`` (offline) or ``llm`` (rejected answers from an LLM through the judge transport).
+        error_types: ``rules`` (the rule's tag; an LLM edit's own key, else the rule-based tagger) or ``llm`` (an LLM
+            classifier, falling back to the rule-based tag; counted).
+        relevance: ``offline`` (the error-type table) or ``llm`` (an LLM's clinical-relevance score, falling back
+            to the table; counted): MMedPO's weights.
         corruption: ``noise``, ``crop``, ``blackout`` or ``blur``; None picks the recipe's default.
         corruption_options: Overrides of the corruption's defaults (``sigma``, ``radius``, ``max_area``, ...).
         rules: Restrict the offline rules (names as in :func:`medbench.train.prefs.rules.rule_edit`); None = all.
@@ -79,6 +88,8 @@ class BuildOptions:
     recipe: str = "dpo"
     seed: int = 0
     mode: str = "rules"
+    error_types: str = "rules"
+    relevance: str = "offline"
     corruption: str | None = None
     corruption_options: dict[str, Any] = field(default_factory=dict)
     rules: list[str] | None = None
@@ -243,7 +254,49 @@ def _open_image(item: dict[str, Any]):
     return load_image(image)
 
 
-def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer: Any | None = None) -> BuildReport:
+@dataclass
+class _TextSide:
+    """The answer side of one record: its edit (or why there is none), where its error type and relevance came from."""
+
+    edit: Edit | None = None
+    problem: str | None = None  # why the record has no rejected answer (it is skipped)
+    check: str | None = None  # the LLM sanity check that refused the edit
+    error_type_source: str = "rules"
+    error_type_problem: str | None = None  # why the LLM classifier's answer was not used
+    relevance: LLMVerdict | None = None
+
+
+def _rule_side(item: dict[str, Any], seed: int, rules: frozenset[str] | None) -> _TextSide:
+    edit = rule_edit(item["question"], item["answer"], record_rng(seed, item["id"], "rejected"), rules)
+    return _TextSide(edit) if edit is not None else _TextSide(problem="no rule applies")
+
+
+async def _llm_side(llm: Any, item: dict[str, Any], side: _TextSide, options: BuildOptions) -> _TextSide:
+    """Complete ``side`` with the build's LLM steps: rejected answer, error type, relevance (in that order)."""
+    question, chosen = item["question"], item["answer"]
+    if options.mode == "llm":
+        outcome = await llm.rejected(question, chosen)
+        if outcome.edit is None:
+            return _TextSide(problem=f"llm: {outcome.problem}", check=outcome.problem.split(":")[0])
+        side = _TextSide(outcome.edit, error_type_source=outcome.error_type_source)
+    if side.edit is None:
+        return side
+    rejected = side.edit.rejected
+    if options.error_types == "llm":
+        verdict = await llm.error_type(question, chosen, rejected)
+        if verdict.value is not None:
+            side.edit, side.error_type_source = replace(side.edit, error_type=verdict.value), "llm_classifier"
+        else:
+            # The rule-based tag: the offline rule's own, or the tagger's for an LLM edit.
+            fallback = side.edit.error_type if side.edit.rule != "llm" else tag_error_type(question, chosen, rejected)
+            side.edit, side.error_type_source = replace(side.edit, error_type=fallback), "rules"
+            side.error_type_problem = verdict.problem
+    if options.relevance == "llm":
+        side.relevance = await llm.relevance(question, chosen, rejected)
+    return side
+
+
+def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any | None = None) -> BuildReport:
     """Build preference records for ``options.recipe`` from ``source`` into ``output_dir``.
 
     Args:
@@ -251,7 +304,8 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
         output_dir: Folder for ``prefs.jsonl``, ``images/`` and ``manifest.json`` (created; must not hold a
             previous build's records unless they are overwritten on purpose by the caller).
         options: The build's options.
-        llm_writer: For ``mode: llm``, an :class:`medbench.train.prefs.llm.LLMRejectedWriter`.
+        llm: For ``mode``, ``error_types`` or ``relevance`` set to ``llm``, a
+            :class:`medbench.train.prefs.llm.PrefsLLM`.
 
     Returns:
         The :class:`BuildReport`.
@@ -259,10 +313,16 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
     Raises:
         MedbenchError: unusable input source, options, or LLM configuration (one line); nothing is written then.
     """
-    if options.mode not in ("rules", "llm"):
-        raise MedbenchError(f"prefs build: --mode {options.mode!r} is not rules or llm")
-    if options.mode == "llm" and llm_writer is None:
-        raise MedbenchError("prefs build: --mode llm needs a judge model (set MEDBENCH_JUDGE_MODEL or --llm_model)")
+    for flag, value, allowed in (("mode", options.mode, ("rules", "llm")),
+                                 ("error_types", options.error_types, ("rules", "llm")),
+                                 ("relevance", options.relevance, ("offline", "llm"))):
+        if value not in allowed:
+            raise MedbenchError(f"prefs build: --{flag} {value!r} is not {' or '.join(allowed)}")
+    llm_steps = [flag for flag, value in (("mode", options.mode), ("error_types", options.error_types),
+                                          ("relevance", options.relevance)) if value == "llm"]
+    if llm_steps and llm is None:
+        raise MedbenchError(f"prefs build: --{llm_steps[0]} llm needs a judge model (set MEDBENCH_JUDGE_MODEL or "
+                            "--llm_model)")
     corruption = options.corruption
     if corruption is not None and corruption not in CORRUPTIONS:
         raise MedbenchError(f"prefs build: --corruption {corruption!r}; choose {', '.join(CORRUPTIONS)}")
@@ -271,6 +331,12 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
         raise MedbenchError(f"prefs build: --weight_range {low},{high} must satisfy 0 <= low <= high")
     fields, objective = _needs(options.recipe)
     pre, post = _task_prompt(options.prompt_of) if options.prompt_of else ("", "")
+    needs_rejected, weights = "rejected" in fields, "weight" in fields
+    if options.relevance == "llm" and not (weights and needs_rejected):
+        raise MedbenchError(f"prefs build: --relevance llm scores MMedPO weights; recipe {options.recipe} has no "
+                            "weight field (use --recipe mmedpo or drop --relevance)")
+    if options.error_types == "llm" and not needs_rejected:
+        raise MedbenchError(f"prefs build: --error_types llm tags rejected answers; recipe {options.recipe} has none")
     corruption = corruption or DEFAULT_CORRUPTION.get(objective, "noise")
     items, input_description = read_supervised(source, options.image_root)
     if options.limit is not None:
@@ -300,20 +366,27 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
             continue
         usable.append(item)
 
-    progress = progress_bar(
-        len(usable) * (2 if options.mode == "llm" else 1), options.progress, "prefs build", "record"
-    )
-    edits: dict[str, Any] = {}
+    llm_used = needs_rejected and bool(llm_steps)
+    progress = progress_bar(len(usable) * (2 if llm_used else 1), options.progress, "prefs build", "record")
+    sides: dict[str, _TextSide] = {}
+    if needs_rejected:
+        sides = {item["id"]: _rule_side(item, options.seed, rules) if options.mode == "rules" else _TextSide()
+                 for item in usable}
     llm_report = None
-    needs_rejected = "rejected" in fields
-    if needs_rejected and options.mode == "llm":
-        outcomes = llm_writer.write_all([(i["question"], i["answer"]) for i in usable], on_done=lambda: progress.update(1))
-        for item, outcome in zip(usable, outcomes):
-            edits[item["id"]] = outcome
-        llm_report = llm_writer.report()
+    if llm_used:
+        def job(item: dict[str, Any]):
+            async def run() -> None:
+                sides[item["id"]] = await _llm_side(llm, item, sides[item["id"]], options)
+                progress.update(1)
+
+            return run
+
+        llm.run([job(item) for item in usable])
+        llm_report = llm.report()
 
     counts = {"rule": Counter(), "error_type": Counter(), "category": Counter(), "corruption": Counter(),
-              "rejected_by_check": Counter(), "error_type_source": Counter()}
+              "rejected_by_check": Counter(), "error_type_source": Counter(), "error_type_fallback": Counter(),
+              "relevance_source": Counter(), "relevance_fallback": Counter()}
     records = []
     for item in usable:
         progress.update(1)
@@ -327,26 +400,21 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
             item["pil"].save(output_dir / name)
             record["image"] = name
             image_hashes.append(_file_sha256(output_dir / name))
-        edit = None
-        if needs_rejected:
-            if options.mode == "llm":
-                outcome = edits[item["id"]]
-                if outcome.edit is None:
-                    counts["rejected_by_check"][outcome.problem.split(":")[0]] += 1
-                    skipped.append({"id": item["id"], "where": item["where"], "problem": f"llm: {outcome.problem}"})
-                    continue
-                edit = outcome.edit
-                counts["error_type_source"][outcome.error_type_source] += 1
-            else:
-                edit = rule_edit(item["question"], item["answer"], record_rng(options.seed, item["id"], "rejected"),
-                                 rules)
-                if edit is None:
-                    skipped.append({"id": item["id"], "where": item["where"], "problem": "no rule applies"})
-                    continue
-                counts["error_type_source"]["rules"] += 1
+        side = sides.get(item["id"])
+        if side is not None:
+            if side.edit is None:
+                if side.check:
+                    counts["rejected_by_check"][side.check] += 1
+                skipped.append({"id": item["id"], "where": item["where"], "problem": side.problem})
+                continue
+            edit = side.edit
             record["rejected"] = edit.rejected
             record["error_type"] = edit.error_type
-            meta.update(rule=edit.rule, edit=edit.detail)
+            meta.update(rule=edit.rule, edit=edit.detail, error_type={"source": side.error_type_source})
+            counts["error_type_source"][side.error_type_source] += 1
+            if side.error_type_problem:
+                meta["error_type"]["problem"] = side.error_type_problem
+                counts["error_type_fallback"][side.error_type_problem.split(":")[0]] += 1
             counts["rule"][edit.rule] += 1
             counts["error_type"][edit.error_type] += 1
             counts["category"][taxonomy.category(edit.error_type)] += 1
@@ -367,10 +435,12 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
             record["rejected_image"] = name
             meta["corruption"] = params
             counts["corruption"][corruption] += 1
-        if "weight" in fields:
-            relevance = OFFLINE_RELEVANCE.get(record.get("error_type") or "", DEFAULT_RELEVANCE)
-            record["weight"] = round(low + relevance * (high - low), 4)
-            meta["relevance"] = {"score": relevance, "source": "offline error-type table"}
+        if weights:
+            meta["relevance"] = _relevance(record.get("error_type"), side.relevance if side else None, options)
+            record["weight"] = round(low + meta["relevance"]["score"] * (high - low), 4)
+            counts["relevance_source"][meta["relevance"]["source"]] += 1
+            if "problem" in meta["relevance"]:
+                counts["relevance_fallback"][meta["relevance"]["problem"].split(":")[0]] += 1
         record["meta"] = meta
         records.append(record)
     progress.close()
@@ -389,8 +459,12 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
         "lexicon": {"version": lexicon.version, "sha256": lexicon.sha256},
         "corruption": {"kind": corruption, "defaults": DEFAULTS[corruption], "default_region": DEFAULT_REGION}
         if "rejected_image" in fields else None,
-        "weights": {"range": list(options.weight_range), "scorer": "offline error-type table",
-                    "table": OFFLINE_RELEVANCE, "default": DEFAULT_RELEVANCE} if "weight" in fields else None,
+        "error_types": {"tagger": options.error_types, "fallback": "rule-based tag",
+                        **(llm.describe("error_type") if options.error_types == "llm" else {})}
+        if needs_rejected else None,
+        "weights": {"range": list(options.weight_range), "scorer": options.relevance,
+                    **(llm.describe("relevance") if options.relevance == "llm" else {}),
+                    "offline": {"table": OFFLINE_RELEVANCE, "default": DEFAULT_RELEVANCE}} if weights else None,
         "counts": {"input": len(items), "built": len(records), "skipped": len(skipped),
                    **{name: dict(sorted(counter.items())) for name, counter in counts.items()}},
         "skipped": skipped,
@@ -400,6 +474,19 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm_writer
     manifest_path = output_dir / MANIFEST_FILE
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return BuildReport(output_dir, records_path, manifest_path, manifest)
+
+
+def _relevance(error_type: str | None, verdict: LLMVerdict | None, options: BuildOptions) -> dict[str, Any]:
+    """``meta.relevance`` of one record: the LLM's score, else the offline table's (a fallback says why)."""
+    if verdict is not None and verdict.value is not None:
+        relevance = {"score": verdict.value, "source": "llm"}
+        if verdict.reason:
+            relevance["reason"] = verdict.reason
+        return relevance
+    relevance = {"score": OFFLINE_RELEVANCE.get(error_type or "", DEFAULT_RELEVANCE), "source": "offline"}
+    if verdict is not None:
+        relevance.update(source="offline_fallback", problem=verdict.problem)
+    return relevance
 
 
 def _safe(name: str) -> str:

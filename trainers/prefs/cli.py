@@ -3,13 +3,16 @@
 Usage::
 
     medbench prefs build INPUT --recipe NAME --output_dir DIR [--seed N] [--mode rules|llm]
+        [--error_types rules|llm] [--relevance offline|llm]
         [--corruption noise|crop|blackout|blur] [--sigma S] [--radius R] [--max_area F] [--blackout_region full]
         [--rules yes_no,presence_flip,swap,number] [--weight_range LOW,HIGH] [--image_root DIR] [--limit N]
         [--llm_model NAME] [--llm_base_url URL] [--no_progress]
 
 INPUT is a JSONL/JSON file (a task's local file, or the trainer's schema) or a medbench task name.
-LLM mode reads the judge's settings (MEDBENCH_JUDGE_MODEL, MEDBENCH_JUDGE_BASE_URL, MEDBENCH_JUDGE_API_KEY,
-concurrency, retries, cache; see docs/judge.md); ``--llm_model`` / ``--llm_base_url`` override them.
+The LLM steps (``--mode llm``: rejected answers, ``--error_types llm``: error-type classifier, ``--relevance llm``:
+MMedPO clinical-relevance weights) read the judge's settings (MEDBENCH_JUDGE_MODEL, MEDBENCH_JUDGE_BASE_URL,
+MEDBENCH_JUDGE_API_KEY, concurrency, retries, cache; see docs/judge.md); ``--llm_model`` / ``--llm_base_url``
+override them. They share one client and one cost report.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output_dir", required=True, help="folder for prefs.jsonl, images/ and manifest.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--mode", choices=("rules", "llm"), default="rules", help="rejected answers from rules or an LLM")
+    parser.add_argument("--error_types", choices=("rules", "llm"), default="rules",
+                        help="error types from the rule-based tagger or an LLM classifier (falls back to rules; counted)")
+    parser.add_argument("--relevance", choices=("offline", "llm"), default="offline",
+                        help="MMedPO weights from the offline error-type table or an LLM's clinical-relevance score "
+                             "(falls back to the table; counted)")
     parser.add_argument("--corruption", choices=("noise", "crop", "blackout", "blur"), help="rejected_image kind")
     parser.add_argument("--sigma", type=float, help="noise: standard deviation in grey levels (default 60)")
     parser.add_argument("--radius", type=float, help="blur: Gaussian radius in pixels (default 8)")
@@ -44,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="build at most this many records")
     parser.add_argument("--prompt_of", metavar="TASK",
                         help="give the questions the prompt TASK evaluates with (e.g. medbench_vqa_rad)")
-    parser.add_argument("--llm_model", help="LLM mode: model name (default MEDBENCH_JUDGE_MODEL)")
-    parser.add_argument("--llm_base_url", help="LLM mode: OpenAI-compatible endpoint (default MEDBENCH_JUDGE_BASE_URL)")
+    parser.add_argument("--llm_model", help="LLM steps: model name (default MEDBENCH_JUDGE_MODEL)")
+    parser.add_argument("--llm_base_url", help="LLM steps: OpenAI-compatible endpoint (default MEDBENCH_JUDGE_BASE_URL)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     score = inner.add_parser(
@@ -104,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         seed=args.seed,
         mode=args.mode,
+        error_types=args.error_types,
+        relevance=args.relevance,
         corruption=args.corruption,
         corruption_options=corruption_options,
         rules=[r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None,
@@ -113,18 +123,19 @@ def run(args: argparse.Namespace) -> int:
         prompt_of=args.prompt_of,
         progress=not args.no_progress,
     )
-    writer = None
-    if args.mode == "llm":
+    llm = None
+    steps = [f"--{flag} llm" for flag in ("mode", "error_types", "relevance") if getattr(args, flag) == "llm"]
+    if steps:
         from medbench.judge.config import JudgeConfig
 
-        from .llm import LLMRejectedWriter
+        from .llm import PrefsLLM
 
         config = JudgeConfig.from_env(model=args.llm_model, base_url=args.llm_base_url,
                                       progress=False)
         if config is None:
-            raise MedbenchError("--mode llm needs a model: set MEDBENCH_JUDGE_MODEL or pass --llm_model")
-        writer = LLMRejectedWriter(config)
-    report = build(args.input, args.output_dir, options, llm_writer=writer)
+            raise MedbenchError(f"{' and '.join(steps)} needs a model: set MEDBENCH_JUDGE_MODEL or pass --llm_model")
+        llm = PrefsLLM(config)
+    report = build(args.input, args.output_dir, options, llm=llm)
     counts = report.manifest["counts"]
     print(f"medbench prefs build: {counts['built']} of {counts['input']} records built for recipe {args.recipe} "
           f"({counts['skipped']} skipped) -> {report.records_path}")
@@ -134,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
         print("  rules: " + ", ".join(f"{k} {v}" for k, v in counts["rule"].items()))
     if counts["error_type"]:
         print("  error types: " + ", ".join(f"{k} {v}" for k, v in counts["error_type"].items()))
+    for name, used in (("error_type", args.error_types == "llm"), ("relevance", args.relevance == "llm")):
+        if used:
+            sources = ", ".join(f"{k} {v}" for k, v in counts[f"{name}_source"].items())
+            fallbacks = ", ".join(f"{k} {v}" for k, v in counts[f"{name}_fallback"].items()) or "none"
+            print(f"  {name.replace('_', ' ')} sources: {sources} (fallback reasons: {fallbacks})")
     if report.manifest["llm"]:
         stats = report.manifest["llm"]["stats"]
         print(f"  llm: {stats['requests']} requests, {stats['retries']} retries, {stats['failures']} failures, "
