@@ -6,8 +6,9 @@ Usage::
         [--backbone NAME] [--image_root DIR] [--rejected_image_root DIR] [--resume [PATH|never]] [--key value ...]
     medbench train --list
 
-``--key value`` overrides any recipe field (``--beta 0.2``, ``--use_lora``, ``--max_steps 100``) or passes any
-``trl.DPOConfig`` argument through (``--save_steps 500``). A flag without a value means ``true``.
+``--key value`` overrides any recipe setting: medbench's own (``--use_lora``, ``--nll_weight 0.5``) or any
+``trl.DPOConfig`` argument (``--beta 0.2``, ``--max_steps 100``, ``--save_steps 500``). A flag without a value means
+``true``; a list is comma-separated (``--lora_target_modules q_proj,v_proj``); ``null`` means None.
 Run under ``accelerate launch`` for several GPUs (configs in ``trainers/accelerate/``).
 """
 
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="preference-optimise a vision-language model with one of the study's recipes",
         description="Preference optimisation (DPO family) for vision-language models, recipe by recipe.",
-        epilog="Any other --key value overrides a recipe field or a trl.DPOConfig argument. See trainers/README.md.",
+        epilog="Any other --key value sets a recipe field or a trl.DPOConfig argument. See trainers/README.md.",
     )
     parser.add_argument("--list", action="store_true", help="list the recipes and backbone profiles, then exit")
     parser.add_argument("--config", help="recipe YAML file (or a shipped recipe name, e.g. dpo)")
@@ -53,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def parse_overrides(tokens: list[str]) -> dict[str, Any]:
     """Turn ``["--beta", "0.2", "--use_lora", "--x=1"]`` into ``{"beta": "0.2", "use_lora": True, "x": "1"}``.
 
-    Values stay strings: the recipe loader converts each to its field's declared type (so ``--save_strategy no``
-    stays the word "no").
+    Values stay strings: the recipe loader types each from its field's annotation, as it types the recipe file's
+    values (so ``--save_strategy no`` stays the word "no").
 
     Raises:
         MedbenchError: a token that is not an option.

@@ -1,18 +1,29 @@
-"""Typed recipe configuration: YAML recipe files, backbone profiles and ``--key value`` overrides.
+"""Recipe configuration: YAML recipe files, backbone profiles and ``--key value`` overrides.
 
-A recipe is a small YAML file in ``trainers/recipes/`` naming an objective and the hyperparameters that differ
-from the defaults below (the study's: β = 0.1, lr 1e-7 cosine, warmup 3 %, 3 epochs, projector frozen). A backbone
-profile in ``trainers/backbones/`` adds the settings one model family needs (chat template, max length, which
-modules train). Settings resolve as: field defaults < backbone profile < recipe file < command-line overrides (a profile
-never overrides what the recipe itself states).
+A recipe is a small YAML file in ``trainers/recipes/`` naming an objective and the settings that differ from the
+study's. Its keys share one flat namespace, as in TRL's own ``TrlParser((ScriptArguments, DPOConfig))`` scripts:
 
-Everything here is import-light: no torch, no TRL (TRL is imported only to validate ``trainer_args`` keys).
+* medbench's own settings, the fields of :class:`RecipeConfig` (objective, loss terms, model loading, LoRA, ...);
+* any ``trl.DPOConfig`` / ``TrainingArguments`` argument (``beta``, ``learning_rate``, ``max_length``,
+  ``save_steps``, ...). They are kept as stated in :attr:`RecipeConfig.dpo_args` and become a ``DPOConfig`` at
+  train time (:func:`resolve_training_args`), over :data:`TRAINING_DEFAULTS` (the study's).
+
+A backbone profile in ``trainers/backbones/`` adds the settings one model family needs (chat template, max length,
+which modules train). Settings resolve as: defaults < backbone profile < recipe file < command-line overrides (a
+profile never overrides what the recipe itself states). ``transformers.HfArgumentParser`` types every value from
+the dataclass annotations (:func:`parse_dataclass`), so a YAML value and the same text on the command line mean
+the same thing.
+
+Loading a recipe imports no torch and no TRL (only transformers' argument parser); ``medbench train --list`` reads
+the recipe files' names and descriptions only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import difflib
+import functools
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +43,26 @@ ACCELERATE_DIR = Path(__file__).resolve().parent / "accelerate"
 # Language-model projections LoRA adapts by default (Llama/Mistral/Qwen2 naming).
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+# The study's training settings (trl.DPOConfig arguments), under every recipe, backbone profile and override.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "beta": 0.1,
+    "learning_rate": 1e-7,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,  # transformers 5 reads a value below 1 as a fraction of the steps
+    "num_train_epochs": 3.0,
+    "max_steps": -1,
+    "per_device_train_batch_size": 4,  # x 4 GPUs = the study's global batch 16
+    "gradient_accumulation_steps": 1,  # raise it on fewer GPUs to keep the global batch at 16
+    "weight_decay": 0.0,
+    "seed": 42,
+    "logging_steps": 1,
+    "save_strategy": "epoch",
+    "save_total_limit": 3,
+    "report_to": "none",
+    "max_length": 1024,
+    "activation_checkpointing": True,
+}
+
 # DPOConfig arguments medbench-train sets itself; letting a recipe override them would break the pipeline.
 _MANAGED_TRAINER_ARGS = {
     "output_dir": "pass --output_dir",
@@ -42,7 +73,13 @@ _MANAGED_TRAINER_ARGS = {
     "loss_type": "set `objective: trl` and `trl_loss_type`",
     "loss_weights": "set `trl_loss_weights`",
     "precompute_ref_log_probs": "TRL cannot precompute reference log-probs for image data",
-    "warmup_steps": "set `warmup_ratio`",
+}
+
+# Keys that are no settings any more, with the one to use.
+_REPLACED_KEYS = {
+    "warmup_ratio": "transformers 5 removed it; set `warmup_steps` (a value below 1 is a fraction of the steps)",
+    "gradient_checkpointing": "it is transformers 5's deprecated alias; set `activation_checkpointing`",
+    "trainer_args": "state trl.DPOConfig arguments at the top level of the recipe",
 }
 
 
@@ -50,12 +87,22 @@ class RecipeError(MedbenchError):
     """A recipe file, backbone profile or override is unusable; the message names the field and the fix."""
 
 
+def _check_key(where: str, key: str) -> None:
+    """Refuse a key medbench train manages itself or one that was replaced (``where`` names the file or recipe)."""
+    if key in _MANAGED_TRAINER_ARGS:
+        raise RecipeError(f"{where}: `{key}` is managed by medbench train: {_MANAGED_TRAINER_ARGS[key]}")
+    if key in _REPLACED_KEYS:
+        raise RecipeError(f"{where}: `{key}` is not a setting: {_REPLACED_KEYS[key]}")
+
+
 @dataclass
 class RecipeConfig:
-    """Everything one ``medbench-train`` run needs besides the model, data and output directory.
+    """medbench's own settings for one ``medbench-train`` run, and the ``trl.DPOConfig`` arguments the recipe states.
 
     Field values come from a recipe YAML file, an optional backbone profile and command-line overrides; the
     instance validates itself on construction and raises :class:`RecipeError` with one line naming the field.
+    Settings ``trl.DPOConfig`` has (``beta``, ``label_smoothing``, ``max_length``, ``learning_rate``, ...) are not
+    fields here: they are kept in :attr:`dpo_args` and resolved by :func:`resolve_training_args`.
     """
 
     # Identity
@@ -64,17 +111,9 @@ class RecipeConfig:
     objective: str = field(default="dpo", metadata={"help": f"Loss to optimise, one of: {', '.join(OBJECTIVES)}."})
     paper: str = field(default="", metadata={"help": "Link to the method's paper."})
 
-    # Objective hyperparameters
-    beta: float = field(
-        default=0.1,
-        metadata={"help": "β: KL strength (DPO family), τ for IPO, reward scale for SimPO, λ for ORPO. Study: 0.1."},
-    )
+    # Objective hyperparameters (β and ε are trl.DPOConfig's `beta` and `label_smoothing`)
     nll_weight: float = field(
         default=1.0, metadata={"help": "α: weight of the length-normalised NLL term of `dpo_nll`. Study: 1.0."}
-    )
-    label_smoothing: float = field(
-        default=0.0,
-        metadata={"help": "ε in [0, 0.5): assumed label-flip rate for `robust_dpo` / `cdpo` (and TRL's robust/exo)."},
     )
     simpo_gamma: float = field(default=0.5, metadata={"help": "γ: SimPO's target reward margin."})
     anchor_delta: float = field(default=0.0, metadata={"help": "δ: mDPO's reward anchor (0 in the paper)."})
@@ -138,7 +177,6 @@ class RecipeConfig:
     merge_lora: bool = field(
         default=True, metadata={"help": "After LoRA training, also save a merged full model in <output_dir>/merged."}
     )
-    gradient_checkpointing: bool = field(default=True, metadata={"help": "Trade compute for activation memory."})
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 on a CUDA GPU, fp32 on CPU), bf16 (needs CUDA) or fp32."}
     )
@@ -146,38 +184,18 @@ class RecipeConfig:
         default="float32",
         metadata={"help": "dtype the weights are loaded in: float32 (mixed precision under bf16) or bfloat16."},
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow models that ship their own code."})
-    max_length: int | None = field(
-        default=1024, metadata={"help": "Maximum tokens per sequence (prompt incl. image tokens + answer)."}
-    )
 
-    # Training loop (TrainingArguments); defaults are the study's
-    learning_rate: float = field(default=1e-7, metadata={"help": "Peak learning rate. Study: 1e-7."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule. Study: cosine."})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps for linear warm-up. Study: 0.03."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs. Study: 3."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (-1: use epochs)."})
-    per_device_train_batch_size: int = field(
-        default=4, metadata={"help": "Records per device per step. Study: 4 x 4 GPUs = global batch 16."}
-    )
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Steps to accumulate; raise it on fewer GPUs to keep the global batch at 16."}
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay. Study: 0."})
-    seed: int = field(default=42, metadata={"help": "Random seed (data order, LoRA init)."})
-    logging_steps: int = field(default=1, metadata={"help": "Log (and plot) every this many steps."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to write checkpoints: no, steps or epoch."})
-    save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most this many checkpoints."})
-    report_to: list[str] = field(
-        default_factory=lambda: ["none"], metadata={"help": "Experiment trackers (tensorboard, wandb, ...)."}
-    )
-    trainer_args: dict[str, Any] = field(
+    # Everything else: trl.DPOConfig / TrainingArguments arguments, as stated (not a recipe key itself)
+    dpo_args: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "Any other trl.DPOConfig / TrainingArguments argument, passed through unchanged."},
+        init=False,
+        metadata={
+            "help": "The trl.DPOConfig / TrainingArguments arguments the profile, recipe and command line state "
+            "(beta, label_smoothing, max_length, learning_rate, save_steps, ...), over TRAINING_DEFAULTS."
+        },
     )
 
     def __post_init__(self) -> None:
-        self._coerce_types()
         self._validate()
 
     # -- validation ---------------------------------------------------------------------------------------------
@@ -185,24 +203,11 @@ class RecipeConfig:
     def _fail(self, field_name: str, problem: str) -> typing.NoReturn:
         raise RecipeError(f"recipe '{self.name}': `{field_name}` {problem}")
 
-    def _coerce_types(self) -> None:
-        hints = _field_types()
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            try:
-                setattr(self, f.name, _coerce(value, hints[f.name]))
-            except (TypeError, ValueError):
-                self._fail(f.name, f"must be {_describe_type(hints[f.name])}, got {value!r}")
-
     def _validate(self) -> None:
         if self.objective not in OBJECTIVES:
             self._fail("objective", f"is {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
-        if not self.beta > 0:
-            self._fail("beta", f"must be > 0, got {self.beta}")
         if self.nll_weight < 0:
             self._fail("nll_weight", f"must be >= 0, got {self.nll_weight}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            self._fail("label_smoothing", f"must lie in [0, 0.5), got {self.label_smoothing}")
         if not self.visual_error_types:
             self._fail("visual_error_types", "must name at least one error type")
         from medbench.taxonomy import load_taxonomy
@@ -230,55 +235,41 @@ class RecipeConfig:
             self._fail("precision", f"is {self.precision!r}; choose auto, bf16 or fp32")
         if self.model_dtype not in ("float32", "bfloat16", "auto"):
             self._fail("model_dtype", f"is {self.model_dtype!r}; choose float32, bfloat16 or auto")
-        if self.max_length is not None and self.max_length < 8:
-            self._fail("max_length", f"must be >= 8 (or null for no truncation), got {self.max_length}")
-        for name in (
-            "lora_r",
-            "lora_alpha",
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-        ):
+        for name in ("lora_r", "lora_alpha"):
             if getattr(self, name) < 1:
                 self._fail(name, f"must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.lora_dropout < 1.0:
             self._fail("lora_dropout", f"must lie in [0, 1), got {self.lora_dropout}")
         if not self.lora_target_modules:
             self._fail("lora_target_modules", "must name at least one module")
-        if not self.learning_rate > 0:
-            self._fail("learning_rate", f"must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            self._fail("warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            self._fail("max_steps", f"must be -1 (use epochs) or >= 1, got {self.max_steps}")
-        if self.max_steps == -1 and not self.num_train_epochs > 0:
-            self._fail("num_train_epochs", f"must be > 0, got {self.num_train_epochs}")
-        if self.save_strategy not in ("no", "steps", "epoch", "best"):
-            self._fail("save_strategy", f"is {self.save_strategy!r}; choose no, steps or epoch")
-        if self.objective == "trl" and "exo_pair" in self.trl_loss_type and self.label_smoothing == 0.0:
-            self._fail("label_smoothing", "must be > 0 for TRL's exo_pair loss (the EXO paper suggests 1e-3)")
-        if self.objective in ("robust_dpo", "cdpo") and self.label_smoothing == 0.0:
-            self._fail("label_smoothing", f"must be > 0 for objective {self.objective} (0 makes it plain DPO)")
-        self._validate_trainer_args()
 
-    def _validate_trainer_args(self) -> None:
-        if not self.trainer_args:
-            return
-        own = {f.name for f in dataclasses.fields(self)}
-        allowed = dpo_config_fields()
-        for key in self.trainer_args:
-            if key in _MANAGED_TRAINER_ARGS:
-                self._fail(f"trainer_args.{key}", f"is managed by medbench train: {_MANAGED_TRAINER_ARGS[key]}")
-            if key in own:
-                self._fail(f"trainer_args.{key}", "is a recipe field; set it at the top level instead")
-            if key not in allowed:
-                self._fail(f"trainer_args.{key}", "is not a trl.DPOConfig / TrainingArguments argument")
+    def check_training_args(self, args: Any) -> None:
+        """Check the resolved ``trl.DPOConfig`` where the objective needs more than TRL checks itself.
+
+        Raises:
+            RecipeError: naming the argument.
+        """
+        if not args.beta > 0:
+            self._fail("beta", f"must be > 0, got {args.beta}")
+        if not 0.0 <= args.label_smoothing < 0.5:
+            self._fail("label_smoothing", f"must lie in [0, 0.5), got {args.label_smoothing}")
+        if self.objective in ("robust_dpo", "cdpo") and args.label_smoothing == 0.0:
+            self._fail("label_smoothing", f"must be > 0 for objective {self.objective} (0 makes it plain DPO)")
+        if self.objective == "trl" and "exo_pair" in self.trl_loss_type and args.label_smoothing == 0.0:
+            self._fail("label_smoothing", "must be > 0 for TRL's exo_pair loss (the EXO paper suggests 1e-3)")
+        if args.max_length is not None and args.max_length < 8:
+            self._fail("max_length", f"must be >= 8 (or null for no truncation), got {args.max_length}")
 
     # -- views --------------------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (for metadata files)."""
         return dataclasses.asdict(self)
+
+
+def recipe_fields() -> set[str]:
+    """The keys a recipe states for :class:`RecipeConfig` itself (every other key is a trl.DPOConfig argument)."""
+    return {f.name for f in dataclasses.fields(RecipeConfig) if f.init}
 
 
 @dataclass(frozen=True)
@@ -290,7 +281,7 @@ class BackboneProfile:
         description: One line for ``--list``.
         model_type: The Hugging Face ``config.model_type`` the profile is written for; loading another fails.
         checkpoint: Where the weights come from (a hub id or a note), for documentation.
-        settings: Recipe fields the profile sets (over the defaults, under the recipe file and the command line).
+        settings: Recipe keys the profile sets (over the defaults, under the recipe file and the command line).
     """
 
     name: str
@@ -311,6 +302,16 @@ def recipe_paths() -> list[Path]:
 def list_recipes() -> list[RecipeConfig]:
     """Every shipped recipe, loaded and validated, sorted by name."""
     return [load_recipe(path) for path in recipe_paths()]
+
+
+def recipe_index() -> list[dict[str, str]]:
+    """``name``, ``objective`` and ``description`` of every shipped recipe, read as stated (for ``--list``)."""
+    index = []
+    for path in recipe_paths():
+        raw = _read_yaml_mapping(path, "recipe")
+        index.append({"name": path.stem, "objective": str(raw.get("objective", RecipeConfig.objective)),
+                      "description": str(raw.get("description", ""))})
+    return index
 
 
 def list_backbones() -> list[BackboneProfile]:
@@ -356,10 +357,8 @@ def load_backbone_profile(name: str) -> BackboneProfile:
         raise RecipeError(f"unknown backbone profile {name!r} (shipped: {names})")
     data = _read_yaml_mapping(path, "backbone profile")
     settings = data.get("settings") or {}
-    own = {f.name for f in dataclasses.fields(RecipeConfig)}
     for key in settings:
-        if key not in own:
-            raise RecipeError(f"backbone profile {path}: settings.{key} is not a recipe field")
+        _check_key(f"backbone profile {path}: settings", key)
     for key in ("description", "model_type", "checkpoint"):
         if not data.get(key):
             raise RecipeError(f"backbone profile {path}: `{key}` is missing")
@@ -376,166 +375,122 @@ def load_recipe(
     config: str | Path,
     overrides: Mapping[str, Any] | None = None,
 ) -> RecipeConfig:
-    """Load a recipe file, apply its backbone profile and overrides, and validate the result.
+    """Load a recipe file, apply its backbone profile and overrides, and validate medbench's own settings.
 
     Args:
         config: Path of a recipe YAML file, or the name of a shipped recipe.
-        overrides: ``{key: value}`` from the command line. Keys that are recipe fields replace them (values may be
-            strings, converted to the field's type); any other key must be a ``trl.DPOConfig`` argument and goes
-            to ``trainer_args``. ``backbone`` selects a profile.
+        overrides: ``{key: value}`` from the command line (values may be strings, typed like the recipe file's).
+            ``backbone`` selects a profile.
 
     Returns:
-        The validated configuration.
+        The validated configuration; keys that are not :class:`RecipeConfig` fields go to ``dpo_args``, checked
+        against ``trl.DPOConfig`` by :func:`resolve_training_args` (at train time, before any data or model loads).
 
     Raises:
-        RecipeError: with one line naming the file/field at fault.
+        RecipeError: with one line naming the recipe/file and field at fault.
     """
     path = resolve_recipe_path(config)
-    raw = _read_yaml_mapping(path, "recipe")
-    own = {f.name for f in dataclasses.fields(RecipeConfig)}
-    unknown = [key for key in raw if key not in own]
-    if unknown:
-        raise RecipeError(
-            f"recipe {path}: unknown key `{unknown[0]}`; put trl.DPOConfig arguments under `trainer_args:`"
-        )
-    raw.setdefault("name", path.stem)
+    stated = _read_yaml_mapping(path, "recipe")
     overrides = dict(overrides or {})
-    trainer_args = dict(raw.get("trainer_args") or {})
-    field_overrides: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key in own:
-            field_overrides[key] = value
-        elif key in _MANAGED_TRAINER_ARGS:
-            raise RecipeError(f"--{key} is managed by medbench train: {_MANAGED_TRAINER_ARGS[key]}")
-        elif key in dpo_config_fields():
-            trainer_args[key] = _parse_trainer_arg(key, value)
-        else:
-            raise RecipeError(f"unknown option --{key}: not a recipe field nor a trl.DPOConfig argument")
-    backbone = field_overrides.get("backbone", raw.get("backbone"))
-    # Precedence: field defaults < backbone profile < recipe file < command line. A profile fills in what the
-    # model family needs; it never overrides a value the recipe states itself (e.g. the recipe's max_length).
-    merged: dict[str, Any] = {}
+    backbone = overrides.get("backbone", stated.get("backbone"))
+    # Precedence: defaults < backbone profile < recipe file < command line. A profile fills in what the model family
+    # needs; it never overrides a value the recipe states itself (e.g. the recipe's max_length).
+    merged: dict[str, Any] = {"name": path.stem}
     if backbone:
         merged.update(load_backbone_profile(str(backbone)).settings)
-    merged.update(raw)
-    merged.update(field_overrides)
-    merged["trainer_args"] = trainer_args
+    merged.update(stated)
+    merged.update(overrides)
     if backbone:
         merged["backbone"] = str(backbone)
-    return RecipeConfig(**merged)
+    name = str(merged["name"])
+    for key in merged:
+        _check_key(f"recipe '{name}'", key)
+    own = recipe_fields()
+    recipe = parse_dataclass(RecipeConfig, {key: value for key, value in merged.items() if key in own}, name)
+    recipe.dpo_args = {key: value for key, value in merged.items() if key not in own}
+    return recipe
 
 
-# -- type coercion for YAML and command-line values --------------------------------------------------------------
+def resolve_training_args(recipe: RecipeConfig, managed: Mapping[str, Any]):
+    """The recipe's ``trl.DPOConfig``: :data:`TRAINING_DEFAULTS` < ``recipe.dpo_args`` < ``managed`` (imports TRL).
 
-
-def parse_cli_value(text: str) -> Any:
-    """Best-effort typing of a command-line string whose target type is unknown (YAML rules, ``1e-7`` floats)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-7" as a string
-        except ValueError:
-            return value
-    return value
-
-
-def _parse_trainer_arg(key: str, value: Any) -> Any:
-    """Coerce a pass-through DPOConfig value to that argument's declared type when it is a simple one."""
-    hint = dpo_config_fields()[key]
-    try:
-        return _coerce(value, hint)
-    except (TypeError, ValueError):
-        # Unusual annotations (unions with dicts, enums): type the string by YAML rules, DPOConfig checks it.
-        return parse_cli_value(value) if isinstance(value, str) else value
-
-
-_FIELD_TYPES: dict[str, Any] = {}
-
-
-def _field_types() -> dict[str, Any]:
-    if not _FIELD_TYPES:
-        _FIELD_TYPES.update(typing.get_type_hints(RecipeConfig))
-    return _FIELD_TYPES
-
-
-_DPO_FIELDS: dict[str, Any] = {}
-
-
-def dpo_config_fields() -> dict[str, Any]:
-    """Names and annotated types of ``trl.DPOConfig``'s fields (imports TRL on first use)."""
-    if not _DPO_FIELDS:
-        from trl import DPOConfig
-
-        _DPO_FIELDS.update({f.name: f.type for f in dataclasses.fields(DPOConfig) if f.init})
-    return _DPO_FIELDS
-
-
-def _describe_type(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Convert ``value`` to the type ``hint`` describes (bool/int/float/str, optionals, lists, dicts).
+    Args:
+        recipe: The loaded recipe.
+        managed: The arguments medbench train sets itself (output directory, precision, loss type).
 
     Raises:
-        TypeError / ValueError: when the value cannot represent that type.
+        RecipeError: an unknown setting (with the closest known name), a value of the wrong type, or settings
+            ``trl.DPOConfig`` or the objective reject.
     """
-    if isinstance(hint, str):  # annotation kept as a string (e.g. from TRL's dataclasses)
-        hint = {"int": int, "float": float, "str": str, "bool": bool}.get(hint, Any)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg)
-            except (TypeError, ValueError):
-                continue
-        raise ValueError(f"{value!r} matches none of {args}")
-    if origin is list:
-        (item,) = args or (Any,)
-        if isinstance(value, str):
-            text = value.strip()
-            # "[a, b]" is YAML; "a,b" a comma-separated list.
-            value = yaml.safe_load(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return [_coerce(v, item) for v in value]
-    if origin is dict or hint is dict:
-        if isinstance(value, str) and value.strip().startswith("{"):
-            value = yaml.safe_load(value)
-        if not isinstance(value, dict):
-            raise TypeError("expected a mapping")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueError("expected true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            raise TypeError("expected an integer")
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError("expected an integer")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool):
-            raise TypeError("expected a number")
-        return float(value)
-    if hint is str:
-        # A bool here is YAML 1.1 reading an unquoted no/yes/on/off; refuse rather than guess "False".
-        if isinstance(value, (dict, list, bool)):
-            raise TypeError("expected a string (quote YAML words like 'no')")
-        return str(value)
-    return value
+    from trl import DPOConfig
+
+    known = {f.name for f in dataclasses.fields(DPOConfig) if f.init}
+    for key in recipe.dpo_args:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known | recipe_fields()), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise RecipeError(
+                f"recipe '{recipe.name}': unknown setting `{key}` (not a recipe field nor a trl.DPOConfig "
+                f"argument){hint}"
+            )
+    try:
+        args = parse_dataclass(DPOConfig, {**TRAINING_DEFAULTS, **recipe.dpo_args, **managed}, recipe.name)
+    except (TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"recipe '{recipe.name}': trl.DPOConfig rejected the settings: {first}") from None
+    recipe.check_training_args(args)
+    return args
+
+
+# -- typing values with transformers' HfArgumentParser -------------------------------------------------------------
+
+
+def parse_dataclass(cls: type, values: Mapping[str, Any], recipe: str) -> Any:
+    """``cls(**values)``, each value typed by ``transformers.HfArgumentParser`` from ``cls``'s annotations.
+
+    Every value is handed to the parser as command-line text, so YAML values and overrides are typed alike: a
+    scalar as ``--key=value``; a list, or a comma-separated string, item by item where the argument takes several
+    values. ``None`` (or the text ``null``) is taken as it is, and so are a mapping or a list for an argument
+    HfArgumentParser reads as text (``model_init_kwargs``, ``report_to``). Keys that are not fields of ``cls``
+    are ignored.
+
+    Raises:
+        RecipeError: a value the argument's type rejects, as ``recipe 'NAME': `key` must be a float, got 'abc'``.
+    """
+    from transformers.hf_argparser import HfArgumentParser
+
+    parser = HfArgumentParser(cls, allow_abbrev=False, add_help=False)
+    parser.error = functools.partial(_argument_error, recipe)
+    argv: list[str] = []
+    for action in parser._actions:
+        option = f"--{action.dest}"
+        if action.dest not in values or option not in action.option_strings:  # (also skips the --no_X flags)
+            continue
+        value = values[action.dest]
+        if value is None or value == "null":
+            action.default = None
+        elif action.nargs in ("+", "*"):
+            items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+            argv += [option, *(text for item in items if (text := str(item).strip()))]
+        elif isinstance(value, (list, dict)) and action.type is str:
+            action.default = value  # DPOConfig's `dict | str` and `str | list[str]` arguments parse as text
+        else:
+            argv.append(f"{option}={value}")
+    (instance,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return instance
+
+
+def _argument_error(recipe: str, message: str) -> typing.NoReturn:
+    """argparse's complaint about one argument, as one line naming the recipe, the field and the problem."""
+    match = re.fullmatch(r"argument --(\w+)\S*: (.*)", message)
+    if not match:
+        raise RecipeError(f"recipe '{recipe}': {message}")
+    key, problem = match.groups()
+    if typed := re.fullmatch(r"invalid (\w+) value: (.*)", problem):
+        article = "an" if typed[1][0] in "aeiou" else "a"
+        problem = f"must be {article} {typed[1]}, got {typed[2]}"
+    elif choice := re.fullmatch(r"invalid choice: (.*) \(choose from (.*)\)", problem):
+        problem = f"is {choice[1]}; choose from {choice[2]}"
+    elif truth := re.fullmatch(r"Truthy value expected: got (.*) but .*", problem):
+        problem = f"must be true or false, got {truth[1]!r}"
+    raise RecipeError(f"recipe '{recipe}': `{key}` {problem}")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import BackboneProfile, RecipeConfig, list_backbones, list_recipes
+from .config import BackboneProfile, RecipeConfig, list_backbones, list_recipes, recipe_index
 from .objectives import OBJECTIVES
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -23,9 +23,9 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def needs(recipe: RecipeConfig) -> str:
-    """The record fields a recipe needs, in words."""
-    objective = OBJECTIVES[recipe.objective]
+def needs(objective_name: str) -> str:
+    """The record fields a recipe with this objective needs, in words."""
+    objective = OBJECTIVES[objective_name]
     text = ", ".join(objective.requires)
     return f"{text} {objective.needs_note}".strip()
 
@@ -36,8 +36,9 @@ def _non_default_settings(recipe: RecipeConfig) -> str:
     changed = [
         f"{key}={value}"
         for key, value in recipe.to_dict().items()
-        if key not in skip and value != getattr(defaults, key)
+        if key not in skip and value != getattr(defaults, key) and key != "dpo_args"
     ]
+    changed += [f"{key}={value}" for key, value in recipe.dpo_args.items()]
     return ", ".join(changed) if changed else "study defaults"
 
 
@@ -55,7 +56,7 @@ def recipe_table(recipes: list[RecipeConfig] | None = None) -> str:
             f"`{recipe.name}`",
             f"`{objective.name}`",
             _cell(objective.equation),
-            _cell(needs(recipe)),
+            _cell(needs(recipe.objective)),
             _cell(_non_default_settings(recipe)),
             _cell(recipe.description) + paper,
         ]
@@ -100,13 +101,13 @@ def render_readme(text: str) -> str:
 
 
 def list_text() -> str:
-    """Plain-text listing for ``medbench train --list``."""
-    recipes = list_recipes()
-    width = max(len(r.name) for r in recipes)
+    """Plain-text listing for ``medbench train --list`` (reads the recipe files without typing them)."""
+    recipes = recipe_index()
+    width = max(len(r["name"]) for r in recipes)
     lines = ["Recipes (trainers/recipes/<name>.yaml; use --config <name>):"]
     for recipe in recipes:
-        lines.append(f"  {recipe.name:<{width}}  {recipe.description}")
-        lines.append(f"  {'':<{width}}    objective: {recipe.objective}; needs: {needs(recipe)}")
+        lines.append(f"  {recipe['name']:<{width}}  {recipe['description']}")
+        lines.append(f"  {'':<{width}}    objective: {recipe['objective']}; needs: {needs(recipe['objective'])}")
     backbones = list_backbones()
     width = max(len(b.name) for b in backbones)
     lines.append("")

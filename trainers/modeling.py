@@ -21,12 +21,16 @@ _VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder
 _PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "merger", "connector", "visual_projection")
 
 
-def load_model_and_processor(model_id: str | Path, recipe: RecipeConfig) -> tuple[Any, Any]:
+def load_model_and_processor(
+    model_id: str | Path, recipe: RecipeConfig, *, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
     """Load the model and processor, apply the recipe's chat template and check the backbone profile.
 
     Args:
         model_id: Local checkpoint directory or hub id.
         recipe: The run's configuration (``model_dtype``, ``chat_template``, ``backbone``, ...).
+        trust_remote_code: Allow a checkpoint that ships its own code (the run's ``DPOConfig.trust_remote_code``,
+            which TRL also reads when it loads the reference model).
 
     Returns:
         ``(model, processor)``.
@@ -45,7 +49,7 @@ def load_model_and_processor(model_id: str | Path, recipe: RecipeConfig) -> tupl
         model_id,
         dtype="checkpoint" if recipe.model_dtype == "auto" else recipe.model_dtype,
         device="cpu",
-        trust_remote_code=recipe.trust_remote_code,
+        trust_remote_code=trust_remote_code,
         chat_template=recipe.chat_template,
     )
     model.train()
@@ -167,7 +171,14 @@ def build_lora_config(model: Any, recipe: RecipeConfig):
     )
 
 
-def merge_lora(adapter_dir: str | Path, base_model: str | Path, out_dir: str | Path, recipe: RecipeConfig) -> Path:
+def merge_lora(
+    adapter_dir: str | Path,
+    base_model: str | Path,
+    out_dir: str | Path,
+    recipe: RecipeConfig,
+    *,
+    trust_remote_code: bool = False,
+) -> Path:
     """Load the base model, apply the saved adapter, merge it and save a plain checkpoint with the processor.
 
     Merging from the saved adapter (rather than the in-memory model) works the same after single-process,
@@ -182,11 +193,11 @@ def merge_lora(adapter_dir: str | Path, base_model: str | Path, out_dir: str | P
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[recipe.model_dtype]
     model = AutoModelForImageTextToText.from_pretrained(
-        str(base_model), dtype=dtype, trust_remote_code=recipe.trust_remote_code
+        str(base_model), dtype=dtype, trust_remote_code=trust_remote_code
     )
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out = Path(out_dir)
     merged.save_pretrained(out)
     # The processor saved next to the adapter carries the recipe's chat template.
-    AutoProcessor.from_pretrained(str(adapter_dir), trust_remote_code=recipe.trust_remote_code).save_pretrained(out)
+    AutoProcessor.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code).save_pretrained(out)
     return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RecipeConfig, RecipeError
+from .config import TRAINING_DEFAULTS, RecipeConfig, RecipeError, resolve_training_args
 from .data import describe_error_types, file_sha256, load_preference_file, records_to_dataset, validate_records
 from .objectives import get_objective
 from .outputs import LOG_FILE, METADATA_FILE, PLOT_FILE, plot_training_curves, write_log_history, write_metadata
@@ -22,9 +22,15 @@ FINGERPRINT_FILE = "medbench_fingerprint.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def run_fingerprint(recipe: RecipeConfig, data: Path) -> dict[str, str]:
-    """What must match for a checkpoint to be resumed: the recipe's settings and the data file's bytes."""
-    settings = json.dumps(recipe.to_dict(), sort_keys=True, default=str)
+def run_fingerprint(recipe: RecipeConfig, args: Any, data: Path) -> dict[str, str]:
+    """What must match for a checkpoint to be resumed: the recipe's settings and the data file's bytes.
+
+    The settings are medbench's own and the resolved value of every ``trl.DPOConfig`` argument the study or the
+    recipe sets (``args``: the run's ``DPOConfig``), so ``--beta 0.2`` and ``beta: 0.2`` fingerprint alike.
+    """
+    resolved = args.to_dict()
+    training = {key: resolved[key] for key in sorted({*TRAINING_DEFAULTS, *recipe.dpo_args})}
+    settings = json.dumps({**recipe.to_dict(), "dpo_args": training}, sort_keys=True, default=str)
     return {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(settings.encode()).hexdigest(),
             "data_sha256": file_sha256(data)}
 
@@ -129,51 +135,28 @@ def precision_flags(recipe: RecipeConfig, cuda_available: bool, bf16_supported: 
 
 
 def build_training_args(recipe: RecipeConfig, output_dir: str | Path):
-    """The ``trl.DPOConfig`` for a recipe: bf16 on a CUDA GPU, fp32 on CPU, the study's schedule.
+    """The ``trl.DPOConfig`` for a recipe (see :func:`medbench.train.config.resolve_training_args`), with what
+    medbench train sets itself: the output directory, bf16 on a CUDA GPU / fp32 on CPU, TRL's loss type.
 
     Raises:
-        RecipeError: ``precision: bf16`` without CUDA, or a pass-through argument DPOConfig rejects.
+        RecipeError: ``precision: bf16`` without CUDA, or settings DPOConfig or the objective reject.
     """
     import torch
-    from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
     use_cpu, bf16 = precision_flags(recipe, cuda, cuda and torch.cuda.is_bf16_supported())
-    kwargs: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        use_cpu=use_cpu,
-        bf16=bf16,
-        fp16=False,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        warmup_steps=recipe.warmup_ratio,  # transformers 5 reads a float < 1 as a fraction of the steps
-        num_train_epochs=recipe.num_train_epochs,
-        max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        weight_decay=recipe.weight_decay,
-        seed=recipe.seed,
-        logging_steps=recipe.logging_steps,
-        save_strategy=recipe.save_strategy,
-        save_total_limit=recipe.save_total_limit,
-        report_to=recipe.report_to,
-        # transformers 5 renamed gradient_checkpointing; TRL still reads the old name, which mirrors this one.
-        activation_checkpointing=recipe.gradient_checkpointing,
-        beta=recipe.beta,
-        max_length=recipe.max_length,
-        label_smoothing=recipe.label_smoothing if recipe.objective == "trl" else 0.0,
-        loss_type=list(recipe.trl_loss_type) if recipe.objective == "trl" else ["sigmoid"],
-        loss_weights=recipe.trl_loss_weights if recipe.objective == "trl" else None,
-        trust_remote_code=recipe.trust_remote_code,
+    trl_loss = recipe.objective == "trl"
+    managed = {
+        "output_dir": str(output_dir),
+        "use_cpu": use_cpu,
+        "bf16": bf16,
+        "fp16": False,
+        "loss_type": list(recipe.trl_loss_type) if trl_loss else ["sigmoid"],
+        "loss_weights": recipe.trl_loss_weights if trl_loss else None,
         # The collator reads rejected_image / weight / error_type, which TRL would otherwise drop.
-        remove_unused_columns=False,
-    )
-    kwargs.update(recipe.trainer_args)
-    try:
-        return DPOConfig(**kwargs)
-    except (TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RecipeError(f"recipe '{recipe.name}': trl.DPOConfig rejected the settings: {first}") from None
+        "remove_unused_columns": False,
+    }
+    return resolve_training_args(recipe, managed)
 
 
 @dataclass
@@ -198,28 +181,30 @@ def build_trainer(
     rejected_image_root: str | Path | None = None,
     callbacks: list[Any] | None = None,
     resume_from: Path | None = None,
+    args: Any = None,
 ) -> PreparedRun:
     """Load and validate the data, load the model, and build the :class:`MedPreferenceTrainer`.
 
     Arguments are those of :func:`train`; ``resume_from`` is the checkpoint whose full weights the policy starts
-    from. Raises :class:`medbench.errors.MedbenchError` for user mistakes.
+    from; ``args`` the run's ``trl.DPOConfig`` (default: :func:`build_training_args`). Raises
+    :class:`medbench.errors.MedbenchError` for user mistakes.
     """
     from .collator import PreferenceCollator
     from .modeling import apply_freezing, build_lora_config, load_model_and_processor
     from .trainer import MedPreferenceTrainer
 
+    # Settings first, then data: a typo or a missing field should stop the run before minutes of model loading.
+    # (DPOConfig also comes before the model: under DeepSpeed ZeRO-3 it must exist for from_pretrained to shard.)
+    args = build_training_args(recipe, output_dir) if args is None else args
     objective = get_objective(recipe.objective)
     visual_types = frozenset(recipe.visual_error_types)
     data = Path(data)
-    # Data first: a missing field should stop the run before minutes of model loading.
     records = load_preference_file(data, image_root=image_root, rejected_image_root=rejected_image_root)
     validate_records(records, recipe.name, objective, visual_types, data)
     error_types = describe_error_types(records, visual_types) if any(r["error_type"] for r in records) else None
     dataset = records_to_dataset(records)
 
-    # DPOConfig before the model: under DeepSpeed ZeRO-3 it must exist for from_pretrained to shard the weights.
-    args = build_training_args(recipe, output_dir)
-    policy, processor = load_model_and_processor(model, recipe)
+    policy, processor = load_model_and_processor(model, recipe, trust_remote_code=args.trust_remote_code)
     if resume_from is not None and not recipe.use_lora:
         _load_checkpoint_weights(policy, resume_from)
     trainable = apply_freezing(policy, recipe)
@@ -227,7 +212,7 @@ def build_trainer(
     collator = PreferenceCollator(
         processor=processor,
         objective=objective,
-        max_length=recipe.max_length,
+        max_length=args.max_length,
         visual_error_types=visual_types,
         system_prompt=recipe.system_prompt,
     )
@@ -294,11 +279,12 @@ def train(
 
     data = Path(data)
     output_dir = Path(output_dir)
+    args = build_training_args(recipe, output_dir)  # a bad setting stops the run before anything is read
     if not data.is_file():
         from medbench.errors import DataError
 
         raise DataError(f"preference data file not found: {data}")
-    fingerprint = run_fingerprint(recipe, data)
+    fingerprint = run_fingerprint(recipe, args, data)
     checkpoint = resolve_resume(resume, output_dir, fingerprint)
     run = build_trainer(
         recipe,
@@ -309,6 +295,7 @@ def train(
         rejected_image_root=rejected_image_root,
         callbacks=[*(callbacks or []), _fingerprint_callback(fingerprint)],
         resume_from=checkpoint,
+        args=args,
     )
     trainer, processor = run.trainer, run.processor
     run.resumed_from = checkpoint.name if checkpoint is not None else None
@@ -333,7 +320,7 @@ def train(
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir)
         if model_dir is not None and model_dir != output_dir:
-            merge_lora(output_dir, model, model_dir, recipe)
+            merge_lora(output_dir, model, model_dir, recipe, trust_remote_code=args.trust_remote_code)
         log_history = trainer.state.log_history
         write_log_history(output_dir / LOG_FILE, log_history)
         plot_path = plot_training_curves(log_history, output_dir / PLOT_FILE, title=f"medbench-train: {recipe.name}")
@@ -351,27 +338,20 @@ def train(
 def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, Any]:
     trainer, args = run.trainer, run.trainer.args
     world = trainer.accelerator.num_processes
+    training_args = args.to_dict()
     return {
         "recipe": recipe.name,
         "objective": recipe.objective,
         "description": recipe.description,
         "paper": recipe.paper,
         "config": recipe.to_dict(),
+        "training_args": training_args,
+        # The settings the study fixes, resolved, and what they add up to on this run.
         "hyperparameters": {
-            "beta": recipe.beta,
-            "learning_rate": args.learning_rate,
-            "lr_scheduler_type": str(args.lr_scheduler_type),
-            "warmup_ratio": recipe.warmup_ratio,
-            "num_train_epochs": args.num_train_epochs,
-            "max_steps": args.max_steps,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            **{key: training_args[key] for key in TRAINING_DEFAULTS},
             "num_processes": world,
             "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
-            "max_length": args.max_length,
             "precision": "bf16" if args.bf16 else "fp32",
-            "gradient_checkpointing": args.gradient_checkpointing,
-            "seed": args.seed,
         },
         "data": {
             "path": str(data.resolve()),
@@ -400,15 +380,15 @@ def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, An
 
 
 __all__ = [
+    "FINGERPRINT_FILE",
     "MERGED_DIR",
     "PreparedRun",
     "TrainResult",
     "build_trainer",
-    "FINGERPRINT_FILE",
     "build_training_args",
     "latest_checkpoint",
+    "precision_flags",
     "resolve_resume",
     "run_fingerprint",
-    "precision_flags",
     "train",
 ]

@@ -74,38 +74,41 @@ class ScoredRows:
 
 _W, _L, _WC, _LC = ("chosen", "image"), ("rejected", "image"), ("chosen", "rejected_image"), ("rejected", "rejected_image")
 
-# One entry per term of medbench.train.objectives.TERMS: the tested pure function, fed the rows it reads.
-TERM_FUNCTIONS: dict[str, Callable[[ScoredRows, RecipeConfig, dict[str, torch.Tensor]], torch.Tensor]] = {
-    "dpo": lambda x, c, b: L.dpo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), c.beta),
-    "dpo_nll": lambda x, c, b: L.dpo_nll_loss(
-        x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), beta=c.beta, alpha=c.nll_weight
+# One entry per term of medbench.train.objectives.TERMS: the tested pure function, fed the rows it reads. Each gets
+# the scored rows, the recipe (α, γ, δ), the run's trl.DPOConfig (β, ε) and the batch.
+TermFunction = Callable[[ScoredRows, RecipeConfig, Any, dict[str, torch.Tensor]], torch.Tensor]
+TERM_FUNCTIONS: dict[str, TermFunction] = {
+    "dpo": lambda x, c, t, b: L.dpo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), t.beta),
+    "dpo_nll": lambda x, c, t, b: L.dpo_nll_loss(
+        x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), beta=t.beta, alpha=c.nll_weight
     ),
-    "ipo": lambda x, c, b: L.ipo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), x.n(_L), beta=c.beta),
-    "robust_dpo": lambda x, c, b: L.robust_dpo_loss(
-        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=c.beta, label_smoothing=c.label_smoothing
+    "ipo": lambda x, c, t, b: L.ipo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), x.n(_L), beta=t.beta),
+    "robust_dpo": lambda x, c, t, b: L.robust_dpo_loss(
+        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=t.beta, label_smoothing=t.label_smoothing
     ),
-    "cdpo": lambda x, c, b: L.conservative_dpo_loss(
-        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=c.beta, label_smoothing=c.label_smoothing
+    "cdpo": lambda x, c, t, b: L.conservative_dpo_loss(
+        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=t.beta, label_smoothing=t.label_smoothing
     ),
-    "simpo": lambda x, c, b: L.simpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), beta=c.beta, gamma=c.simpo_gamma),
-    "orpo": lambda x, c, b: L.orpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), lam=c.beta),
-    "copo": lambda x, c, b: L.copo_loss(x.p(_W), x.p(_WC), x.r(_W), x.r(_WC), c.beta),
-    "anchor": lambda x, c, b: L.anchor_loss(x.p(_W), x.r(_W), c.beta, delta=c.anchor_delta),
-    "mmedpo": lambda x, c, b: L.mmedpo_loss(
-        x.p(_W), x.p(_LC), x.r(_W), x.r(_LC), b["weight"].to(x.p(_W).device), c.beta
+    "simpo": lambda x, c, t, b: L.simpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), beta=t.beta, gamma=c.simpo_gamma),
+    "orpo": lambda x, c, t, b: L.orpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), lam=t.beta),
+    "copo": lambda x, c, t, b: L.copo_loss(x.p(_W), x.p(_WC), x.r(_W), x.r(_WC), t.beta),
+    "anchor": lambda x, c, t, b: L.anchor_loss(x.p(_W), x.r(_W), t.beta, delta=c.anchor_delta),
+    "mmedpo": lambda x, c, t, b: L.mmedpo_loss(
+        x.p(_W), x.p(_LC), x.r(_W), x.r(_LC), b["weight"].to(x.p(_W).device), t.beta
     ),
     # The collator put each record's losing sequence in block 1: (y_l, m) for text-side records and (y_w, m') for
     # visual ones, so it serves as both the rejected and the corrupted input.
-    "error_targeted": lambda x, c, b: L.error_targeted_loss(
-        x.p(_W), x.p(_L), x.p(_L), x.r(_W), x.r(_L), x.r(_L), b["is_visual"].to(x.p(_W).device), c.beta
+    "error_targeted": lambda x, c, t, b: L.error_targeted_loss(
+        x.p(_W), x.p(_L), x.p(_L), x.r(_W), x.r(_L), x.r(_L), b["is_visual"].to(x.p(_W).device), t.beta
     ),
-    "sft": lambda x, c, b: L.sft_loss(x.p(_W), x.n(_W)),
+    "sft": lambda x, c, t, b: L.sft_loss(x.p(_W), x.n(_W)),
 }
 
 
 def objective_terms(
     objective: Objective,
     recipe: RecipeConfig,
+    args: Any,
     policy_logps: torch.Tensor,
     ref_logps: torch.Tensor | None,
     lengths: torch.Tensor,
@@ -115,7 +118,8 @@ def objective_terms(
 
     Args:
         objective: The recipe's objective (which rows were scored, in which block order).
-        recipe: Terms, term weights and hyperparameters (β, α, ε, γ, δ).
+        recipe: Terms, term weights and medbench's hyperparameters (α, γ, δ).
+        args: The run's ``trl.DPOConfig`` (β ``beta``, ε ``label_smoothing``).
         policy_logps: Summed answer log-probs under the policy, one per row, block-major ``(n_rows * batch,)``.
         ref_logps: The same under the reference model, or None for reference-free objectives.
         lengths: Answer-token counts per row, same layout.
@@ -132,13 +136,13 @@ def objective_terms(
     metrics: dict[str, torch.Tensor] = {}
     losses = None
     for name, weight in zip(names, weights):
-        term = TERM_FUNCTIONS[name](rows, recipe, batch)
+        term = TERM_FUNCTIONS[name](rows, recipe, args, batch)
         losses = weight * term if losses is None else losses + weight * term
         if len(names) > 1:
             metrics[f"loss/{name}"] = term.detach().mean()
     assert losses is not None  # recipe validation guarantees at least one term
 
-    beta, chosen = recipe.beta, rows.p(_W)
+    beta, chosen = args.beta, rows.p(_W)
     if set(names) & {"dpo_nll", "orpo", "sft"}:
         metrics["loss/nll"] = (-chosen / rows.n(_W).clamp(min=1)).detach().mean()
     metrics["logps/chosen"] = chosen.mean()
@@ -171,7 +175,8 @@ class MedPreferenceTrainer(DPOTrainer):
 
     Args:
         *args: Positional arguments of ``trl.DPOTrainer``.
-        recipe: The run's :class:`medbench.train.config.RecipeConfig` (objective and its hyperparameters).
+        recipe: The run's :class:`medbench.train.config.RecipeConfig` (objective, terms, α, γ, δ; β and ε are
+            ``args.beta`` and ``args.label_smoothing``).
         **kwargs: Keyword arguments of ``trl.DPOTrainer`` (``model``, ``args``, ``train_dataset``,
             ``processing_class``, ``data_collator`` (a :class:`medbench.train.collator.PreferenceCollator`),
             ``peft_config``, ...).
@@ -211,7 +216,9 @@ class MedPreferenceTrainer(DPOTrainer):
         policy_logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
         lengths = answer_mask.sum(dim=1)
         ref_logps = None if self.objective.reference_free else self._reference_logps(model_kwargs, labels, seq_len)
-        losses, metrics = objective_terms(self.objective, self.recipe, policy_logps, ref_logps, lengths, inputs)
+        losses, metrics = objective_terms(
+            self.objective, self.recipe, self.args, policy_logps, ref_logps, lengths, inputs
+        )
         loss = losses.mean()
         store = self._objective_metrics[mode]
         for key, value in metrics.items():

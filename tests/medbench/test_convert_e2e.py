@@ -61,7 +61,7 @@ def test_medbench_train_two_steps_with_the_llava_med_profile(converted, tmp_path
     code = main([
         "train", "--config", "dpo", "--model", str(converted), "--data", str(data), "--output_dir", str(out),
         "--backbone", "llava_med_v1_5", "--use_lora", "--max_steps", "2", "--per_device_train_batch_size", "2",
-        "--learning_rate", "1e-4", "--warmup_ratio", "0.0", "--save_strategy", "no", "--max_length", "128",
+        "--learning_rate", "1e-4", "--warmup_steps", "0.0", "--save_strategy", "no", "--max_length", "128",
         "--lora_r", "4", "--lora_alpha", "8", "--dataloader_num_workers", "0",
     ])
     assert code == 0

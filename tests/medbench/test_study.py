@@ -18,7 +18,7 @@ from medbench.study.runner import MARKER, cell_state, plan_lines
 from medbench.study.spec import load_study
 
 DEMO_IMAGES = Path(__file__).resolve().parents[2] / "medbench" / "data" / "demo" / "images"
-FAST_TRAIN = {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-4, "warmup_ratio": 0.0,
+FAST_TRAIN = {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-4, "warmup_steps": 0.0,
               "save_strategy": "no", "max_length": 128, "precision": "fp32"}
 
 

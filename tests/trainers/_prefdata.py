@@ -120,7 +120,7 @@ FAST = {
     "max_steps": 2,
     "per_device_train_batch_size": 2,
     "learning_rate": 1e-4,
-    "warmup_ratio": 0.0,
+    "warmup_steps": 0.0,
     "save_strategy": "no",
     "max_length": 128,
     "lora_r": 4,

@@ -93,7 +93,7 @@ def test_recipe_whose_data_lacks_a_field_stops_with_one_line(tmp_path, tiny_mode
         (["--config", "nope", "--model", "m", "--data", "d", "--output_dir", "o"], "recipe file not found: nope"),
         (
             ["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "--bogus", "1"],
-            "unknown option --bogus",
+            "recipe 'dpo': unknown setting `bogus`",
         ),
         (
             ["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "--beta", "-1"],
@@ -159,7 +159,8 @@ def test_backbone_profiles_on_tiny_same_architecture_models(
     assert f"model for evaluation: {out_dir / 'merged'}" in out
     metadata = json.loads((out_dir / "medbench_train.json").read_text())
     assert metadata["config"]["backbone"] == backbone
-    assert metadata["config"]["max_length"] == 128  # the command line wins over the profile's 1024/2048
+    assert metadata["hyperparameters"]["max_length"] == 128  # the command line wins over the profile's 1024/2048
+    assert metadata["training_args"]["max_length"] == 128 and metadata["config"]["dpo_args"]["max_length"] == "128"
     from transformers import AutoProcessor
 
     from medbench.train.collator import render_prompt_and_answers
@@ -210,11 +211,14 @@ def test_tiny_qwen2_vl_trains_too(tmp_path, tiny_model_dirs, pref_file, capsys):
 def test_import_trainers_is_light():
     code = (
         "import sys, trainers\n"
-        "from medbench.train import load_recipe, list_recipes, OBJECTIVES\n"
         "from medbench.train.cli import main\n"
-        "list_recipes(); load_recipe('mdpo')\n"
+        "assert main(['--list']) == 0\n"
         "heavy = [m for m in ('torch', 'trl', 'transformers', 'peft', 'lmms_eval') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
+        "assert not heavy, heavy  # --list reads the recipes' names and descriptions only\n"
+        "from medbench.train import load_recipe, list_recipes, OBJECTIVES\n"
+        "list_recipes(); load_recipe('mdpo')\n"
+        "heavy = [m for m in ('torch', 'trl', 'peft', 'lmms_eval') if m in sys.modules]\n"
+        "assert not heavy, heavy  # transformers' HfArgumentParser types the settings, without torch\n"
         "from medbench.train import dpo_loss\n"
         "assert 'torch' in sys.modules\n"
     )

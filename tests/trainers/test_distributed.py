@@ -73,7 +73,7 @@ def test_two_cpu_processes_train_mdpo_with_lora(tmp_path, tiny_model_dirs, pref_
         "128",
         "--learning_rate",
         "1e-3",
-        "--warmup_ratio",
+        "--warmup_steps",
         "0",
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)

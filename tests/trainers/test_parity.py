@@ -66,7 +66,7 @@ def build_pair(tmp_path, model_dir, records, **extra):
         train_dataset=Dataset.from_list(trl_examples(records)),
         processing_class=processor,
     )
-    recipe = load_recipe("dpo", {"max_length": "128"})
+    recipe = load_recipe("dpo")  # β, max_length: the DPOConfig both trainers get
     ours = MedPreferenceTrainer(
         model=str(model_dir),
         args=dpo_args(tmp_path, "ours", remove_unused_columns=False, **extra),
@@ -155,7 +155,7 @@ def test_trl_objective_is_stock_trl_with_that_loss(tmp_path, tiny_model_dirs, re
         train_dataset=Dataset.from_list(trl_examples(records)),
         processing_class=processor,
     )
-    recipe = load_recipe("trl_loss", {"max_length": "128"})
+    recipe = load_recipe("trl_loss")
     assert recipe.trl_loss_type == ["hinge"]
     ours = MedPreferenceTrainer(
         model=str(model_dir),

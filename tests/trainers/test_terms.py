@@ -8,6 +8,7 @@ import torch
 from medbench.train import losses as L
 from medbench.train.config import RecipeError, load_recipe
 from medbench.train.objectives import OBJECTIVES, TERMS
+from medbench.train.run import build_training_args
 from medbench.train.trainer import TERM_FUNCTIONS, objective_terms
 
 
@@ -25,11 +26,12 @@ def test_every_term_has_exactly_one_training_function_in_losses():
     assert all(hasattr(L, term.function) for term in TERMS.values())
 
 
-def test_mdpo_trains_as_the_sum_of_its_listed_terms_which_is_mdpo_loss():
+def test_mdpo_trains_as_the_sum_of_its_listed_terms_which_is_mdpo_loss(tmp_path):
     objective = OBJECTIVES["mdpo"]
     recipe = load_recipe("mdpo", {"anchor_delta": "0.2"})
+    args = build_training_args(recipe, tmp_path)
     policy, ref, lengths = _logps(objective)
-    losses, metrics = objective_terms(objective, recipe, policy, ref, lengths, {})
+    losses, metrics = objective_terms(objective, recipe, args, policy, ref, lengths, {})
     p, r = policy.chunk(3), ref.chunk(3)
     torch.testing.assert_close(losses, L.mdpo_loss(*p, *r, beta=0.1, delta=0.2))
     assert {"loss/dpo", "loss/copo", "loss/anchor", "rewards/corrupted"} <= set(metrics)
@@ -41,19 +43,21 @@ def test_a_recipe_reweights_terms_over_the_objectives_rows(tmp_path):
     recipe = load_recipe(str(recipe_file))
     objective = OBJECTIVES["mdpo"]
     policy, ref, lengths = _logps(objective, seed=1)
-    losses, _ = objective_terms(objective, recipe, policy, ref, lengths, {})
+    losses, _ = objective_terms(objective, recipe, build_training_args(recipe, tmp_path), policy, ref, lengths, {})
     p, r = policy.chunk(3), ref.chunk(3)
     expected = L.dpo_loss(p[0], p[1], r[0], r[1], 0.1) + 0.5 * L.copo_loss(p[0], p[2], r[0], r[2], 0.1)
     torch.testing.assert_close(losses, expected)
 
 
 @pytest.mark.parametrize("name", [n for n, o in OBJECTIVES.items() if n != "trl"])
-def test_default_terms_equal_the_objectives_own_pure_function(name):
+def test_default_terms_equal_the_objectives_own_pure_function(tmp_path, name):
     objective = OBJECTIVES[name]
-    recipe = load_recipe(name if name not in ("robust_dpo", "cdpo") else name)
+    recipe = load_recipe(name)
+    args = build_training_args(recipe, tmp_path)
     policy, ref, lengths = _logps(objective, seed=2)
     batch = {"weight": torch.tensor([0.5, 1.0, 2.0]), "is_visual": torch.tensor([True, False, True])}
-    losses, _ = objective_terms(objective, recipe, policy, None if objective.reference_free else ref, lengths, batch)
+    ref = None if objective.reference_free else ref
+    losses, _ = objective_terms(objective, recipe, args, policy, ref, lengths, batch)
     assert losses.shape == (3,) and torch.isfinite(losses).all()
     assert objective.default_terms() == (("dpo", "copo", "anchor") if name == "mdpo" else (name,))
 

@@ -44,7 +44,7 @@ def side_losses(trainer, records, objective_name):
     policy = plain_logps(trainer.model, batch).chunk(2)
     ref = plain_logps(trainer.ref_model, batch).chunk(2)
     fn = L.dpo_loss if objective_name == "dpo" else L.copo_loss
-    return fn(policy[0], policy[1], ref[0], ref[1], beta=trainer.recipe.beta), policy, ref
+    return fn(policy[0], policy[1], ref[0], ref[1], beta=trainer.args.beta), policy, ref
 
 
 @pytest.fixture(scope="module")
