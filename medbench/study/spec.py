@@ -188,6 +188,8 @@ def load_study(path: Path, out: Path | None = None) -> Study:
     if not isinstance(prepare, dict) or not all(isinstance(argv, list) and argv for argv in prepare.values()):
         raise MedbenchError(f"{path}: prepare: map each name to a medbench command, e.g. data: [synth, vqa, --out, "
                             "\"{prepare:data}\"]")
+    prepare_deps = {key: [f"prepare/{name}" for name in dict.fromkeys(_PREPARE.findall(" ".join(map(str, argv))))
+                          if name != key] for key, argv in prepare.items()}
     raw = _substitute_prepare({k: v for k, v in raw.items() if k != "prepare"}, root, set(prepare), str(path))
     prepare = _substitute_prepare(prepare, root, set(prepare), f"{path}: prepare")
     common_env = {str(k): str(v) for k, v in (raw.get("env") or {}).items()}
@@ -228,7 +230,8 @@ def load_study(path: Path, out: Path | None = None) -> Study:
     use_lora = _is_true((raw.get("train") or {}).get("use_lora", False))
 
     cells: list[Cell] = [
-        Cell(id=f"prepare/{key}", kind="prepare", argv=[str(word) for word in argv], meta={"prepare": key})
+        Cell(id=f"prepare/{key}", kind="prepare", argv=[str(word) for word in argv], deps=prepare_deps[key],
+             meta={"prepare": key})
         for key, argv in prepare.items()
     ]
     prepared = [cell.id for cell in cells]

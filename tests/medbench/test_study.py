@@ -151,6 +151,7 @@ def test_prepare_probe_references_and_env_become_cells(tmp_path):
     by_id = {cell.id: cell for cell in study.cells}
     assert [cell.id for cell in study.cells[:2]] == ["prepare/data", "prepare/model"]
     assert by_id["prepare/model"].argv[-3:] == [str(root / "prepare/data/train.jsonl"), "--size", "demo"]
+    assert by_id["prepare/model"].deps == ["prepare/data"]  # it reads {prepare:data}, so it runs after it
     assert all(cell.deps[:2] == ["prepare/data", "prepare/model"] for cell in study.cells[2:])
     assert all(cell.env["OMP_NUM_THREADS"] == "1" for cell in study.cells)
     assert by_id["tiny/base/model/eval"].env["MEDBENCH_VQA_RAD"] == str(root / "prepare/data/test.jsonl")
