@@ -172,10 +172,15 @@ def load_runs(
     return runs, rejected
 
 
-def screen(runs: list[Run]) -> tuple[list[Run], list[Rejected]]:
+def screen(runs: list[Run], notes: list[str] | None = None) -> tuple[list[Run], list[Rejected]]:
     """Apply the board-level rules: duplicates and data mismatches (see the module docstring).
 
     The result does not depend on the order of ``runs``: every run involved in a collision is rejected.
+
+    Args:
+        runs: The verified runs.
+        notes: When given, runs with identical answers on every item are kept and each such group is noted here
+            instead (a study's own cells, where two objectives can reduce to the same training on some data).
     """
     rejected: list[Rejected] = []
     out: set[int] = set()
@@ -188,6 +193,10 @@ def screen(runs: list[Run]) -> tuple[list[Run], list[Rejected]]:
             groups.setdefault(key(run), []).append(index)
         for members in groups.values():
             if len(members) < 2:
+                continue
+            if notes is not None and what.startswith("answers"):
+                names = sorted(runs[i].name for i in members)
+                notes.append(f"{', '.join(names)}: the same answers on every item")
                 continue
             for index in members:
                 if index in out:
@@ -260,6 +269,7 @@ def build_board(
     primary: dict[str, str] | None = None,
     alpha: float = stats.DEFAULT_ALPHA,
     iterations: int = stats.DEFAULT_ITERATIONS,
+    keep_identical: bool = False,
 ) -> Board:
     """Screen the runs, compute cells, CIs and paired tests, and order the rows.
 
@@ -270,6 +280,7 @@ def build_board(
         primary: Task -> metric to plot and summarise (default: the first per-sample metric in the YAML).
         alpha: Significance level.
         iterations: Bootstrap and permutation draws.
+        keep_identical: Keep runs whose answers equal another run's on every item (noted, not rejected).
 
     Raises:
         MedbenchError: An unknown baseline, or a ``primary`` entry naming an unknown task or metric.
@@ -277,9 +288,9 @@ def build_board(
     if baseline is not None and baseline not in {run.name for run in runs}:
         names = ", ".join(run.name for run in runs) or "none"
         raise MedbenchError(f"--baseline {baseline!r} is not a run on the board (runs: {names}); pass a display name")
-    accepted, screened_out = screen(runs)
-    rejected = [*rejected, *screened_out]
     pre_notes: list[str] = []
+    accepted, screened_out = screen(runs, pre_notes if keep_identical else None)
+    rejected = [*rejected, *screened_out]
     if baseline is not None and baseline not in {run.name for run in accepted}:
         pre_notes.append(f"the baseline {baseline!r} was rejected (see the rejections), so no run is compared with it")
         baseline = None

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help="output folder (index.html, leaderboard.md, leaderboard.csv, plots/)"
     )
     build.add_argument("--baseline", metavar="NAME", help="display name of the run every other run is tested against")
+    build.add_argument("--keep-identical", action="store_true",
+                       help="keep runs whose answers equal another run's on every item, with a note (the cells of "
+                       "one study); by default such duplicates are rejected")
     build.add_argument(
         "--metric",
         action="append",
@@ -114,7 +117,8 @@ def run_build(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache = VerificationCache(None if args.no_cache else out / CACHE_DIR)
     runs, rejected = load_runs(args.runs, cache=cache)
-    board = build_board(runs, rejected, args.baseline, _primary(args.metric), args.alpha, args.iterations)
+    board = build_board(runs, rejected, args.baseline, _primary(args.metric), args.alpha, args.iterations,
+                        keep_identical=args.keep_identical)
     if not board.rows:
         reasons = "; ".join(str(error) for error in board.rejected) or "no runs"
         raise MedbenchError(f"no run was accepted, nothing to show ({reasons})")

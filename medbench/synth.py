@@ -24,8 +24,9 @@ count (``lesions``). The same seed gives byte-identical files.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

@@ -212,7 +212,6 @@ def status_lines(study: Study) -> list[str]:
 
 def build_board(study: Study) -> Path:
     """The leaderboard of every completed evaluation cell, in ``ROOT/board``; the baseline is the board's key."""
-    from medbench.cli import main as medbench_main
 
     runs = [study.folder(cell) for cell in study.cells if cell.kind == "eval" and cell_state(study, cell) == "done"]
     if not runs:
@@ -235,7 +234,8 @@ def build_board(study: Study) -> Path:
 def _build_board(study: Study, runs: list[Path], out: Path) -> Path:
     from medbench.cli import main as medbench_main
 
-    argv = ["leaderboard", "build", *map(str, runs), "--out", str(out)]
+    # Two cells of one study may train identically (error_targeted is CoPO when every error is visual): keep both.
+    argv = ["leaderboard", "build", *map(str, runs), "--out", str(out), "--keep-identical"]
     if study.baseline:
         first = next((c for c in study.cells if c.kind == "eval" and c.meta["variant"] == study.baseline), None)
         if first is not None and cell_state(study, first) == "done":

@@ -164,6 +164,11 @@ def test_duplicate_runs_are_rejected_by_answers_and_by_name(demo_results, tmp_pa
         by_folder = {Path(error.where).name: error.reason for error in screened}
         assert "same display name" in by_folder["a"] and "same display name" in by_folder["c"]
         assert "same answers on every item" in by_folder["b"]
+    # A study's board keeps identical answers (two objectives that trained alike) and notes them instead.
+    notes: list[str] = []
+    accepted, screened = screen([runs[0], runs[1]], notes)
+    assert len(accepted) == 2 and not screened
+    assert notes == ["Model A, Model B: the same answers on every item"]
 
 
 def test_the_same_task_twice_in_one_submission_is_a_duplicate(baseline_copy):
