@@ -168,7 +168,7 @@ def load_study(path: Path, out: Path | None = None) -> Study:
     """
     path = Path(path)
     if not path.is_file():
-        raise MedbenchError(f"{path}: no such study file (examples: medbench/studies/paper.yaml, tiny.yaml)")
+        raise MedbenchError(f"{path}: no such study file (examples: medbench/studies/paper.yaml, medbench/studies/tiny.yaml)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
