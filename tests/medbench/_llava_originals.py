@@ -9,7 +9,6 @@ by chunk (``tokenizer_image_token``), then the language model.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -32,15 +31,9 @@ IMAGE_SIZE, PATCH = 32, 8
 
 def sentencepiece_model(folder: Path) -> None:
     """A Llama-style sentencepiece BPE ``tokenizer.model`` (byte fallback, dummy prefix) + tokenizer_config."""
-    import sentencepiece as spm
+    from spm_tokenizer import write_sentencepiece_model
 
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=buffer, vocab_size=400, model_type="bpe", byte_fallback=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", split_digits=True, character_coverage=1.0,
-    )
-    (folder / "tokenizer.model").write_bytes(buffer.getvalue())
+    write_sentencepiece_model(folder, CORPUS)
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
          "add_bos_token": True, "model_max_length": 2048, "legacy": True}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 
 import pytest
 from medbench.train.collator import PreferenceCollator, continuation_ids
@@ -26,19 +25,13 @@ CORPUS = [
 def llava_med_processor(tmp_path_factory):
     """A LLaVA processor with a Llama-style sentencepiece BPE tokenizer (dummy prefix, byte fallback) and the
     LLaVA-Med v1.5 chat template, as ``medbench convert`` writes them."""
-    import sentencepiece as spm
+    from spm_tokenizer import write_sentencepiece_model
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     from medbench.convert.tokenizer import fast_tokenizer_from_sentencepiece
 
     folder = tmp_path_factory.mktemp("llava_med_tokenizer")
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=buffer, vocab_size=400, model_type="bpe", byte_fallback=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", split_digits=True, character_coverage=1.0,
-    )
-    (folder / "tokenizer.model").write_bytes(buffer.getvalue())
+    write_sentencepiece_model(folder, CORPUS)
     tokenizer = fast_tokenizer_from_sentencepiece(folder / "tokenizer.model", {})
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
     tokenizer.pad_token = tokenizer.eos_token  # as medbench.hfload does for a tokenizer without one
