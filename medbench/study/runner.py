@@ -211,8 +211,8 @@ def status_lines(study: Study) -> list[str]:
 
 
 def build_board(study: Study) -> Path:
-    """The leaderboard of every completed evaluation cell, in ``ROOT/board``; the baseline is the board's key."""
-
+    """The leaderboard of every completed evaluation cell, in ``ROOT/board`` (with the study's analysis when it
+    has a probe); the baseline is the board's key."""
     runs = [study.folder(cell) for cell in study.cells if cell.kind == "eval" and cell_state(study, cell) == "done"]
     if not runs:
         raise MedbenchError(f"study {study.name}: no evaluation cell is complete yet; run `medbench study run`")
