@@ -20,14 +20,11 @@ and from them the per-record quantities the study compares:
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
-
-logger = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.jsonl"
 SUMMARY_FILE = "summary.json"
