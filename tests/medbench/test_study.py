@@ -230,3 +230,19 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path):
     report = subprocess.run([*command[:4], "report", str(path), "--out", str(out)], capture_output=True, text=True,
                             check=True)
     assert "tiny/dpo/s1/eval: medbench_vqa_rad overall" in report.stdout and "claim (tiny): SFT beats" in report.stdout
+
+
+def test_differences_are_paired_over_shared_items_and_a_claim_needs_every_interval_above_zero():
+    from medbench.study.analysis import _claim, _difference
+
+    # Item "c" is only in one run: it is left out, so the difference is over a and b (per item: seed means).
+    mine = {"a": [1.0, 1.0], "b": [0.0, 1.0], "c": [5.0]}
+    theirs = {"a": [0.0], "b": [0.0]}
+    result = _difference("t", mine, theirs)
+    assert result["n"] == 2 and result["difference"] == pytest.approx(0.75)
+    assert result["low"] <= result["difference"] <= result["high"]
+    above = {"low": 0.1, "difference": 0.2, "high": 0.3}
+    spanning = {"low": -0.1, "difference": 0.2, "high": 0.5}
+    assert _claim("b", "k", "s", [above, above])["holds"] is True
+    assert _claim("b", "k", "s", [above, spanning])["holds"] is False
+    assert _claim("b", "k", "s", [above, None])["holds"] is None  # a comparison could not be made: not measured
