@@ -181,7 +181,7 @@ def test_the_tiny_study_plans_here():
     study = load_study(Path(__file__).resolve().parents[2] / "medbench" / "studies" / "tiny.yaml")
     trains = {cell.id: cell for cell in study.cells if cell.kind == "train"}
     assert len(trains) == 2 * (6 + 1)  # two seeds x (six variants + SFT)
-    for cell_id, cell in trains.items():
+    for cell in trains.values():
         seed = cell.meta["seed"]
         if cell.meta["variant"] != "sft":
             assert cell.deps[-1] == f"tiny/sft/s{seed}/train"  # every variant starts from its seed's SFT model
