@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +54,19 @@ class ModelItems:
     probe: dict[str, dict[str, list[float]]]  # quantity -> item -> one value per seed
 
 
+@lru_cache(maxsize=1)
+def _recipe_objectives() -> dict[str, str]:
+    """Shipped recipe name -> the objective it trains (as ``medbench train --list`` reads it)."""
+    from medbench.train.config import recipe_index
+
+    return {entry["name"]: entry["objective"] for entry in recipe_index()}
+
+
 def _objective_rows(recipe: str) -> set[tuple[str, str]]:
     """The rows a recipe's objective scores (per-record objectives: every row they may score)."""
-    import yaml
-
-    from medbench.train.config import RECIPES_DIR
     from medbench.train.objectives import OBJECTIVES
 
-    path = RECIPES_DIR / f"{recipe}.yaml"
-    objective = recipe
-    if path.is_file():
-        objective = str((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("objective", recipe))
-    spec = OBJECTIVES.get(objective)
+    spec = OBJECTIVES.get(_recipe_objectives().get(recipe, recipe))
     if spec is None:
         return set()
     rows = set(spec.rows)
