@@ -8,12 +8,11 @@ with each other and with the LLM judge.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medbench.errors import MedbenchError
+from medbench.experts.annotations import read_tagged_json
 from medbench.experts.summary import SUMMARY_SCHEMA
 from medbench.leaderboard.board import Board, Row
 from medbench.leaderboard.render import e, md
@@ -40,15 +39,8 @@ def load_summary(path: Path) -> dict[str, Any]:
     Raises:
         MedbenchError: Unreadable, or not written by ``medbench experts import``.
     """
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise MedbenchError(f"--experts {path}: cannot read ({error.strerror}); pass the experts_summary.json of `medbench experts import`") from None
-    except json.JSONDecodeError:
-        raise MedbenchError(f"--experts {path}: not JSON; pass the experts_summary.json of `medbench experts import`") from None
-    if not isinstance(summary, dict) or summary.get("schema") != SUMMARY_SCHEMA or not isinstance(summary.get("models"), dict):
-        raise MedbenchError(f"--experts {path}: not an experts summary ({SUMMARY_SCHEMA}); pass the file `medbench experts import` wrote")
-    return summary
+    return read_tagged_json(path, "--experts", SUMMARY_SCHEMA, "models", "an experts summary",
+                            "pass the experts_summary.json that `medbench experts import` wrote")
 
 
 def match(board: Board, summary: dict[str, Any]) -> ExpertPanel:

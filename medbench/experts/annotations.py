@@ -45,21 +45,31 @@ class AnnotationProblems(MedbenchError):
         super().__init__(f"{len(problems)} problem(s) in the annotation files (listed above); nothing was imported")
 
 
+def read_tagged_json(path: Path, option: str, schema: str, member: str, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object medbench wrote, checked by its ``schema`` tag and its ``member`` mapping.
+
+    Raises:
+        MedbenchError: One line naming ``option``, the file and ``fix``: unreadable, not JSON, or not ``what``.
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise MedbenchError(f"{option} {path}: cannot read ({error.strerror}); {fix}") from None
+    except json.JSONDecodeError:
+        raise MedbenchError(f"{option} {path}: not JSON; {fix}") from None
+    if not isinstance(document, dict) or document.get("schema") != schema or not isinstance(document.get(member), dict):
+        raise MedbenchError(f"{option} {path}: not {what} ({schema}); {fix}")
+    return document
+
+
 def load_key(path: Path) -> dict[str, Any]:
     """Read and check an export key file.
 
     Raises:
         MedbenchError: Unreadable or not a key written by ``medbench experts export``.
     """
-    try:
-        key = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise MedbenchError(f"--key {path}: cannot read ({error.strerror}); pass the key.json of the export") from None
-    except json.JSONDecodeError:
-        raise MedbenchError(f"--key {path}: not JSON; pass the key.json written by `medbench experts export`") from None
-    if not isinstance(key, dict) or key.get("schema") != KEY_SCHEMA or not isinstance(key.get("items"), dict):
-        raise MedbenchError(f"--key {path}: not an export key ({KEY_SCHEMA}); pass the key.json written by `medbench experts export`")
-    return key
+    return read_tagged_json(path, "--key", KEY_SCHEMA, "items", "an export key",
+                            "pass the key.json written by `medbench experts export`")
 
 
 def _records_from_json(path: Path, problems: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
