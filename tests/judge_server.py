@@ -250,6 +250,15 @@ class LoopbackJudgeServer:
         assert self._httpd is not None, "server not started"
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
+    def environment(self) -> dict[str, str]:
+        """The ``MEDBENCH_JUDGE_*`` settings that point medbench's judge at this server (no cache, no bar)."""
+        return {
+            "MEDBENCH_JUDGE_MODEL": "loopback-judge",
+            "MEDBENCH_JUDGE_BASE_URL": self.base_url,
+            "MEDBENCH_JUDGE_CACHE": "off",
+            "MEDBENCH_JUDGE_PROGRESS": "0",
+        }
+
     def start(self) -> "LoopbackJudgeServer":
         server = self
 

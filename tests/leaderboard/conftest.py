@@ -57,12 +57,7 @@ def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("leaderboard_judge")
     with LoopbackJudgeServer() as server:
         env = demo_environment()
-        env.update(
-            MEDBENCH_JUDGE_MODEL="loopback-judge",
-            MEDBENCH_JUDGE_BASE_URL=server.base_url,
-            MEDBENCH_JUDGE_CACHE="off",
-            MEDBENCH_JUDGE_PROGRESS="0",
-        )
+        env.update(server.environment())
         inline = root / "inline"
         run_lmms_eval(
             [

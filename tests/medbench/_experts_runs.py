@@ -28,14 +28,7 @@ def make_runs(root: Path) -> dict[str, Path]:
     folders = {}
     with LoopbackJudgeServer() as server:
         env = demo_environment()
-        env.update(
-            MEDBENCH_JUDGE_MODEL="loopback-judge",
-            MEDBENCH_JUDGE_BASE_URL=server.base_url,
-            MEDBENCH_JUDGE_CACHE="off",
-            MEDBENCH_JUDGE_PROGRESS="0",
-            MEDBENCH_JUDGE_PARTS="severity",
-            MEDBENCH_METEOR="off",
-        )
+        env.update(server.environment(), MEDBENCH_JUDGE_PARTS="severity", MEDBENCH_METEOR="off")
         for label, model_args in MODELS.items():
             folder = root / label
             run_lmms_eval(
