@@ -40,6 +40,7 @@ class Sample:
         target: The reference answer or text.
         answer_type: ``CLOSED``/``OPEN`` for VQA, ``None`` for long-form tasks.
         record: The raw logged record (metric values live here).
+        failed: The model never answered (:attr:`medbench.results.SampleRecord.failed`).
     """
 
     doc_id: int
@@ -48,6 +49,7 @@ class Sample:
     target: str
     answer_type: str | None
     record: dict[str, Any]
+    failed: bool = False
 
     @property
     def answer(self) -> Answer:
