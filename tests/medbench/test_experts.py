@@ -445,6 +445,82 @@ def test_blank_rows_are_skipped_not_errors(exported, tmp_path):
     assert summary["agreement"]["severity"]["n_outputs"] == 0  # one annotator: no agreement to report
 
 
+def test_a_truncated_sheet_is_refused_naming_the_missing_rows_unless_allow_partial(exported, tmp_path, capsys):
+    rows = _csv_rows(exported / "annotators" / "items.csv")
+    filled = _fill_rows(rows, "Dr T")
+    whole = _write_csv(tmp_path / "whole.csv", filled).read_text(encoding="utf-8")
+    start = len(_write_csv(tmp_path / "first35.csv", filled[:35]).read_text(encoding="utf-8"))
+    cut = start + [i for i, c in enumerate(whole[start:]) if c == ","][4]  # the 36th row cut after its output code
+    truncated = tmp_path / "truncated.csv"
+    truncated.write_text(whole[:cut], encoding="utf-8")  # a copy cut short: 35 graded rows and a stub
+    key = str(exported / "key.json")
+    assert medbench_main(["experts", "import", str(truncated), "--key", key, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    first_missing = f"{rows[36]['item_id']} {rows[36]['output_code']}"
+    assert f"truncated.csv: 24 of the export's 60 rows are missing ({first_missing}, " in err
+    assert "--allow-partial" in err and not (tmp_path / "r").exists()
+    out = tmp_path / "partial"
+    assert medbench_main(["experts", "import", str(truncated), "--key", key, "--out", str(out), "--allow-partial"]) == 0
+    assert "imported without its 24 missing row(s)" in capsys.readouterr().out
+    assert json.loads((out / "experts_summary.json").read_text(encoding="utf-8"))["n_ratings"] == 35
+
+
+def _excel_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    """What Excel's 'CSV UTF-8' writes in a locale whose decimal mark is the comma: BOM, ';', CRLF."""
+    with path.open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=";", lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_an_excel_semicolon_csv_with_bom_and_crlf_imports(exported, tmp_path):
+    rows = _csv_rows(exported / "annotators" / "items.csv")
+    path = _excel_csv(tmp_path / "excel.csv", _fill_rows(rows, "Dr X"))
+    assert path.read_bytes().startswith(b"\xef\xbb\xbfexport_id;item_id;") and b"\r\n" in path.read_bytes()
+    out = tmp_path / "r"
+    assert medbench_main(["experts", "import", str(path), "--key", str(exported / "key.json"), "--out", str(out)]) == 0
+    assert json.loads((out / "experts_summary.json").read_text(encoding="utf-8"))["n_ratings"] == 60
+
+
+@pytest.mark.skipif(shutil.which("soffice") is None, reason="no LibreOffice: apt-get install -y libreoffice-calc-nogui")
+def test_a_sheet_saved_by_libreoffice_with_semicolons_imports(exported, tmp_path):
+    import subprocess
+
+    rows = _csv_rows(exported / "annotators" / "items.csv")
+    sheet = _write_xlsx(exported / "annotators" / "items.xlsx", tmp_path / "dr_l.xlsx", _fill_rows(rows, "Dr L"))
+    # Field separator 59 (;), text delimiter 34 ("), character set 76 (UTF-8): LibreOffice's CSV filter options.
+    subprocess.run(["soffice", "--headless", f"-env:UserInstallation=file://{tmp_path}/lo-profile", "--convert-to",
+                    'csv:Text - txt - csv (StarCalc):59,34,76,1', "--outdir", str(tmp_path / "lo"), str(sheet)],
+                   check=True, capture_output=True, timeout=120)
+    saved = tmp_path / "lo" / "dr_l.csv"
+    assert saved.read_text(encoding="utf-8").startswith('"export_id";"item_id";')  # quoted, ';'-separated
+    out = tmp_path / "r"
+    assert medbench_main(["experts", "import", str(saved), "--key", str(exported / "key.json"), "--out", str(out)]) == 0
+    assert json.loads((out / "experts_summary.json").read_text(encoding="utf-8"))["n_ratings"] == 60
+
+
+def test_unreadable_sheets_are_one_line_each(exported, tmp_path, capsys):
+    rows = _csv_rows(exported / "annotators" / "items.csv")
+    cp1252 = tmp_path / "cp1252.csv"
+    filled = _fill_rows(rows, "Dr Ünal")
+    with cp1252.open("w", encoding="cp1252", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(filled[0]))
+        writer.writeheader()
+        writer.writerows([{k: v.encode("cp1252", "replace").decode("cp1252") for k, v in row.items()} for row in filled])
+    colons = tmp_path / "colons.csv"
+    colons.write_text(":".join(rows[0]) + "\n", encoding="utf-8")
+    truncated_xlsx = tmp_path / "cut.xlsx"
+    truncated_xlsx.write_bytes((exported / "annotators" / "items.xlsx").read_bytes()[:2000])
+    files = [str(cp1252), str(colons), str(truncated_xlsx)]
+    assert medbench_main(["experts", "import", *files, "--key", str(exported / "key.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4, err
+    assert "cp1252.csv: not UTF-8 (byte 0xdc" in err[0] and "CSV UTF-8" in err[0]
+    assert "colons.csv: missing column(s)" in err[1] and "(read with comma separators)" in err[1]
+    assert "cut.xlsx: not a readable .xlsx" in err[2]
+
+
 # ------------------------------------------------------------------------------------------ leaderboard
 
 
