@@ -127,6 +127,30 @@ def test_each_rule_makes_a_minimal_edit_and_tags_it(question, answer, rule, reje
     assert tag_error_type(question, answer, edit.rejected) == error_type
 
 
+@pytest.mark.parametrize(
+    "answer, swappable",
+    [
+        ("No pleural effusion.", []),
+        ("Without fracture.", []),
+        ("There is no evidence of pneumothorax, cyst or abscess in the left lung.", []),
+        ("Negative for metastasis.", []),
+        ("Free of haemorrhage; the liver is enlarged.", ["liver", "enlarged"]),
+        ("Pneumonia is absent.", []),
+        ("Cardiomegaly is not seen on this CT.", ["CT"]),
+        ("No fracture of the femur, but a small cyst in the right kidney.", ["small", "cyst", "right", "kidney"]),
+        ("The left kidney shows no tumour.", ["left", "kidney"]),
+    ],
+)
+def test_terms_under_a_negation_are_never_swapped(answer, swappable):
+    """Under "no"/"without"/"is absent" a finding is asserted absent: swapping it makes another true sentence."""
+    swapped = set()
+    for seed in range(40):
+        for edit in candidate_edits("Findings?", answer, record_rng(seed, "neg", "rejected")):
+            if edit.rule.startswith("swap:"):
+                swapped.add(edit.detail.split(" -> ")[0].lower())
+    assert swapped == {term.lower() for term in swappable}, swapped
+
+
 def test_rules_can_be_restricted():
     assert rule_edit("Where?", "In the left lung.", record_rng(0, "x", "r"), frozenset({"number"})) is None
     assert rule_edit("Where?", "In the left lung.", record_rng(0, "x", "r"), frozenset({"swap"})).rule.startswith("swap")

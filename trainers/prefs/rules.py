@@ -140,13 +140,52 @@ def _presence(answer: str, lexicon: Lexicon) -> list[Edit]:
     return []
 
 
+# Negation scope, NegEx-style: a cue before a term ("no", "without", "negative for", ...) or after it ("is
+# absent", "is not seen", "ruled out") negates it up to the end of its clause. Sentence punctuation and
+# contrastive words close the clause; commas do not ("No pneumothorax, effusion or consolidation").
+_NEGATION_BEFORE = re.compile(
+    r"(?<![\w-])(?:no|not|without|absence\s+of|absent|negative\s+for|free\s+of|denies|denied|neither|nor|never|"
+    r"rules?\s+out|ruled\s+out|exclude[sd]?|cannot\s+be\s+seen)(?![\w-])",
+    re.IGNORECASE,
+)
+_NEGATION_AFTER = re.compile(
+    r"(?<![\w-])(?:(?:is|are|was|were)\s+(?:not\s+(?:seen|visible|present|identified|detected|demonstrated)|absent|"
+    r"excluded|ruled\s+out)|not\s+(?:seen|visible|identified|detected)|ruled\s+out|absent)(?![\w-])",
+    re.IGNORECASE,
+)
+_CLAUSE_BREAK = re.compile(
+    r"[.!?;:\n]|(?<![\w-])(?:but|however|although|though|except|yet|whereas|while|apart\s+from|aside\s+from)(?![\w-])",
+    re.IGNORECASE,
+)
+
+
+def negated_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of ``text`` that lie under a negation (terms there are asserted absent)."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for end in [m.start() for m in _CLAUSE_BREAK.finditer(text)] + [len(text)]:
+        clause = text[start:end]
+        after = [(m.start(), m.end()) for m in _NEGATION_AFTER.finditer(clause)]
+        if after:  # "X is not seen on this CT": X is negated, the CT is not
+            spans.append((start, start + after[-1][1]))
+        # "not" inside "is not seen" closes a negation; only a cue outside those opens one.
+        before = next((m for m in _NEGATION_BEFORE.finditer(clause) if not any(a <= m.start() < b for a, b in after)), None)
+        if before:
+            spans.append((start + before.start(), end))
+        start = end
+    return spans
+
+
 def _swaps(answer: str, rng: random.Random, lexicon: Lexicon) -> list[Edit]:
+    # A term under negation is asserted absent: "No pleural effusion" -> "No metastasis" is another true
+    # statement, not an error. Such a finding is changed only by flipping the negation (the presence rule).
+    negated = negated_spans(answer)
     edits = []
     for name, group in lexicon.groups.items():
         for match in group["pattern"].finditer(answer):
             found = match.group(1)
             options = group["partners"].get(found.lower(), [])
-            if not options:
+            if not options or any(low <= match.start() < high for low, high in negated):
                 continue
             replacement = _match_case(found, rng.choice(sorted(options)))
             rejected = answer[: match.start()] + replacement + answer[match.end() :]
