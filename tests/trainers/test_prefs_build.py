@@ -96,6 +96,52 @@ def test_bad_records_are_reported_and_the_rest_built(tmp_path):
     assert [json.loads(line)["id"] for line in report.records_path.read_text().splitlines()] == ["ok"]
 
 
+def test_unreadable_lines_and_duplicate_ids_are_skipped_and_names_never_collide(tmp_path):
+    shutil.copytree(DEMO_DIR / "images", tmp_path / "images")
+    rows = [
+        json.dumps({"id": "a/b", "image": "images/ct_small.png", "question": "Where?", "answer": "In the left lung."}),
+        json.dumps({"id": "a_b", "image": "images/fundus_retina.png", "question": "Where?", "answer": "In the left eye."}),
+        '{"id": "cut", "image": "images/ct_small.png", "question": "Where',  # a line cut short
+        json.dumps({"id": "twice", "image": "images/ct_small.png", "question": "Where?", "answer": "Left."}),
+        json.dumps({"id": "twice", "image": "images/fundus_retina.png", "question": "Where?", "answer": "Right."}),
+    ]
+    data = tmp_path / "in.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    report = build(str(data), tmp_path / "out", BuildOptions(recipe="copo", progress=False))
+    skipped = report.manifest["skipped"]
+    assert [(e["where"].rsplit(":", 1)[1], e["problem"]) for e in skipped] == [
+        ("3", "not valid JSON (Unterminated string starting at)"),
+        ("4", "id 'twice' occurs 2 times; ids must be unique"),
+        ("5", "id 'twice' occurs 2 times; ids must be unique"),
+    ]
+    built = {r["id"]: r for r in map(json.loads, report.records_path.read_text().splitlines())}
+    assert set(built) == {"a/b", "a_b"}
+    assert built["a/b"]["rejected_image"] != built["a_b"]["rejected_image"]  # a CT never gets a noised fundus photo
+
+
+@pytest.mark.parametrize(
+    "answer, rule, rejected, error_type",
+    [
+        ("No\u00a0pleural effusion is seen.", "presence_flip", "Pleural effusion is seen.", "presence_abnormality"),
+        ("Heart is enlarged. No effusion is seen.", "presence_flip", "Heart is enlarged. Effusion is seen.",
+         "presence_abnormality"),
+        ("A 3cm mass.", "number", None, "size"),
+        ("About 40% of the lung.", "number", None, "size"),
+        ("Stage 2 disease.", "number", "absent", None),
+    ],
+)
+def test_presence_and_number_rules_stay_inside_one_sentence_and_read_units(answer, rule, rejected, error_type):
+    edits = {e.rule: e for e in candidate_edits("What is seen?", answer, record_rng(0, "x", "rejected"))}
+    if rejected == "absent":  # "Stage 2" is a category, not a count
+        assert rule not in edits
+        return
+    edit = edits[rule]
+    assert edit.error_type == error_type and tag_error_type("What is seen?", answer, edit.rejected) == error_type
+    if rejected is not None:
+        assert edit.rejected == rejected
+    assert "No No" not in edit.rejected
+
+
 def test_a_task_name_reads_its_configured_source(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDBENCH_DATA", "demo")
     report = build("medbench_vqa_rad", tmp_path / "out", BuildOptions(recipe="dpo", progress=False))

@@ -119,8 +119,23 @@ def _yes_no(question: str, answer: str, lexicon: Lexicon) -> list[Edit]:
     return [Edit("yes_no", rejected, question_topic(question, lexicon), f"{word} -> {flipped}")]
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
 def _presence(answer: str, lexicon: Lexicon) -> list[Edit]:
-    text = answer.strip()
+    # One sentence at a time, with every kind of space made a plain one: a pattern must not run from one
+    # sentence into the next, nor read "No\u00a0effusion" as a finding called "No effusion".
+    sentences = _SENTENCE_END.split(" ".join(answer.split()))
+    for index, sentence in enumerate(sentences):
+        flipped = _presence_sentence(sentence, lexicon)
+        if flipped is not None:
+            rejected, detail = flipped
+            return [Edit("presence_flip", " ".join([*sentences[:index], rejected, *sentences[index + 1 :]]),
+                         "presence_abnormality", detail)]
+    return []
+
+
+def _presence_sentence(text: str, lexicon: Lexicon) -> tuple[str, str] | None:
     numeric = re.compile(rf"^(\d|({'|'.join(_NUMBER_WORDS)}|several|multiple|many|few)\b)", re.IGNORECASE)
     for pattern, template in lexicon.presence:
         match = pattern.match(text)
@@ -129,15 +144,17 @@ def _presence(answer: str, lexicon: Lexicon) -> list[Edit]:
         values = {k: v for k, v in match.groupdict().items() if v is not None}
         finding = values.get("x", "")
         if numeric.match(finding):
-            return []  # "Three nodules are seen": negating a count is not minimal; the number rule edits it
+            return None  # "Three nodules are seen": negating a count is not minimal; the number rule edits it
         if "no {x}" in template.lower():
+            if re.match(r"^no\b", finding, re.IGNORECASE):
+                return None  # "No nodule is seen" read as "(No nodule) is seen": the negated pattern handles it
             finding = re.sub(r"^(a|an|one)\s+", "", finding, flags=re.IGNORECASE)  # "a nodule" -> "no nodule"
         values["x"] = finding
         values["X"] = finding[:1].upper() + finding[1:]
         rejected = template.format(**values)
         if rejected.strip().lower() != text.lower():
-            return [Edit("presence_flip", rejected, "presence_abnormality", f"{pattern.pattern} -> {template}")]
-    return []
+            return rejected, f"{pattern.pattern} -> {template}"
+    return None
 
 
 # Negation scope, NegEx-style: a cue before a term ("no", "without", "negative for", ...) or after it ("is
@@ -194,11 +211,17 @@ def _swaps(answer: str, rng: random.Random, lexicon: Lexicon) -> list[Edit]:
     return edits
 
 
+# A number after these words names a category ("Stage 2", "grade 3"), not a count: changing it is not a
+# count error, and which error type it is depends on the scale, so no rule edits it.
+_CATEGORY_WORDS = re.compile(r"(?:stage|grade|type|class|level|phase|category|score|tier|zone|segment)\s*$", re.IGNORECASE)
+
+
 def _numbers(answer: str, rng: random.Random) -> list[Edit]:
     words = "|".join(_NUMBER_WORDS)
     units = "|".join(re.escape(u) for u in _UNITS)
-    pattern = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?|{words})(?![\w.])(\s*(?:{units})\b)?", re.IGNORECASE)
-    match = pattern.search(answer)
+    # The unit may follow with or without a space ("3 cm", "3cm", "40%"); "%" ends without a word boundary.
+    pattern = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?|{words})(?:(\s*(?:{units}))(?!\w)|(?![\w.]))", re.IGNORECASE)
+    match = next((m for m in pattern.finditer(answer) if not _CATEGORY_WORDS.search(answer[: m.start()])), None)
     if not match:
         return []
     token, unit = match.group(1), match.group(2)
@@ -248,7 +271,8 @@ def rule_edit(question: str, answer: str, rng: random.Random, rules: frozenset[s
 
 
 def _tokens(text: str) -> list[str]:
-    return re.findall(r"[\w-]+|\d+(?:\.\d+)?", text.lower())
+    # Numbers apart from attached units ("3cm" -> "3", "cm"), "%" a token of its own.
+    return re.findall(r"\d+(?:\.\d+)?|%|[^\W\d_]+(?:-[^\W_]+)*|[\w-]+", text.lower())
 
 
 def tag_error_type(question: str, chosen: str, rejected: str, lexicon: Lexicon | None = None) -> str:
