@@ -197,6 +197,16 @@ def test_terms_under_a_negation_are_never_swapped(answer, swappable):
     assert swapped == {term.lower() for term in swappable}, swapped
 
 
+@pytest.mark.parametrize(
+    "question, topic",
+    [("Is the left kidney enlarged?", "size"), ("Is the heart enlarged?", "size"), ("Is this a CT scan?", "modality"),
+     ("Is the lesion in the left lobe?", "laterality_position"), ("Is there an effusion?", "presence_abnormality")],
+)
+def test_a_yes_no_flip_is_about_what_the_question_asks(question, topic):
+    edit = candidate_edits(question, "Yes.", record_rng(0, "x", "rejected"))[0]
+    assert edit.rule == "yes_no" and edit.error_type == topic
+
+
 def test_rules_can_be_restricted():
     assert rule_edit("Where?", "In the left lung.", record_rng(0, "x", "r"), frozenset({"number"})) is None
     assert rule_edit("Where?", "In the left lung.", record_rng(0, "x", "r"), frozenset({"swap"})).rule.startswith("swap")

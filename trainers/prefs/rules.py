@@ -100,11 +100,12 @@ def _match_case(template: str, replacement: str) -> str:
 def question_topic(question: str, lexicon: Lexicon | None = None) -> str:
     """The visual subtype a yes/no question asks about (e.g. "Is this a CT scan?" -> ``modality``)."""
     lexicon = lexicon or load_lexicon()
-    words = " " + re.sub(r"[^\w\s-]", " ", question.lower()) + " "
-    for key, cues in lexicon.topics.items():
-        if any(f" {cue} " in words for cue in cues):
-            return key
-    return "presence_abnormality"
+    words = " " + " ".join(re.sub(r"[^\w\s-]", " ", question.lower()).split()) + " "
+    # The cue that ends last wins: a yes/no question names its subject first and asks about the predicate
+    # ("Is the left kidney enlarged?" asks about size, not side); a fixed group order got that wrong.
+    found = [(words.rfind(f" {cue} ") + len(cue), len(cue), key) for key, cues in lexicon.topics.items() for cue in cues
+             if f" {cue} " in words]
+    return max(found)[2] if found else "presence_abnormality"
 
 
 def _yes_no(question: str, answer: str, lexicon: Lexicon) -> list[Edit]:
