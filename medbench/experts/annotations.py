@@ -193,6 +193,12 @@ def read_annotations(
     problems: list[str] = []
     result = AnnotationSet()
     export_id = key["export_id"]
+    exported_with = key.get("rubric") or {}
+    if exported_with and (exported_with.get("name") != rubric.name or str(exported_with.get("version")) != str(rubric.version)):
+        raise AnnotationProblems([
+            f"--key: export {export_id} was made with rubric {exported_with.get('name')} v{exported_with.get('version')}, "
+            f"this medbench uses {rubric.name} v{rubric.version}; import with the medbench version that exported it"
+        ])
     for path in paths:
         if not path.is_file():
             problems.append(f"{path}: no such file; pass the annotation files (.json from the form, .csv, .xlsx)")
@@ -233,7 +239,8 @@ def _check_rows(
         return
     graded: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: set[tuple[str, str]] = set()
-    annotators: set[str] = set()
+    annotators: dict[str, str] = {}  # identity (case and spacing ignored) -> the name as first written
+    unnamed: list[str] = []  # graded rows without a name, reported once
     preferences: dict[str, str] = {}
     for number, row in enumerate(rows, start=2):
         item_id = str(row.get("item_id") or "").strip()
@@ -263,16 +270,22 @@ def _check_rows(
                 preferences[item_id] = preference
         clean, found = rubric.check_output(row, where)
         problems += found
+        annotator = " ".join(str(row.get("annotator") or "").split())
+        if annotator:
+            annotators.setdefault(annotator.casefold(), annotator)
         if clean is None:
             result.blank += 1
             continue
-        annotator = str(row.get("annotator") or "").strip()
         if not annotator:
-            problems.append(f"{where}: missing field 'annotator'; write the annotator's name on every graded row")
+            unnamed.append(f"item {item_id} output {code}")
             continue
-        annotators.add(annotator)
         if not found:
             graded.append((row, {"item_id": item_id, "code": code, "values": clean, "annotator": annotator}))
+    if unnamed:
+        problems.append(
+            f"{path}: {len(unnamed)} graded row(s) have no 'annotator' (first: {unnamed[0]}); write the annotator's "
+            "name on every graded row"
+        )
     expected = [(item_id, code) for item_id, item in key["items"].items() for code in item["codes"]]
     if rows and len(rows) < len(expected):  # a full-length file with a wrong row has that row reported above
         absent = [f"{item_id} {code}" for item_id, code in expected if (item_id, code) not in seen]
@@ -288,14 +301,19 @@ def _check_rows(
         problems.append(f"{path}: no graded output; fill correctness and severity for the outputs you reviewed")
         return
     if len(annotators) > 1:
-        problems.append(f"{path}: several annotators ({', '.join(sorted(annotators))}); send one file per annotator")
+        problems.append(f"{path}: several annotators ({', '.join(sorted(annotators.values()))}); send one file per annotator")
         return
     if not annotators:
+        if preferences and not unnamed:  # preferences alone are a contribution too: they need a name
+            problems.append(f"{path}: preferences but no annotator name; write the annotator's name on the rows with a preference")
         return
-    annotator = annotators.pop()
-    if annotator in result.annotators:
+    annotator = next(iter(annotators.values()))
+    known = {name.casefold(): name for name in result.annotators}
+    if annotator.casefold() in known:
+        earlier = known[annotator.casefold()]
         problems.append(
-            f"{path}: annotator {annotator!r} already came from {result.annotators[annotator]}; "
+            f"{path}: annotator {annotator!r} already came from {result.annotators[earlier]}"
+            f"{f' (as {earlier!r})' if earlier != annotator else ''}; "
             "each annotator sends one file (merge them, or give each person a distinct name)"
         )
         return

@@ -64,7 +64,7 @@ _SCRIPT = r"""
     for (const [name, spec] of Object.entries(rubric.fields)) {
       box.append($("p", {class: "label"}, spec.question));
       const list = $("ul");
-      for (const level of spec.levels || []) list.append($("li", {}, level.value + " (" + level.label + "): " + (level.help || "")));
+      for (const level of spec.levels || []) list.append($("li", {}, (String(level.value) === level.label ? level.label : level.value + " (" + level.label + ")") + ": " + (level.help || "")));
       if (spec.kind === "taxonomy") for (const entry of rubric.error_types) list.append($("li", {}, entry.key + ": " + entry.description));
       box.append(list);
     }
@@ -79,7 +79,7 @@ _SCRIPT = r"""
       const spec = rubric.fields[field];
       const set = $("fieldset", {"data-field": field});
       set.append($("legend", {}, spec.question));
-      for (const level of spec.levels) set.append(choice("radio", field + ":" + base, level.value, level.value + " " + level.label, level.help));
+      for (const level of spec.levels) set.append(choice("radio", field + ":" + base, level.value, String(level.value) === level.label ? level.label : level.value + " " + level.label, level.help));
       box.append(set);
     }
     const types = $("fieldset", {"data-field": "error_types", class: "types"});

@@ -521,6 +521,55 @@ def test_unreadable_sheets_are_one_line_each(exported, tmp_path, capsys):
     assert "cut.xlsx: not a readable .xlsx" in err[2]
 
 
+def test_codes_are_not_numbers_and_model_text_is_no_formula(exported):
+    key = _key(exported)
+    codes = [code for item in key["items"].values() for code in item["codes"]]
+    assert all(code[0].isalpha() for code in codes)  # "3E45" would be read as 3×10^45 by a spreadsheet
+    openpyxl = pytest.importorskip("openpyxl")
+    from medbench.experts.export import write_xlsx
+    from medbench.experts.rubric import load_rubric
+
+    rows = _csv_rows(exported / "annotators" / "items.csv")[:2]
+    rows[0]["output"] = "=5 cm lesion"
+    path = exported.parent / "formula.xlsx"
+    assert write_xlsx(path, rows, load_rubric())
+    cell = openpyxl.load_workbook(path)["items"].cell(row=2, column=list(rows[0]).index("output") + 1)
+    assert cell.data_type == "s" and cell.value == "=5 cm lesion"
+
+
+def test_annotator_names_missing_names_preferences_and_the_keys_rubric(exported, tmp_path, capsys):
+    rows = _csv_rows(exported / "annotators" / "items.csv")
+    key = str(exported / "key.json")
+    spaced = _fill_rows(rows, "Dr  Smith")
+    for row in spaced[1::2]:
+        row["annotator"] = " dr smith"  # one person, typed two ways
+    out = tmp_path / "one"
+    assert medbench_main(["experts", "import", str(_write_csv(tmp_path / "smith.csv", spaced)), "--key", key, "--out", str(out)]) == 0
+    assert json.loads((out / "experts_summary.json").read_text(encoding="utf-8"))["annotators"] == ["Dr Smith"]
+    again = _write_csv(tmp_path / "smith2.csv", _fill_rows(rows, "DR SMITH"))
+    unnamed = _fill_rows(rows, "")
+    prefs_only = [dict(row, correctness="", severity="", error_types="", comment="", preference=row["pair"] and "tie")
+                  for row in _fill_rows(rows, "Dr P")]
+    files = [_write_csv(tmp_path / "smith.csv", spaced), again, _write_csv(tmp_path / "unnamed.csv", unnamed),
+             _write_csv(tmp_path / "prefs_only_unnamed.csv", [dict(row, annotator="") for row in prefs_only])]
+    assert medbench_main(["experts", "import", *map(str, files), "--key", key, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "smith2.csv: annotator 'DR SMITH' already came from" in err[0] and "(as 'Dr Smith')" in err[0]
+    assert "unnamed.csv: 60 graded row(s) have no 'annotator' (first: item" in err[1]
+    assert "prefs_only_unnamed.csv: preferences but no annotator name" in err[2] and len(err) == 4
+    out = tmp_path / "prefs"
+    assert medbench_main(["experts", "import", str(_write_csv(tmp_path / "p.csv", prefs_only)), "--key", key, "--out", str(out)]) == 0
+    summary = json.loads((out / "experts_summary.json").read_text(encoding="utf-8"))
+    assert summary["annotators"] == ["Dr P"] and summary["n_ratings"] == 0
+    old_key = json.loads((exported / "key.json").read_text(encoding="utf-8"))
+    old_key["rubric"]["version"] = 0
+    stale = tmp_path / "key.json"
+    stale.write_text(json.dumps(old_key), encoding="utf-8")
+    assert medbench_main(["experts", "import", str(again), "--key", str(stale)]) == 2
+    err = capsys.readouterr().err
+    assert f"--key: export {old_key['export_id']} was made with rubric " in err and " v0, this medbench uses " in err
+
+
 # ------------------------------------------------------------------------------------------ leaderboard
 
 
