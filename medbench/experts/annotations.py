@@ -196,8 +196,10 @@ def read_annotations(
     exported_with = key.get("rubric") or {}
     if exported_with and (exported_with.get("name") != rubric.name or str(exported_with.get("version")) != str(rubric.version)):
         raise AnnotationProblems([
-            f"--key: export {export_id} was made with rubric {exported_with.get('name')} v{exported_with.get('version')}, "
-            f"this medbench uses {rubric.name} v{rubric.version}; import with the medbench version that exported it"
+            (
+                f"--key: export {export_id} was made with rubric {exported_with.get('name')} v{exported_with.get('version')}, "
+                f"this medbench uses {rubric.name} v{rubric.version}; import with the medbench version that exported it"
+            )
         ])
     for path in paths:
         if not path.is_file():
