@@ -521,6 +521,13 @@ def test_unreadable_sheets_are_one_line_each(exported, tmp_path, capsys):
     assert "cut.xlsx: not a readable .xlsx" in err[2]
 
 
+def test_the_rubric_speaks_to_clinicians_not_to_trainers():
+    from medbench.experts.rubric import load_rubric
+
+    shown = json.dumps(load_rubric().for_form())
+    assert not re.search(r"CoPO|DPO|image-side|loss|term targets", shown)
+
+
 def test_codes_are_not_numbers_and_model_text_is_no_formula(exported):
     key = _key(exported)
     codes = [code for item in key["items"].values() for code in item["codes"]]
