@@ -229,6 +229,35 @@ def saved_by_browser(exported, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @needs_chromium
+def test_a_second_annotator_on_a_shared_browser_starts_from_an_empty_form(exported):
+    url = (exported / "annotators" / "form.html").as_uri()
+    first = '''(() => {
+      const annotator = document.getElementById('annotator');
+      annotator.value = 'Dr First'; annotator.dispatchEvent(new Event('input', {bubbles: true}));
+      document.querySelector('input[name^="correctness:"][value="3"]').click();
+      document.querySelector('input[name^="severity:"][value="none"]').click();
+      return new Promise((resolve) => setTimeout(() => resolve(document.getElementById('progress').textContent), 500));
+    })()'''
+    with _browser.Chromium(CHROMIUM, timeout=120) as page:
+        page.open(url)
+        assert page.evaluate("document.getElementById('previous').hidden") is True  # nothing to restore
+        assert page.evaluate(first) == "1 of 60 outputs graded"
+        page.open(url)  # the next person opens the same file in the same browser
+        assert page.evaluate("document.getElementById('previous').hidden") is False
+        assert page.evaluate("document.getElementById('previous-name').textContent") == "Dr First"
+        page.evaluate("document.getElementById('start-new').click()")
+        assert page.evaluate("document.getElementById('annotator').value") == ""
+        assert page.evaluate("document.getElementById('progress').textContent") == "0 of 60 outputs graded"
+        kept = page.evaluate("localStorage.getItem(window.medbenchExperts.storageKey + ':dr-first')")
+        assert json.loads(kept)["state"]["annotator"] == "Dr First"  # set aside, not lost
+        page.open(url)  # and the form stays empty for them
+        assert page.evaluate("document.getElementById('previous').hidden") is True
+        assert page.evaluate("document.getElementById('progress').textContent") == "0 of 60 outputs graded"
+        assert page.evaluate("document.getElementById('annotator').getAttribute('autocomplete')") == "off"
+        assert page.console == []
+
+
+@needs_chromium
 def test_form_saves_a_file_that_imports_and_round_trips(saved_by_browser, exported, tmp_path):
     saved, grades = saved_by_browser
     key = _key(exported)
