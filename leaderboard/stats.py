@@ -12,8 +12,14 @@ second:
   as the observed one (with the +1 correction, so ``p`` is never 0). The paired bootstrap CI of the mean
   difference comes with it.
 
-The random draws depend only on the task name and the number of items (fixed seeds), so a board rebuilt
-from the same runs shows the same intervals, and every run of a task is resampled with the same draws.
+Where a task asks several questions about one image (SLAKE's 1,061 test questions sit on 96 images), the
+questions are not independent: both methods then resample *images* (clusters), not questions
+(:func:`resampler`'s ``clusters``), which widens the intervals by about the square root of the questions per
+image when the questions of an image share their outcome.
+
+The random draws depend only on the task name, the number of items and of clusters (fixed seeds), so a
+board rebuilt from the same runs shows the same intervals, and every run of a task is resampled with the
+same draws.
 No correction for multiple comparisons is applied: the board marks each comparison at level ``alpha``.
 """
 
@@ -43,12 +49,32 @@ class Resampler:
 
 
 @lru_cache(maxsize=64)
-def resampler(task: str, n_items: int, iterations: int = DEFAULT_ITERATIONS) -> Resampler:
-    """The draws for ``task`` with ``n_items`` items (seeded by the task name: reproducible boards)."""
-    rng = np.random.default_rng(zlib.crc32(f"{task}:{n_items}".encode()))
-    weights = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=iterations).astype(np.float64)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(iterations, n_items))
-    return Resampler(weights=weights, signs=signs)
+def resampler(
+    task: str, n_items: int, iterations: int = DEFAULT_ITERATIONS, clusters: tuple[str, ...] | None = None
+) -> Resampler:
+    """The draws for ``task`` with ``n_items`` items (seeded by the task name: reproducible boards).
+
+    Args:
+        task: Task name (the seed).
+        n_items: Number of items.
+        iterations: Number of draws ``B``.
+        clusters: The cluster (image) of each item, in item order. Questions about one image are not
+            independent draws, so with clusters the bootstrap resamples clusters with replacement (every
+            item of a drawn cluster comes along, as many times as the cluster was drawn) and the sign-flip
+            test flips whole clusters: the intervals are cluster-robust, as lmms-eval's clustered standard
+            errors are. ``None`` (or one item per cluster) resamples items.
+    """
+    if clusters is not None and len(clusters) != n_items:
+        raise ValueError(f"{len(clusters)} cluster labels for {n_items} items")
+    if clusters is None:
+        index, k, seed = np.arange(n_items), n_items, f"{task}:{n_items}"
+    else:
+        labels, index = np.unique(np.array([str(label) for label in clusters]), return_inverse=True)
+        k, seed = len(labels), f"{task}:{n_items}:{len(labels)}"
+    rng = np.random.default_rng(zlib.crc32(seed.encode()))
+    cluster_weights = rng.multinomial(k, np.full(k, 1.0 / k), size=iterations).astype(np.float64)
+    cluster_signs = rng.choice(np.array([-1.0, 1.0]), size=(iterations, k))
+    return Resampler(weights=cluster_weights[:, index], signs=cluster_signs[:, index])
 
 
 def as_matrix(columns: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
