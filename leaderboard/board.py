@@ -362,6 +362,7 @@ def build_board(
     for task in dict.fromkeys(column.task for column in columns):
         _intervals(task, rows, matrices, iterations, alpha, clusters.get(task))
         _compare(task, pairs, matrices, iterations, alpha, clusters.get(task))
+    order = task_order()  # the group YAMLs are read once per board, not once per row
     for row in rows:
         sampled = sorted(task for task, scores in row.run.tasks.items() if scores.decoding.get("sampled"))
         if sampled:
@@ -372,7 +373,7 @@ def build_board(
             notes.append(f"{row.run.name}: non-standard {task} ({'; '.join(departures)})")
         for task, reasons in row.run.unknown_protocol.items():
             notes.append(f"{row.run.name}: unknown protocol on {task} ({'; '.join(reasons)})")
-        missing = [task for task in task_order() if task not in row.run.tasks]
+        missing = [task for task in order if task not in row.run.tasks]
         if missing:
             notes.append(f"{row.run.name}: not evaluated on {', '.join(missing)}")
     return Board(

@@ -294,13 +294,14 @@ def test_a_cached_verification_is_not_reused_after_an_edit(baseline_copy, tmp_pa
 def test_no_file_outside_the_folder_is_opened(baseline_copy, tmp_path, monkeypatch):
     # Belt and braces for the path rule: every file the loader opens lies inside the submission folder.
     opened: list[Path] = []
-    real_read_bytes = Path.read_bytes
+    real_open = Path.open
 
-    def spy(self):
-        opened.append(self.resolve())
-        return real_read_bytes(self)
+    def spy(self, mode="r", *args, **kwargs):
+        if "b" in mode:  # submission files are read as bytes (the board's own data as text)
+            opened.append(self.resolve())
+        return real_open(self, mode, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", spy)
+    monkeypatch.setattr(Path, "open", spy)
     load_run(baseline_copy)
     root = baseline_copy.resolve()
     assert opened and all(path.is_relative_to(root) for path in opened)
