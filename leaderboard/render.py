@@ -498,8 +498,9 @@ def render_html(
         f"Scores are task means as lmms-eval reported them, each recomputed from the per-sample logs; below each, the "
         f"bootstrap 95% confidence interval ({board.iterations} resamples of the test items; corpus-level metrics such as "
         f"BLEU-n have none). {e(resampling_text(board))} {baseline}"
-        '<span class="check">‡</span> consistent with the per-sample values but not recomputable offline (BERTScore, LLM judge); '
-        '<span class="check">†</span> not verified. ↑/↓: higher/lower is better (from the task YAMLs). '
+        '<span class="check">‡</span> consistent with the per-sample values but not recomputable offline (BERTScore, RadGraph); '
+        '<span class="check">†</span> not verified (such as a judge score without the judge\'s answers: never marked ▲/▼). '
+        "↑/↓: higher/lower is better (from the task YAMLs). "
         "Click a column header to sort; variants are listed under the model they were trained from. "
         '<span class="nonstd">non-standard</span>: evaluated with another prompt, system instruction or decoding '
         "than the task defines (hover for what changed; see the notes). "
