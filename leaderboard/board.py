@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medbench.leaderboard import stats
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.discovery import find_submissions
 from medbench.leaderboard.registry import Admission, Registry
@@ -24,6 +23,7 @@ from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.runs import Run
 from medbench.leaderboard.verification import board_references, safe_load_run
 
+from medbench import stats
 from medbench.data.fingerprint import DataFingerprint
 from medbench.errors import MedbenchError
 from medbench.metrics.registry import METRICS
@@ -520,7 +520,7 @@ def _compare(
     run_matrix = (np.hstack(mine_values), np.hstack(mine_mask))
     other_matrix = (np.hstack(theirs_values), np.hstack(theirs_mask))
     draws = _draws(task, run_matrix[0].shape[0], iterations, clusters)
-    result = stats.paired_test(draws, run_matrix, other_matrix, alpha)
+    result = stats.paired_test(draws, run_matrix, other_matrix, alpha, method="sign_flip")
     for index, (row, slot, column) in enumerate(picked):
         cell = row.cells.get(column.key)
         if cell is None or not result.n_pairs[index]:

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medbench.leaderboard import stats
 from medbench.leaderboard.discovery import CACHE_DIR
 from medbench.leaderboard.rules import printable
 
+from medbench import stats
 from medbench.errors import MedbenchError
 
 
