@@ -12,6 +12,7 @@ from _prefdata import FAST
 from judge_server import LoopbackJudgeServer
 
 from medbench.data.loading import DEMO_DIR
+from medbench.errors import MedbenchError
 from medbench.judge.config import JudgeConfig
 from medbench.train.config import load_recipe, recipe_paths
 from medbench.train.data import load_preference_file, validate_records
@@ -29,7 +30,7 @@ from medbench.train.prefs.llm import (
 from medbench.train.prefs.rules import candidate_edits, record_rng, rule_edit, tag_error_type
 
 DEMO_VQA = DEMO_DIR / "vqa.jsonl"
-RECIPES = [path.stem for path in recipe_paths()]
+RECIPES = [path.stem for path in recipe_paths() if not load_recipe(path).online]  # grpo needs no pairs
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -353,6 +354,11 @@ def test_llm_relevance_and_error_type_answers_are_parsed_strictly():
         parse_error_type('{"error_type": ""}')
     assert taxonomy_key("Laterality_Position") == "laterality_position"
     assert taxonomy_key("visual misinterpretation") is None and taxonomy_key("laterality") is None
+
+
+def test_online_recipe_needs_no_preference_records(tmp_path):
+    with pytest.raises(MedbenchError, match="recipe grpo trains online on the supervised file itself"):
+        build(str(DEMO_VQA), tmp_path / "out", BuildOptions(recipe="grpo", progress=False))
 
 
 @pytest.mark.parametrize("recipe_name", RECIPES)

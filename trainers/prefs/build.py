@@ -164,7 +164,8 @@ def read_supervised(source: str, image_root: str | None = None) -> tuple[list[di
 
 def _items_from_json(rows, root: Path, fields, where_prefix: str) -> list[dict[str, Any]]:
     items = []
-    aliases = {**fields, "answer": ("chosen", *fields["answer"])}
+    # answer_type rides along for readers that score answers (GRPO rewards); the builder ignores it.
+    aliases = {**fields, "answer": ("chosen", *fields["answer"]), "answer_type": ("answer_type",)}
     for number, raw in rows:
         where = f"{where_prefix}:{number}"
         if not isinstance(raw, dict):
@@ -220,7 +221,7 @@ def _items_from_task(task: str, image_root: str | None) -> tuple[list[dict[str, 
         ) from None
     items = [
         {"id": str(doc["id"]), "where": f"{task}[{i}]", "question": doc["question"] or "", "answer": doc["answer"] or "",
-         "image": doc["image"]}
+         "image": doc["image"], "answer_type": doc.get("answer_type")}
         for i, doc in enumerate(dataset)
     ]
     description = {"kind": "task", "task": task, "source": resolved.describe(),
@@ -234,6 +235,9 @@ def _needs(recipe_name: str) -> tuple[set[str], str]:
     from medbench.train.objectives import OBJECTIVES
 
     recipe = load_recipe(recipe_name)
+    if recipe.online:
+        raise MedbenchError(f"prefs build: recipe {recipe_name} trains online on the supervised file itself; train it "
+                            f"with `medbench train --config {recipe_name} --data FILE` (no preference records needed)")
     objective = OBJECTIVES[recipe.objective]
     fields = set(objective.requires) | {name for row in objective.rows for name in row}
     if objective.per_record_rows:
