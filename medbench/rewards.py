@@ -29,6 +29,7 @@ TRL leaves that sample out of that reward (``reward_weights`` and ``multi_object
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import inspect
@@ -212,11 +213,31 @@ class JudgeReward:
             config = dataclasses.replace(config, progress=False)
         self._config = config
         self.runner = runner
+        self._own_runner = runner is None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cache: Any = None
         self.scored = 0
         self.failed = 0
 
+    def _runner_for_this_loop(self) -> Any:
+        """The judge runner; an own one keeps its HTTP client (and its pooled connections) from step to step.
+
+        TRL awaits async rewards on one event loop, so the client lives as long as the training; a call from another
+        loop (:func:`score` runs each call in a fresh one) gets a fresh client. The answer cache is shared throughout.
+        """
+        from medbench.judge.cache import JudgeCache
+        from medbench.judge.client import OpenAITransport
+        from medbench.judge.runner import JudgeRunner
+
+        loop = asyncio.get_running_loop()
+        if self._own_runner and self._loop is not loop:
+            self._cache = self._cache or JudgeCache(self._config.cache_path)
+            self.runner = JudgeRunner(self._config, cache=self._cache, transport=_KeptOpen(OpenAITransport(self._config)))
+            self._loop = loop
+        return self.runner
+
     async def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **columns: Any) -> list[float | None]:
-        from medbench.judge.runner import JudgeItem, JudgeRunner
+        from medbench.judge.runner import JudgeItem
 
         answers, references, types = _rows(self.spec.name, completions, columns)
         facts = list(columns.get(FACTS_COLUMN) or [None] * len(references))
@@ -228,9 +249,7 @@ class JudgeReward:
         rewards: list[float | None] = [None] * len(answers)
         if not items:
             return rewards
-        if self.runner is None:
-            self.runner = JudgeRunner(self._config)
-        report = await self.runner.judge_async(items, (self._part,))
+        report = await self._runner_for_this_loop().judge_async(items, (self._part,))
         for item, verdict in zip(items, report.samples, strict=True):
             if all(name in verdict.scores for name in self._signs):
                 rewards[int(item.id)] = sum(sign * verdict.scores[name] for name, sign in self._signs.items())
@@ -238,6 +257,24 @@ class JudgeReward:
             else:
                 self.failed += 1
         return rewards
+
+
+class _KeptOpen:
+    """A judge transport whose HTTP client outlives each judge call (the judge client closes its transport after
+    every batch; a GRPO step is one batch, and reconnecting every step costs more than the step's own requests)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.params = transport.params
+
+    def prepare(self) -> None:
+        self.transport.prepare()
+
+    async def __call__(self, messages: list[dict[str, str]]) -> Any:
+        return await self.transport(messages)
+
+    async def aclose(self) -> None:
+        """Kept open on purpose (see the class docstring)."""
 
 
 def reward_fn(name: str, *, judge: Any = None, runner: Any = None) -> Reward:
