@@ -38,10 +38,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from medbench.synth import corpus_of, make_lesion_vqa  # noqa: E402
-from medbench.tiny import build_tiny_model  # noqa: E402
-from medbench.train.config import load_recipe  # noqa: E402
-from medbench.train.run import build_trainer  # noqa: E402
+from medbench.synth import corpus_of, make_lesion_vqa
+from medbench.tiny import build_tiny_model
+from medbench.train.config import load_recipe
+from medbench.train.run import build_trainer
 
 JUDGE_SERVER = Path(__file__).resolve().parents[1] / "tests" / "judge_server.py"  # the test suite's fake judge
 LATENCY = 0.1
