@@ -476,7 +476,9 @@ def resolve_training_args(recipe: RecipeConfig, managed: Mapping[str, Any]):
 
     config_class = GRPOConfig if recipe.online else DPOConfig
     known = {f.name for f in dataclasses.fields(config_class) if f.init}
-    for key in recipe.dpo_args:
+    # A null un-states a setting the trainer does not have (a study-wide DPO `max_length` under a GRPO recipe).
+    stated = {key: value for key, value in recipe.dpo_args.items() if key in known or value not in (None, "null")}
+    for key in stated:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known | recipe_fields()), n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
@@ -485,7 +487,7 @@ def resolve_training_args(recipe: RecipeConfig, managed: Mapping[str, Any]):
                 f"argument){hint}"
             )
     try:
-        args = parse_dataclass(config_class, {**training_defaults(recipe), **recipe.dpo_args, **managed}, recipe.name)
+        args = parse_dataclass(config_class, {**training_defaults(recipe), **stated, **managed}, recipe.name)
     except (TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecipeError(f"recipe '{recipe.name}': trl.{config_class.__name__} rejected the settings: {first}") from None

@@ -57,9 +57,17 @@ def task_prompt(task: str) -> dict[str, str]:
     return dict(config["lmms_eval_specific_kwargs"].get("default") or {})
 
 
+def _wrapped(question: str, wrapping: dict[str, str]) -> bool:
+    """Whether a question already carries the task's prompt (a ``prefs build --prompt_of`` file): wrapping it again
+    would train on a prompt the task never shows."""
+    pre, post = wrapping.get("pre_prompt") or "", wrapping.get("post_prompt") or ""
+    return bool(pre or post) and question.startswith(pre) and question.endswith(post)
+
+
 def load_prompts(data: Path, recipe: RecipeConfig, image_root: str | Path | None = None) -> list[dict[str, Any]]:
-    """Read the supervised file and build one row per usable question: ``question`` (as the evaluation words it),
-    ``image`` (path), ``answer``, ``answer_type``. Rows without an image, question or answer are skipped and counted.
+    """Read the supervised file and build one row per usable question: ``question`` (as the evaluation words it; a
+    question that already carries the ``prompt_of`` task's prompt is kept as it is), ``image`` (path), ``answer``,
+    ``answer_type``. Rows without an image, question or answer are skipped and counted.
 
     Raises:
         DataError: the file is unusable or has no usable row.
@@ -80,9 +88,12 @@ def load_prompts(data: Path, recipe: RecipeConfig, image_root: str | Path | None
         if problem:
             skipped.append(f"{item.get('where', item.get('id'))}: {problem}")
             continue
+        question = item["question"]
+        if not _wrapped(question, wrapping):
+            question = doc_to_text({"question": question}, wrapping)
         rows.append({
             "id": item["id"],
-            "question": doc_to_text({"question": item["question"]}, wrapping),
+            "question": question,
             "image": str(item["image"]),
             "answer": item["answer"],
             "answer_type": item.get("answer_type"),

@@ -228,10 +228,11 @@ OBJECTIVES: dict[str, Objective] = {
             ONLINE_OBJECTIVE,
             "GRPO (TRL 1.16 GRPOTrainer, loss_type dapo/grpo/dr_grpo): group-relative advantage of sampled answers "
             "scored by medbench rewards",
-            ("image", "question", "answer"),
+            _BASE,
             (),
             reference_free=True,
-            needs_note="(a supervised file: the reference answer, optional answer_type; no rejected answers)",
+            needs_note="(chosen is the reference answer: any supervised file `prefs build` reads, `answer` or `chosen`, "
+            "optional answer_type; no rejected answers)",
         ),
     )
 }

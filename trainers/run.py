@@ -29,7 +29,8 @@ def run_fingerprint(recipe: RecipeConfig, args: Any, data: Path) -> dict[str, st
     recipe sets (``args``: the run's ``DPOConfig``), so ``--beta 0.2`` and ``beta: 0.2`` fingerprint alike.
     """
     resolved = args.to_dict()
-    training = {key: resolved[key] for key in sorted({*training_defaults(recipe), *recipe.dpo_args})}
+    # (a key the trainer lacks was stated as null, i.e. not set: see resolve_training_args)
+    training = {key: resolved[key] for key in sorted({*training_defaults(recipe), *recipe.dpo_args}) if key in resolved}
     settings = json.dumps({**recipe.to_dict(), "dpo_args": training}, sort_keys=True, default=str)
     return {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(settings.encode()).hexdigest(),
             "data_sha256": file_sha256(data)}

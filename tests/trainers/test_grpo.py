@@ -101,6 +101,23 @@ def test_grpo_recipe_settings_are_checked_before_anything_loads(tmp_path, vqa_fi
         train(load_recipe("grpo", {"loss_type": "sigmoid"}), "unused", vqa_file, tmp_path / "c")
     with pytest.raises(RecipeError, match="`loss_type` is managed by medbench train"):
         load_recipe("dpo", {"loss_type": "dapo"})  # DPO recipes keep objective/trl_loss_type
+    # A study-wide DPO setting is un-stated for GRPO with null (medbench/studies/*.yaml `recipe_train`).
+    from medbench.train.run import build_training_args
+
+    assert not hasattr(build_training_args(load_recipe("grpo", {"max_length": "null"}), tmp_path / "d"), "max_length")
+
+
+def test_grpo_questions_are_wrapped_once_in_the_evaluation_prompt(tmp_path, pref_dir):
+    from medbench.train.grpo import load_prompts
+
+    suffix = "\nAnswer the question using a single word or phrase."
+    rows = [{**ROWS[0], "image": str(pref_dir / ROWS[0]["image"])},
+            {**ROWS[1], "image": str(pref_dir / ROWS[1]["image"]), "question": ROWS[1]["question"] + suffix}]
+    data = write_jsonl(tmp_path / "mixed.jsonl", rows)  # the second as `prefs build --prompt_of` writes it
+    loaded = load_prompts(data, load_recipe("grpo"))
+    assert [row["question"] for row in loaded] == [ROWS[0]["question"] + suffix, ROWS[1]["question"] + suffix]
+    assert [row["answer_type"] for row in loaded] == ["CLOSED", "OPEN"]
+    assert load_prompts(data, load_recipe("grpo", {"prompt_of": "null"}))[0]["question"] == ROWS[0]["question"]
 
 
 def test_grpo_prompt_is_the_evaluation_prompt(tiny_model_dirs, vqa_file, tmp_path):

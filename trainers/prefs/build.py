@@ -235,9 +235,6 @@ def _needs(recipe_name: str) -> tuple[set[str], str]:
     from medbench.train.objectives import OBJECTIVES
 
     recipe = load_recipe(recipe_name)
-    if recipe.online:
-        raise MedbenchError(f"prefs build: recipe {recipe_name} trains online on the supervised file itself; train it "
-                            f"with `medbench train --config {recipe_name} --data FILE` (no preference records needed)")
     objective = OBJECTIVES[recipe.objective]
     fields = set(objective.requires) | {name for row in objective.rows for name in row}
     if objective.per_record_rows:
@@ -395,6 +392,8 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
     for item in usable:
         progress.update(1)
         record: dict[str, Any] = {"id": item["id"], "question": pre + item["question"] + post, "chosen": item["answer"]}
+        if item.get("answer_type"):  # kept for the GRPO rewards (closed questions); the preference trainers ignore it
+            record["answer_type"] = item["answer_type"]
         meta: dict[str, Any] = {"source": item["where"].rsplit("/", 1)[-1]}
         if isinstance(item["image"], str):
             record["image"] = os.path.abspath(item["image"])
