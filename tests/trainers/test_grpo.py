@@ -143,6 +143,7 @@ def test_grpo_prompt_is_the_evaluation_prompt(tiny_model_dirs, vqa_file, tmp_pat
         assert list(prompt_ids[0]) == evaluator.encode([eval_text], [row["image"]])["input_ids"][0].tolist(), arch
 
 
+@pytest.mark.slow  # an lmms-eval process (~45 s); test_lmms_eval.py runs the same path for every suite
 def test_grpo_checkpoint_evaluates_through_lmms_eval(llava_run, tmp_path):
     from medbench.commands.demo import demo_environment
 
