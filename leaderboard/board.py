@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from medbench import stats
 from medbench.data.fingerprint import DataFingerprint
 from medbench.errors import MedbenchError
-from medbench import stats
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.discovery import find_submissions
 from medbench.leaderboard.rules import Limits, Rejected

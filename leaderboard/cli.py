@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medbench.errors import MedbenchError
 from medbench import stats
+from medbench.errors import MedbenchError
 from medbench.leaderboard.discovery import CACHE_DIR
 from medbench.leaderboard.rules import printable
 
