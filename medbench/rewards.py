@@ -1,14 +1,15 @@
 """Rewards for online RL (TRL's ``GRPOTrainer``), derived from medbench's metric declarations.
 
 A reward is not a second implementation of a metric: each :class:`RewardSpec` names the declared metrics
-(:mod:`medbench.metrics.registry`) it is computed from, and the reward calls the very function that scores those
-metrics on the board. ``reward_fn(name)`` returns a TRL reward function,
+(:mod:`medbench.metrics.registry`) it is computed from, and the reward calls the function the declaration names
+(``Metric.sample_function``: the one the task scores with and the board recomputes with; where it returns ``None``
+the metric does not apply, and neither does the reward). ``reward_fn(name)`` returns a TRL reward function,
 ``f(prompts, completions, **columns) -> list[float | None]``:
 
-* ``closed_exact``: closed questions only; the tasks' ``closed_accuracy`` (:func:`medbench.metrics.vqa.closed_accuracy`,
-  with the closed-question normaliser). An answer that reads as neither yes nor no scores 0 and is counted
-  (``unparsed``, logged by TRL as ``<name>/unparsed``).
-* ``open_recall``: open questions (every row that is not a closed question); the tasks' ``open_recall``.
+* ``closed_exact``: the tasks' ``closed_accuracy`` (closed questions only, with the closed-question normaliser).
+  An answer that reads as neither yes nor no scores 0 and is counted by the catalogue's ``closed_unparsed``
+  (``unparsed``; logged by TRL as ``<name>/unparsed``).
+* ``open_recall``: the tasks' ``open_recall`` (open questions only).
 * ``token_f1``, ``rouge_l``: every row; the tasks' ``token_f1`` and ``rouge_l``.
 * ``judge_nli``: open questions and reports; completeness - hallucination from the atomic-fact judge
   (``judge_completeness`` and ``judge_hallucination``, signed by their declared direction), through
@@ -17,7 +18,8 @@ metrics on the board. ``reward_fn(name)`` returns a TRL reward function,
   rewards; :func:`score` runs any reward from synchronous code.
 
 Columns are medbench's supervised schema: the reference is ``answer``; VQA rows may carry ``answer_type``
-(``CLOSED``/``OPEN``; without it, a yes/no reference makes a closed question, as in the tasks); ``facts`` (the
+(``CLOSED``/``OPEN``, read by :func:`medbench.metrics.vqa.is_closed_question`: any case; without one, a yes/no
+reference makes a closed question); ``facts`` (the
 reference's atomic facts, as the long-form tasks carry them) spare the judge a call. Completions are strings or TRL's
 conversational form (a list of messages; the assistant's text is scored). A reasoning-format completion
 (``<think>...</think>`` then the answer) is scored on its answer, by :func:`medbench.reasoning.strip_reasoning`, as
@@ -31,80 +33,59 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from medbench.errors import MedbenchError
-from medbench.metrics.registry import METRICS, Metric
-from medbench.metrics.vqa import closed_parsed, is_closed_question
+from medbench.metrics.registry import METRICS, Answer, Metric
+from medbench.metrics.vqa import is_closed_question
 from medbench.reasoning import strip_reasoning
 
 ANSWER_COLUMN = "answer"
 ANSWER_TYPE_COLUMN = "answer_type"
 FACTS_COLUMN = "facts"
 
-Questions = Literal["closed", "open", "all"]
+UNPARSED_METRIC = "closed_unparsed"  # the catalogue's count of closed answers that read as neither yes nor no
 Reward = Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """One reward: the declared metrics it is computed from and the rows it applies to.
+    """One reward: the declared metrics it is computed from.
 
     Attributes:
         name: The name recipes and :func:`reward_fn` use (TRL logs ``rewards/<name>/mean``).
         metrics: Names of the :mod:`medbench.metrics.registry` declarations it derives from. One metric: the reward
-            is that metric's per-sample value. Several (the judge's): the sum of their values, each signed by its
-            declared direction (``higher_is_better``).
-        questions: ``closed``: closed questions only; ``open``: every row that is not a closed question (open VQA,
-            reports); ``all``: every row.
-        description: One line for docs and ``--list``.
+            is that metric's per-sample value (``None`` where the metric does not apply). Several (the judge's): the
+            sum of their values, each signed by its declared direction (``higher_is_better``).
+        description: One line for docs.
+        open_only: Only for rows that are not closed questions (the judge's metrics are the long-form tasks'; a
+            closed question is scored by ``closed_exact``).
+        counts_unparsed: Count closed answers that read as neither yes nor no (the catalogue's ``closed_unparsed``).
     """
 
     name: str
     metrics: tuple[str, ...]
-    questions: Questions
     description: str
+    open_only: bool = False
+    counts_unparsed: bool = False
 
     @property
     def declarations(self) -> tuple[Metric, ...]:
         """The metric declarations, looked up in the catalogue."""
         return tuple(METRICS[name] for name in self.metrics)
 
-    def applies(self, answer: str, answer_type: str | None) -> bool:
-        """Whether the reward scores a row with this reference and answer type."""
-        if self.questions == "all":
-            return True
-        return is_closed_question(answer, answer_type) == (self.questions == "closed")
-
 
 REWARD_LIST: tuple[RewardSpec, ...] = (
-    RewardSpec("closed_exact", ("closed_accuracy",), "closed", "closed questions: the answer gives the reference (1/0); unparseable answers score 0 and are counted"),
-    RewardSpec("open_recall", ("open_recall",), "open", "open questions: share of reference tokens the answer recalls"),
-    RewardSpec("token_f1", ("token_f1",), "all", "token-level F1 of answer and reference"),
-    RewardSpec("rouge_l", ("rouge_l",), "all", "ROUGE-L F-measure of answer and reference"),
-    RewardSpec("judge_nli", ("judge_completeness", "judge_hallucination"), "open", "LLM judge: completeness - hallucination over the reference's atomic facts (docs/judge.md)"),
+    RewardSpec("closed_exact", ("closed_accuracy",), "closed questions: the answer gives the reference (1/0); unparseable answers score 0 and are counted", counts_unparsed=True),
+    RewardSpec("open_recall", ("open_recall",), "open questions: share of reference tokens the answer recalls"),
+    RewardSpec("token_f1", ("token_f1",), "token-level F1 of answer and reference"),
+    RewardSpec("rouge_l", ("rouge_l",), "ROUGE-L F-measure of answer and reference"),
+    RewardSpec("judge_nli", ("judge_completeness", "judge_hallucination"), "LLM judge: completeness - hallucination over the reference's atomic facts (docs/judge.md)", open_only=True),
 )
 REWARDS: dict[str, RewardSpec] = {spec.name: spec for spec in REWARD_LIST}
-
-# The per-sample function of each declared metric a reward reads. The catalogue does not name its functions yet
-# (issue 22, item 1); until it does, this table is the one place that maps a declaration to its function, and
-# `_sample_function` will read the declaration instead.
-_SAMPLE_FUNCTIONS: dict[str, str] = {
-    "closed_accuracy": "medbench.metrics.vqa.closed_accuracy",
-    "open_recall": "medbench.metrics.vqa.open_recall",
-    "token_f1": "medbench.metrics.vqa.token_f1",
-    "rouge_l": "medbench.metrics.text.rouge_l",
-}
-
-
-def _sample_function(metric: Metric) -> Callable[[str, str], float]:
-    """The function that scores ``metric`` for one ``(prediction, reference)`` pair on the board."""
-    module, _, name = _SAMPLE_FUNCTIONS[metric.name].rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def completion_text(completion: Any, reward: str = "reward") -> str:
@@ -129,8 +110,9 @@ def completion_text(completion: Any, reward: str = "reward") -> str:
     raise MedbenchError(f"{reward}: a completion must be a string or a list of chat messages, got {type(completion).__name__}")
 
 
-def _rows(reward: str, completions: Sequence[Any], columns: Mapping[str, Any]) -> tuple[list[str], list[Any], list[Any]]:
-    """``(answers as scored, references, answer types)`` of a call, checked against medbench's schema."""
+def _answers(reward: str, completions: Sequence[Any], columns: Mapping[str, Any]) -> list[Answer | None]:
+    """One :class:`medbench.metrics.registry.Answer` per completion (``None`` where the row has no reference), as the
+    tasks score it: the answer part of the completion, the reference, the answer type as ``CLOSED`` / ``OPEN``."""
     if ANSWER_COLUMN not in columns:
         present = ", ".join(sorted(k for k in columns if not k.startswith(("trainer_", "log_")))) or "none"
         raise MedbenchError(
@@ -144,8 +126,15 @@ def _rows(reward: str, completions: Sequence[Any], columns: Mapping[str, Any]) -
             f"{reward}: {len(completions)} completions but {len(references)} `{ANSWER_COLUMN}` and {len(types)} "
             f"`{ANSWER_TYPE_COLUMN}` values; pass one per completion"
         )
-    answers = [strip_reasoning(completion_text(c, reward)) for c in completions]
-    return answers, references, types
+    answers: list[Answer | None] = []
+    for completion, reference, answer_type in zip(completions, references, types, strict=True):
+        if reference is None:
+            answers.append(None)
+            continue
+        closed = is_closed_question(str(reference), answer_type)
+        prediction = strip_reasoning(completion_text(completion, reward))
+        answers.append(Answer(prediction, str(reference), "CLOSED" if closed else "OPEN"))
+    return answers
 
 
 class MetricReward:
@@ -160,26 +149,24 @@ class MetricReward:
         (metric,) = spec.declarations
         self.spec = spec
         self.__name__ = spec.name  # TRL names the logged reward after it
-        self._function = _sample_function(metric)
+        self._function = metric.sample_function
+        self._unparsed = METRICS[UNPARSED_METRIC].sample_function if spec.counts_unparsed else None
         self.scored = 0
         self.unparsed = 0
 
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **columns: Any) -> list[float | None]:
-        answers, references, types = _rows(self.spec.name, completions, columns)
         rewards: list[float | None] = []
         unparsed = scored = 0
-        for answer, reference, answer_type in zip(answers, references, types, strict=True):
-            if reference is None or not self.spec.applies(str(reference), answer_type):
-                rewards.append(None)
-                continue
-            rewards.append(float(self._function(answer, str(reference))))
-            scored += 1
-            if self.spec.questions == "closed" and not closed_parsed(answer, str(reference)):
-                unparsed += 1
+        for answer in _answers(self.spec.name, completions, columns):
+            value = None if answer is None else self._function(answer)
+            rewards.append(None if value is None else float(value))
+            if value is not None:
+                scored += 1
+                unparsed += int(bool(self._unparsed and self._unparsed(answer)))
         self.scored += scored
         self.unparsed += unparsed
         log_metric = columns.get("log_metric")
-        if self.spec.questions == "closed" and scored and callable(log_metric):
+        if self._unparsed and scored and callable(log_metric):
             log_metric(f"{self.spec.name}/unparsed", unparsed / scored)
         return rewards
 
@@ -239,12 +226,13 @@ class JudgeReward:
     async def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **columns: Any) -> list[float | None]:
         from medbench.judge.runner import JudgeItem
 
-        answers, references, types = _rows(self.spec.name, completions, columns)
-        facts = list(columns.get(FACTS_COLUMN) or [None] * len(references))
+        answers = _answers(self.spec.name, completions, columns)
+        facts = list(columns.get(FACTS_COLUMN) or [None] * len(answers))
         items = [
-            JudgeItem(id=str(index), prediction=answer, reference=str(reference), facts=tuple(facts[index]) if facts[index] else None)
-            for index, (answer, reference, answer_type) in enumerate(zip(answers, references, types, strict=True))
-            if reference is not None and self.spec.applies(str(reference), answer_type)
+            JudgeItem(id=str(index), prediction=answer.prediction, reference=answer.reference,
+                      facts=tuple(facts[index]) if facts[index] else None)
+            for index, answer in enumerate(answers)
+            if answer is not None and not (self.spec.open_only and answer.answer_type == "CLOSED")
         ]
         rewards: list[float | None] = [None] * len(answers)
         if not items:

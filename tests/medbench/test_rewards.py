@@ -153,12 +153,14 @@ ROWS = [  # (completion, reference, answer type)
 ]
 
 
-def test_every_reward_equals_the_metric_the_board_computes():
-    """The reward of a completion is the per-sample value the leaderboard recomputes for the same logged answer."""
+def test_every_reward_equals_the_metric_the_board_computes(monkeypatch):
+    """The reward of a completion is the per-sample value the task logs and the leaderboard recomputes for the same
+    answer: the catalogue's per-sample function, and for the judge its task aggregation over the same samples."""
     from lmms_eval.api.reasoning import strip_reasoning_tags
 
-    from medbench.judge.runner import JudgeItem, JudgeRunner
     from medbench.leaderboard.recompute import REGISTRY, Sample
+    from medbench.lmms.records import Deferred
+    from medbench.metrics.registry import METRICS
 
     completions = [row[0] for row in ROWS]
     columns = {"answer": [row[1] for row in ROWS], "answer_type": [row[2] for row in ROWS]}
@@ -167,24 +169,29 @@ def test_every_reward_equals_the_metric_the_board_computes():
     assert logged == [strip_reasoning(text) for text in completions]
     samples = [Sample(i, str(i), logged[i], row[1], row[2], {}) for i, row in enumerate(ROWS)]
     with LoopbackJudgeServer() as server:
-        config = judge_config(server)
+        for key, value in server.environment().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("MEDBENCH_JUDGE_PARTS", "nli")
         checked = set()
         for name, spec in REWARDS.items():
-            values = score(reward_fn(name, judge=config), None, completions, **columns)
-            if name == "judge_nli":
-                # Judge metrics are not recomputable: the board takes the task's judge verdicts (the runner's).
-                items = [JudgeItem(str(i), logged[i], row[1]) for i, row in enumerate(ROWS) if row[2] == OPEN]
-                report = JudgeRunner(config).judge(items)
-                board = {int(v.id): v.scores["completeness"] - v.scores["hallucination"] for v in report.samples}
-                expected = [board.get(i) for i in range(len(ROWS))]
-            else:
-                (metric,) = spec.metrics
-                per_sample = REGISTRY[metric].per_sample
-                expected = [per_sample(sample) for sample in samples]
-                if spec.questions == "all":  # the task scores these on every row
-                    assert None not in expected
+            values = score(reward_fn(name, judge=judge_config(server)), None, completions, **columns)
+            if len(spec.metrics) == 1:
+                per_sample = REGISTRY[spec.metrics[0]].per_sample
+                expected = [per_sample(sample.answer) for sample in samples]
+            else:  # the judge's metrics: the task's own aggregation over the open samples, one value per metric
+                open_rows = [i for i, row in enumerate(ROWS) if row[2] == OPEN]
+                by_metric = {}
+                for metric in spec.declarations:
+                    items = [Deferred(str(i), logged[i], ROWS[i][1]) for i in open_rows]
+                    metric.corpus_function(items, metric.name)
+                    sign = 1.0 if metric.higher_is_better else -1.0
+                    by_metric[metric.name] = {i: sign * item["score"] for i, item in zip(open_rows, items, strict=True)}
+                expected = [sum(v[i] for v in by_metric.values()) if i in open_rows else None for i in range(len(ROWS))]
+                assert set(by_metric) == {"judge_completeness", "judge_hallucination"}
+                assert METRICS["judge_completeness"].higher_is_better and not METRICS["judge_hallucination"].higher_is_better
             assert values == pytest.approx(expected), name
-            assert any(v is not None for v in values), name
+            assert any(v is not None for v in values) and any(v is None for v in values) == (name in (
+                "closed_exact", "open_recall", "judge_nli")), name
             checked.add(name)
     assert checked == set(REWARDS)
 
