@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TRAINING_DEFAULTS, RecipeConfig, RecipeError, resolve_training_args
+from .config import RecipeConfig, RecipeError, resolve_training_args, training_defaults
 from .data import describe_error_types, file_sha256, load_preference_file, records_to_dataset, validate_records
 from .objectives import get_objective
 from .outputs import LOG_FILE, METADATA_FILE, PLOT_FILE, plot_training_curves, write_log_history, write_metadata
@@ -34,7 +34,8 @@ def run_fingerprint(recipe: RecipeConfig, args: Any, data: Path, model: str | Pa
     from it, so a resume from another ``--model`` would silently change the reference mid-run.
     """
     resolved = args.to_dict()
-    training = {key: resolved[key] for key in sorted({*TRAINING_DEFAULTS, *recipe.dpo_args})}
+    # (a key the trainer lacks was stated as null, i.e. not set: see resolve_training_args)
+    training = {key: resolved[key] for key in sorted({*training_defaults(recipe), *recipe.dpo_args}) if key in resolved}
     settings = json.dumps({**recipe.to_dict(), "dpo_args": training}, sort_keys=True, default=str)
     folder = Path(model)
     return {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(settings.encode()).hexdigest(),
@@ -156,6 +157,10 @@ def build_training_args(recipe: RecipeConfig, output_dir: str | Path):
 
     cuda = torch.cuda.is_available()
     use_cpu, bf16 = precision_flags(recipe, cuda, cuda and torch.cuda.is_bf16_supported())
+    if recipe.online:  # GRPO (medbench.train.grpo): its loss settings are trl.GRPOConfig's own
+        managed = {"output_dir": str(output_dir), "use_cpu": use_cpu, "bf16": bf16, "fp16": False,
+                   "remove_unused_columns": False}
+        return resolve_training_args(recipe, managed)
     trl_loss = recipe.objective == "trl"
     managed = {
         "output_dir": str(output_dir),
@@ -207,6 +212,11 @@ def build_trainer(
     # Settings first, then data: a typo or a missing field should stop the run before minutes of model loading.
     # (DPOConfig also comes before the model: under DeepSpeed ZeRO-3 it must exist for from_pretrained to shard.)
     args = build_training_args(recipe, output_dir) if args is None else args
+    if recipe.online:  # GRPO: prompts and rewards instead of preference records (medbench.train.grpo)
+        from .grpo import build_grpo_trainer
+
+        return build_grpo_trainer(recipe, model, data, args, image_root=image_root, callbacks=callbacks,
+                                  resume_from=resume_from)
     objective = get_objective(recipe.objective)
     visual_types = frozenset(recipe.visual_error_types)
     data = Path(data)
@@ -390,7 +400,7 @@ def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, An
         "training_args": training_args,
         # The settings the study fixes, resolved, and what they add up to on this run.
         "hyperparameters": {
-            **{key: training_args[key] for key in TRAINING_DEFAULTS},
+            **{key: training_args[key] for key in training_defaults(recipe)},
             "num_processes": world,
             "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
             "precision": "bf16" if args.bf16 else "fp32",

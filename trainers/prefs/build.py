@@ -186,7 +186,8 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _items_from_json(rows, root: Path, fields, where_prefix: str) -> list[dict[str, Any]]:
     items = []
-    aliases = {**fields, "answer": ("chosen", *fields["answer"])}
+    # answer_type rides along for readers that score answers (GRPO rewards); the builder ignores it.
+    aliases = {**fields, "answer": ("chosen", *fields["answer"]), "answer_type": ("answer_type",)}
     for number, raw in rows:
         where = f"{where_prefix}:{number}"
         if isinstance(raw, _Unreadable):
@@ -245,7 +246,7 @@ def _items_from_task(task: str, image_root: str | None) -> tuple[list[dict[str, 
         ) from None
     items = [
         {"id": str(doc["id"]), "where": f"{task}[{i}]", "question": doc["question"] or "", "answer": doc["answer"] or "",
-         "image": doc["image"]}
+         "image": doc["image"], "answer_type": doc.get("answer_type")}
         for i, doc in enumerate(dataset)
     ]
     description = {"kind": "task", "task": task, "source": resolved.describe(),
@@ -420,6 +421,8 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
     for item in usable:
         progress.update(1)
         record: dict[str, Any] = {"id": item["id"], "question": pre + item["question"] + post, "chosen": item["answer"]}
+        if item.get("answer_type"):  # kept for the GRPO rewards (closed questions); the preference trainers ignore it
+            record["answer_type"] = item["answer_type"]
         meta: dict[str, Any] = {"source": item["where"].rsplit("/", 1)[-1]}
         if isinstance(item["image"], str):
             record["image"] = os.path.abspath(item["image"])
