@@ -123,10 +123,15 @@ def _mean(values: Sequence[float]) -> float | None:
 
 @dataclass
 class MetricCheck:
-    """A verified metric: its per-sample values (aligned with the samples) and how it was checked."""
+    """A verified metric: its per-sample values (aligned with the samples) and how it was checked.
+
+    ``value`` is the recomputed task score when the metric was recomputed: the board shows it rather than the
+    submitted number, which may differ from it within the comparison tolerance.
+    """
 
     per_sample: list[float | None]
     verdict: Verdict
+    value: float | None = None
 
 
 def java_available() -> bool:
@@ -177,16 +182,18 @@ def check_metric(
         kind = "consistency"
     if kind in ("sample", "sum"):
         assert rule.per_sample is not None
+        recomputed: list[float | None] = []
         for sample, value in zip(samples, logged):
             expected = rule.per_sample(sample.answer)
             if _differs(expected, value):
                 raise VerificationError(
                     f"{task} {metric}: sample {sample.item_id!r} (doc_id {sample.doc_id}) logs {value} but its answer scores {expected}"
                 )
-        present = [v for v in logged if v is not None]
+            recomputed.append(expected)
+        present = [v for v in recomputed if v is not None]
         expected_total = math.fsum(present) if kind == "sum" else _mean(present)
         _compare_aggregate(task, metric, aggregate, expected_total, "the per-sample values")
-        return MetricCheck(logged, "recomputed")
+        return MetricCheck(recomputed, "recomputed", expected_total)
     if kind in ("corpus", "java"):
         assert rule.corpus is not None
         expected_score, expected_samples = rule.corpus([sample.answer for sample in samples], metric)
@@ -199,7 +206,9 @@ def check_metric(
                         f"{task} {metric}: sample {sample.item_id!r} (doc_id {sample.doc_id}) logs {value} but its answer scores {expected}"
                     )
         _compare_aggregate(task, metric, aggregate, expected_score, "the logged answers")
-        return MetricCheck(logged if expected_samples is not None else [None] * len(samples), "recomputed")
+        return MetricCheck(
+            list(expected_samples) if expected_samples is not None else [None] * len(samples), "recomputed", expected_score
+        )
     if kind == "consistency":
         _compare_aggregate(
             task, metric, aggregate, _mean([v for v in logged if v is not None]), "the logged per-sample values"

@@ -12,6 +12,7 @@ The layout, in one place (the demo table, ``medbench judge`` and the leaderboard
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,8 +187,14 @@ class SampleRecord:
 
     @property
     def failed(self) -> bool:
-        """The model never answered: the task marked it, or the answer is lmms-eval's failure marker."""
-        return self.detail.failed or (self.prediction or "").lstrip().startswith(FAILED_GENERATION_MARK)
+        """The model never answered: the task marked it, or the answer holds lmms-eval's failure marker.
+
+        The marker is looked for anywhere, in any case and with invisible characters removed: an answer that hides
+        it behind a zero-width space or lower case is still a failed call, and no real answer contains it.
+        """
+        text = unicodedata.normalize("NFKC", self.prediction or "")
+        visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+        return self.detail.failed or FAILED_GENERATION_MARK.casefold() in visible.casefold()
 
 
 def first_text(value: Any) -> str | None:

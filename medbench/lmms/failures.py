@@ -9,7 +9,12 @@ a failed generation gets no score metric at all (so it is left out of every scor
 * ``medbench_detail``: a :class:`medbench.results.SampleDetail` with ``failure`` (its first 200 characters),
   logged as ``{"id", "source", "failed_generation": true, "failure": ...}``.
 
-Real answers carry ``medbench_detail.failed_generation == false`` (every producer writes a ``SampleDetail``). ``medbench eval`` reads the per-task total
+A real answer in reasoning format (``<think>...</think>`` then the answer) is scored on its answer part, by
+:func:`medbench.reasoning.strip_reasoning` - the function the GRPO rewards use - whether or not lmms-eval's own
+``--reasoning_tags`` stripping ran first (the rule is the same, and idempotent).
+
+Real answers carry ``medbench_detail.failed_generation == false`` (every producer writes a ``SampleDetail``).
+``medbench eval`` reads the per-task total
 from the results file and exits non-zero when it is above zero (:func:`failed_generation_summary`).
 """
 
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medbench.metrics.registry import DETAIL_KEY
+from medbench.reasoning import strip_reasoning
 from medbench.results import FAILED_GENERATION_MARK, SampleDetail
 
 FAILED_METRIC = "failed_generations"
@@ -46,7 +52,8 @@ def unless_failed(process_results: Callable[[dict, list], dict]) -> Callable[[di
         if failure is not None:
             detail = SampleDetail(id=doc["id"], source=doc.get("source"), failure=failure[:_PREVIEW])
             return {FAILED_METRIC: 1.0, DETAIL_KEY: detail.to_json()}
-        record = process_results(doc, results)
+        answers = [strip_reasoning(answer) if isinstance(answer, str) else answer for answer in results or []]
+        record = process_results(doc, answers)
         record[FAILED_METRIC] = 0.0
         return record
 
