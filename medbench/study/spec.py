@@ -39,6 +39,15 @@ Keys of a study file (relative paths are relative to the working directory, as o
       references:                   # models evaluated once, beside the grid (e.g. the non-neural floor)
         NAME: {model: medbench_baseline, model_args: "key=value,..."}
     board: {baseline: sft}          # `base`, `sft` or a recipe: the run every other one is tested against
+    global_batch: 16                # optional: per-device batch x processes x accumulation must equal this
+                                    # (gradient_accumulation_steps is derived when train: does not state it)
+    resources:                      # per cell kind (prepare, prefs, train, eval, probe, board); what a
+      train: {gpus: 8, cpus: 32, mem: 200G, time: "24:00:00"}   # scheduler allocates. A training cell with a
+      eval: {gpus: 1, cpus: 8}      # launcher runs one process per GPU; none of this enters a cell's hash
+    cluster: {partition: gpu, account: lab, qos: normal, sbatch: ["--constraint=a100"]}  # `--executor slurm`
+
+Backbones may state ``revision:`` (a hub revision, part of the hash). Cell hashes do not depend on where the
+study's output folder lives: paths under it are hashed relative to it, so a moved folder stays done.
 
 Cell kinds: ``prepare``, ``prefs`` (a preference build; ``prefs/heldout`` for the probe), ``train``, ``eval``,
 ``probe`` (held-out scoring of one model) and ``board`` (the leaderboard and, with a probe, the study's analysis:
@@ -48,10 +57,12 @@ Cell kinds: ``prepare``, ``prefs`` (a preference build; ``prefs/heldout`` for th
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +77,95 @@ HELDOUT = "prefs/heldout"
 CELL_KINDS = ("prepare", "prefs", "train", "eval", "probe", "board")
 _KNOWN_KEYS = {
     "study", "description", "prepare", "env", "backbones", "recipes", "seeds", "sft", "base", "variants_from",
-    "data", "probe", "train", "recipe_train", "launcher", "eval", "board",
+    "data", "probe", "train", "recipe_train", "launcher", "eval", "board", "global_batch", "resources", "cluster",
+}
+# The installed distributions whose version each cell kind's outputs depend on (part of the cell's hash).
+VERSIONED = {
+    "prepare": ("medbench", "torch", "transformers"),
+    "prefs": ("medbench",),
+    "train": ("medbench", "torch", "transformers", "trl"),
+    "eval": ("medbench", "torch", "transformers", "lmms-eval"),
+    "probe": ("medbench", "torch", "transformers"),
+    "board": ("medbench",),
 }
 _PREPARE = re.compile(r"\{prepare:([A-Za-z0-9_.-]+)\}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one cell asks of a scheduler (``resources.KIND`` in a study file).
+
+    Attributes:
+        gpus: GPUs per node; a training cell with a launcher runs one process per GPU.
+        cpus: CPU cores for the cell (SLURM ``--cpus-per-task``).
+        mem: Memory per node in SLURM's notation (``64G``, ``500M``); None leaves the cluster's default.
+        time: Wall-time limit (``HH:MM:SS``, ``D-HH:MM:SS`` or minutes); None leaves the partition's default.
+        nodes: Nodes per cell; one today (multi-node launchers need a rendezvous medbench does not set up).
+    """
+
+    gpus: int = 0
+    cpus: int = 1
+    mem: str | None = None
+    time: str | None = None
+    nodes: int = 1
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> Resources:
+        """Validate a ``{gpus, cpus, mem, time, nodes}`` mapping; errors name ``where`` and the field."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise MedbenchError(f"{where}: expected a mapping such as {{gpus: 1, cpus: 8, mem: 64G, time: '4:00:00'}}")
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise MedbenchError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for key in ("gpus", "cpus", "nodes"):
+            if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 0):
+                raise MedbenchError(f"{where}.{key}: {raw[key]!r}; give a whole number >= 0")
+        if raw.get("cpus", 1) < 1 or raw.get("nodes", 1) < 1:
+            raise MedbenchError(f"{where}: cpus and nodes must be at least 1")
+        if raw.get("nodes", 1) != 1:
+            raise MedbenchError(f"{where}.nodes: {raw['nodes']}; a cell runs on one node (give it more GPUs instead)")
+        if "mem" in raw and not re.fullmatch(r"\d+[KMGT]?", str(raw["mem"])):
+            raise MedbenchError(f"{where}.mem: {raw['mem']!r}; give SLURM's notation, e.g. 64G or 500M")
+        if "time" in raw and not re.fullmatch(r"(\d+-)?\d+(:\d\d){0,2}", str(raw["time"])):
+            raise MedbenchError(f"{where}.time: {raw['time']!r}; give minutes or [D-]HH:MM:SS, e.g. '24:00:00'")
+        return cls(**{key: (str(value) if key in ("mem", "time") else value) for key, value in raw.items()})
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where ``--executor slurm`` submits (``cluster:`` in a study file; command-line flags win).
+
+    Attributes:
+        partition: SLURM partition (``--partition``); None: the cluster's default.
+        account: SLURM account (``--account``).
+        qos: Quality of service (``--qos``).
+        sbatch: Further ``#SBATCH`` options, each as on the command line (``--constraint=a100``).
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    sbatch: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> Cluster:
+        """Validate a ``cluster:`` mapping."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise MedbenchError(f"{where}: expected a mapping of partition:, account:, qos:, sbatch: [...]")
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise MedbenchError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        extra = raw.get("sbatch") or []
+        if not isinstance(extra, list) or not all(isinstance(line, str) and line.startswith("--") for line in extra):
+            raise MedbenchError(f"{where}.sbatch: give a list of sbatch options such as [\"--constraint=a100\"]")
+        return cls(partition=raw.get("partition"), account=raw.get("account"), qos=raw.get("qos"),
+                   sbatch=tuple(extra))
 
 
 @dataclass
@@ -84,7 +181,10 @@ class Cell:
         deps: Ids of the cells whose outputs this one reads.
         inputs: Files whose content is part of the hash.
         meta: What the board and the report need (backbone, variant, seed).
-        hash: The config hash, set by :func:`expand`.
+        identity: Further facts the outputs depend on that the command does not show (installed versions, the
+            recipe file's content, the backbone checkpoint's identity); part of the hash.
+        resources: What a scheduler allocates for the cell (not part of the hash).
+        hash: The config hash, set by :func:`load_study`.
     """
 
     id: str
@@ -95,6 +195,8 @@ class Cell:
     deps: list[str] = field(default_factory=list)
     inputs: list[Path] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
     hash: str = ""
 
 
@@ -108,6 +210,7 @@ class Study:
     cells: list[Cell]
     baseline: str | None
     probe: bool = False
+    cluster: Cluster = field(default_factory=Cluster)
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:
@@ -219,7 +322,13 @@ def load_study(path: Path, out: Path | None = None) -> Study:
     train_settings = raw.get("train") or {}
     _flags(train_settings, f"{path}: train")
     recipe_train = raw.get("recipe_train") or {}
-    launcher = [str(word) for word in raw.get("launcher") or []]
+    resources_raw = raw.get("resources") or {}
+    if not isinstance(resources_raw, dict) or set(resources_raw) - set(CELL_KINDS):
+        raise MedbenchError(f"{path}: resources: map cell kinds ({', '.join(CELL_KINDS)}) to {{gpus:, cpus:, mem:, "
+                            "time:}")
+    resources = {kind: Resources.parse(resources_raw.get(kind), f"{path}: resources.{kind}") for kind in CELL_KINDS}
+    launcher = _launcher([str(word) for word in raw.get("launcher") or []], resources["train"], f"{path}: launcher")
+    processes = _processes(launcher)
     evaluation = raw.get("eval") or {}
     tasks = evaluation.get("tasks") or []
     if not tasks:
@@ -293,9 +402,14 @@ def load_study(path: Path, out: Path | None = None) -> Study:
         # A recipe's own settings replace the study-wide ones (one flag each, so the command reads plainly).
         overrides = recipe_train.get(recipe) or {}
         _flags(overrides, f"{path}: recipe_train.{recipe}")
-        argv += ["--seed", str(seed), *_flags({**train_settings, **overrides}, f"{path}: train")]
+        settings = _global_batch({**train_settings, **overrides}, raw.get("global_batch"), processes,
+                                 f"{path}: recipe {recipe}")
+        argv += ["--seed", str(seed), *_flags(settings, f"{path}: train")]
+        identity = {"recipe": _recipe_identity(recipe)}
+        if spec.get("profile"):
+            identity["profile"] = _profile_identity(str(spec["profile"]))
         return Cell(id=cell_id, kind="train", argv=argv, launcher=launcher, deps=deps + start_deps,
-                    inputs=inputs, meta={"backbone": backbone, "variant": recipe, "seed": seed})
+                    inputs=inputs, meta={"backbone": backbone, "variant": recipe, "seed": seed}, identity=identity)
 
     def model_of(train: Cell) -> str:
         folder = root / train.id
@@ -313,6 +427,8 @@ def load_study(path: Path, out: Path | None = None) -> Study:
         if not isinstance(spec, dict) or not spec.get("model"):
             raise MedbenchError(f"{path}: backbones.{backbone}: give model: PATH_OR_HUB_ID")
         model = str(spec["model"])
+        checkpoint = _checkpoint_identity(model, spec.get("revision"), root)
+        first = len(cells)
         if want_base:
             cells.append(eval_cell(backbone, spec, BASE, None, model, []))
             if heldout:
@@ -330,6 +446,10 @@ def load_study(path: Path, out: Path | None = None) -> Study:
                 cells += [train, eval_cell(backbone, spec, recipe, seed, model_of(train), [train.id])]
                 if heldout:
                     cells.append(probe_cell(backbone, recipe, seed, model_of(train), [train.id]))
+        # Cells that read the backbone checkpoint itself (the others read it through their dependencies' hashes).
+        for cell in cells[first:]:
+            if model in cell.argv or f"pretrained={model}" in " ".join(cell.argv):
+                cell.identity["checkpoint"] = checkpoint
 
     references = evaluation.get("references") or {}
     if not isinstance(references, dict):
@@ -353,12 +473,139 @@ def load_study(path: Path, out: Path | None = None) -> Study:
     # The board verifies every run against the test data, so it reads the data the evaluation cells read.
     cells.append(Cell(id="board", kind="board", argv=["study", "board", str(path), "--out", str(out)], env=eval_env,
                       deps=[c.id for c in finals]))
+    versions = installed_versions()
     for cell in cells:
         if cell.kind != "prepare":
             cell.deps = [*prepared, *cell.deps]
         cell.env = {**common_env, **cell.env}
-    _hash_cells(cells)
-    return Study(name=name, path=path, root=root, cells=cells, baseline=baseline, probe=heldout is not None)
+        cell.resources = resources[cell.kind]
+        cell.identity = {**cell.identity, **{f"version:{name}": versions[name] for name in VERSIONED[cell.kind]}}
+    _hash_cells(cells, {str(root): "{study}", str(out): "{out}", str(path): "{study_file}"})
+    return Study(name=name, path=path, root=root, cells=cells, baseline=baseline, probe=heldout is not None,
+                 cluster=Cluster.parse(raw.get("cluster"), f"{path}: cluster"))
+
+
+def _launcher(launcher: list[str], resources: Resources, where: str) -> list[str]:
+    """The training launcher with its process count taken from the allocation (one process per GPU).
+
+    An explicit ``--num_processes`` that disagrees with ``resources.train.gpus`` is refused: the global batch
+    (and so the training) would silently differ from what the study states.
+    """
+    if not launcher:
+        if resources.gpus > 1:
+            raise MedbenchError(f"{where}: resources.train.gpus is {resources.gpus} but no launcher is set; add "
+                                "launcher: [accelerate, launch, --config_file, trainers/accelerate/multi_gpu.yaml]")
+        return []
+    stated = _flag_value(launcher, "--num_processes")
+    if resources.gpus == 0:
+        return launcher  # CPU processes: the launcher's own count (e.g. trainers/accelerate/cpu_2proc.yaml)
+    wanted = resources.gpus * resources.nodes
+    if stated is not None and int(stated) != wanted:
+        raise MedbenchError(f"{where}: --num_processes {stated} but resources.train gives {wanted} GPU(s); drop "
+                            "--num_processes (medbench sets it from resources.train.gpus)")
+    return launcher if stated is not None else [*launcher[:2], "--num_processes", str(wanted), *launcher[2:]]
+
+
+def _flag_value(words: list[str], flag: str) -> str | None:
+    for index, word in enumerate(words):
+        if word == flag and index + 1 < len(words):
+            return words[index + 1]
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _processes(launcher: list[str]) -> int:
+    """How many training processes a launcher starts (1 without one)."""
+    if not launcher:
+        return 1
+    stated = _flag_value(launcher, "--num_processes")
+    if stated is not None:
+        return int(stated)
+    config = _flag_value(launcher, "--config_file")
+    if config and Path(config).is_file():
+        loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        return int(loaded.get("num_processes", 1)) if isinstance(loaded, dict) else 1
+    return 1
+
+
+def _global_batch(settings: dict[str, Any], global_batch: Any, processes: int, where: str) -> dict[str, Any]:
+    """Check (or complete) per-device batch x processes x accumulation against the study's global batch."""
+    if global_batch is None:
+        return settings
+    if not isinstance(global_batch, int) or global_batch < 1:
+        raise MedbenchError(f"{where}: global_batch: {global_batch!r}; give a whole number such as 16")
+    per_device = settings.get("per_device_train_batch_size")
+    if not isinstance(per_device, int):
+        raise MedbenchError(f"{where}: global_batch {global_batch} needs train.per_device_train_batch_size")
+    accumulation = settings.get("gradient_accumulation_steps")
+    if accumulation is None:
+        if global_batch % (per_device * processes):
+            raise MedbenchError(f"{where}: global_batch {global_batch} is not a multiple of per-device batch "
+                                f"{per_device} x {processes} process(es); change per_device_train_batch_size")
+        return {**settings, "gradient_accumulation_steps": global_batch // (per_device * processes)}
+    if per_device * processes * int(accumulation) != global_batch:
+        raise MedbenchError(f"{where}: per-device batch {per_device} x {processes} process(es) x accumulation "
+                            f"{accumulation} = {per_device * processes * int(accumulation)}, not global_batch "
+                            f"{global_batch}; drop gradient_accumulation_steps (it is derived) or fix the batch")
+    return settings
+
+
+def installed_versions() -> dict[str, str]:
+    """The installed version of every distribution in :data:`VERSIONED` (``absent`` when not installed)."""
+    versions = {}
+    for name in sorted({name for names in VERSIONED.values() for name in names}):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes' folder (``trainers/recipes``), found without importing ``medbench.train``."""
+    found = importlib.util.find_spec("medbench.train")
+    if found is None or not found.origin:
+        return Path("recipes")
+    return Path(found.origin).parent / "recipes"
+
+
+def _recipe_identity(recipe: str) -> str:
+    """The content digest of the recipe file a training cell reads (a shipped name or a path)."""
+    path = Path(recipe) if Path(recipe).is_file() else recipes_dir() / f"{Path(recipe).stem}.yaml"
+    return _file_digest(path)
+
+
+def _profile_identity(profile: str) -> str:
+    path = Path(profile) if Path(profile).is_file() else recipes_dir().parent / "backbones" / f"{profile}.yaml"
+    return _file_digest(path)
+
+
+def _checkpoint_identity(model: str, revision: Any, root: Path) -> str:
+    """A backbone's identity: a local folder's manifest hash, or the hub id with its revision.
+
+    A folder the study makes itself (under its output) is covered by the hash of the cell that makes it.
+    The manifest is each file's relative name and size, plus the content of files under 64 MiB (configs,
+    tokenizers, small weights) and the first and last MiB of larger ones, so a 14 GB checkpoint is hashed in
+    a moment and a changed weight file still changes its size, head or tail in practice.
+    """
+    folder = Path(model)
+    if folder.resolve().is_relative_to(root.resolve()):
+        return "study output"
+    if not folder.is_dir():
+        return f"hub:{model}@{revision or 'unpinned'}"
+    digest = hashlib.sha256()
+    for file in sorted(item for item in folder.rglob("*") if item.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            if size <= 64 << 20:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(1 << 20))
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read())
+    return f"folder:{digest.hexdigest()[:16]}"
 
 
 def _substitute_prepare(value: Any, root: Path, names: set[str], where: str) -> Any:
@@ -388,16 +635,35 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hash_cells(cells: list[Cell]) -> None:
-    """Set each cell's hash from its command, environment, input contents and its dependencies' hashes."""
+def _portable(value: Any, places: dict[str, str]) -> Any:
+    """``value`` with each place (a path prefix) written as its placeholder, so a hash ignores locations."""
+    if isinstance(value, str):
+        for place, placeholder in sorted(places.items(), key=lambda item: -len(item[0])):
+            value = re.sub(rf"(?<![\w./-]){re.escape(place)}(?=[/,\s]|$)", placeholder.replace("\\", "\\\\"), value)
+        return value
+    if isinstance(value, list):
+        return [_portable(item, places) for item in value]
+    if isinstance(value, dict):
+        return {key: _portable(item, places) for key, item in value.items()}
+    return value
+
+
+def _hash_cells(cells: list[Cell], places: dict[str, str]) -> None:
+    """Set each cell's hash from its command, environment, identity, input contents and its dependencies' hashes.
+
+    Paths under the study's output folder (and the output folder and study file themselves) are hashed as
+    placeholders, and given input files by content, so moving or renaming folders changes no hash.
+    """
     by_id: dict[str, Cell] = {}
     for cell in cells:
         missing = [dep for dep in cell.deps if dep not in by_id]
         if missing:
             raise MedbenchError(f"study cell {cell.id} depends on {missing[0]}, which comes later or is absent")
+        inputs = {str(path): f"{{input:{_file_digest(path)}}}" for path in cell.inputs}
         record = {
-            "argv": cell.argv, "launcher": cell.launcher, "env": cell.env,
-            "inputs": {str(path): _file_digest(path) for path in cell.inputs},
+            "argv": _portable(cell.argv, {**places, **inputs}), "launcher": cell.launcher,
+            "env": _portable(cell.env, {**places, **inputs}), "identity": cell.identity,
+            "inputs": sorted(inputs.values()),
             "deps": {dep: by_id[dep].hash for dep in cell.deps},
         }
         cell.hash = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,116 @@
+"""`medbench study run --executor slurm` on a real single-node SLURM (opt-in: ``pytest -m slurm``, as root).
+
+The fixture brings SLURM up with ``.ci/slurm-up`` (Debian's slurm-wlm + munge, no systemd) and skips, saying
+why, where that is impossible. One test runs a tiny.yaml-shaped study of 15 cells both ways: with the local
+executor, and through SLURM with one job per cell, an ``scontrol requeue`` of the SFT training job while it
+trains and a second submission while the first is in the queue. The two runs must agree cell by cell (hashes,
+scores, the SFT model's final weights), and the requeued cell must have resumed from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_study import FAST_TRAIN, _prepared_study
+
+from medbench.study.runner import attempt_logs, cell_state, report_lines
+from medbench.study.slurm import job_record, queue_states
+from medbench.study.spec import load_study
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[2]
+MEDBENCH = [sys.executable, "-m", "medbench"]
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("bringing up SLURM needs root (.ci/slurm-up installs packages and starts daemons)")
+    started = subprocess.run(["bash", str(REPO / ".ci" / "slurm-up")], capture_output=True, text=True, timeout=900,
+                             check=False)
+    if started.returncode != 0:
+        pytest.skip(started.stdout.strip() or started.stderr.strip() or "SLURM did not come up")
+
+
+def _study(folder: Path) -> Path:
+    # SFT trains long enough (40 steps, a checkpoint after each) for a requeue to land mid-training.
+    train = {**FAST_TRAIN, "save_strategy": "steps", "save_steps": 1}
+    one_core = {"cpus": 1, "mem": "2G", "time": "30:00"}
+    return _prepared_study(folder, train=train, recipe_train={"sft": {"max_steps": 40}},
+                           resources={kind: one_core for kind in ("prepare", "prefs", "train", "eval", "probe", "board")})
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run(slurm, tmp_path):
+    path = _study(tmp_path)
+    local_out, slurm_out = tmp_path / "local", tmp_path / "slurm"
+    started = time.monotonic()
+    local = subprocess.run([*MEDBENCH, "study", "run", str(path), "--out", str(local_out), "--jobs", "2"],
+                           capture_output=True, text=True, timeout=1800, check=False)
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    local_seconds = time.monotonic() - started
+
+    started = time.monotonic()
+    command = [*MEDBENCH, "study", "run", str(path), "--out", str(slurm_out), "--executor", "slurm"]
+    submitted = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    study = load_study(path, slurm_out)
+    assert len(study.cells) == 15 and submitted.stdout.count("submitted as job") == 15
+    dpo = job_record(study, study.cell("tiny/dpo/s1/train"))
+    assert dpo["after"] == [job_record(study, study.cell(dep))["job_id"] for dep in study.cell("tiny/dpo/s1/train").deps]
+
+    # Requeue the SFT training job once it has saved a few checkpoints, then submit again while jobs queue.
+    sft = study.cell("tiny/sft/s1/train")
+    sft_job = job_record(study, sft)["job_id"]
+    deadline = time.monotonic() + 1200
+    while not any(int(match.group(1)) >= 3 for item in study.folder(sft).glob("checkpoint-*")
+                  if (match := re.fullmatch(r"checkpoint-(\d+)", item.name))):
+        assert cell_state(study, sft) != "done", "SFT finished before it could be requeued"
+        assert time.monotonic() < deadline, "SFT saved no checkpoint in 20 minutes"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", sft_job], check=True)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0 and "submitted as job" not in again.stdout, again.stdout + again.stderr
+    assert f"tiny/sft/s1/train: queued as job {sft_job}" in again.stdout or "running as job" in again.stdout
+
+    while set(queue_states()) & {job_record(study, cell)["job_id"] for cell in study.cells}:
+        assert time.monotonic() < deadline + 1200, "the study's jobs did not finish"
+        time.sleep(2)
+    slurm_seconds = time.monotonic() - started
+    status = subprocess.run([*MEDBENCH, "study", "status", str(path), "--out", str(slurm_out)], capture_output=True,
+                            text=True, check=True).stdout
+    assert status.strip().splitlines()[-1] == "15 done", status
+    print(f"\nlocal --jobs 2: {local_seconds:.0f} s; slurm (with one requeue): {slurm_seconds:.0f} s")
+
+    # The requeued attempt resumed from a checkpoint and ended where an uninterrupted run ends.
+    logs = attempt_logs(study, sft)
+    assert len(logs) == 2 and "resuming from" in logs[1].read_text(), [log.read_text()[-2000:] for log in logs]
+    assert f"logs: {logs[0]}; {logs[1]}" in status
+    reference = load_study(path, local_out)
+    uninterrupted, resumed = _weights(reference.folder(reference.cell(sft.id))), _weights(study.folder(sft))
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(np.array_equal(uninterrupted[key], resumed[key]) for key in resumed)
+
+    # Same hashes, same scores, same board, wherever the cells ran.
+    assert [cell.hash for cell in study.cells] == [cell.hash for cell in reference.cells]
+    assert all(cell_state(reference, cell) == "done" for cell in reference.cells if cell.kind != "board")
+
+    def scores(lines: list[str]) -> list[str]:
+        return [line for line in lines if not line.startswith(("board:", "analysis:"))]
+
+    assert scores(report_lines(study)) == scores(report_lines(reference))
+    board = json.loads((slurm_out / "t" / "board" / "study.json").read_text())
+    assert board["claims"] == json.loads((local_out / "t" / "board" / "study.json").read_text())["claims"]
