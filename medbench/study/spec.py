@@ -418,8 +418,10 @@ def load_study(path: Path, out: Path | None = None) -> Study:
     def eval_cell(backbone: str, spec: dict, variant: str, seed: int | None, model: str, deps: list[str]) -> Cell:
         cell_id = f"{backbone}/{variant}/{'s' + str(seed) if seed is not None else 'model'}/eval"
         model_args = f"pretrained={model}" + (f",{spec['eval_model_args']}" if spec.get("eval_model_args") else "")
-        argv = ["eval", "--model", eval_model, "--model_args", model_args, "--tasks", ",".join(map(str, tasks)),
-                "--output_path", str(root / cell_id), *eval_args]
+        # An evaluation given several GPUs runs data-parallel, one lmms-eval process per GPU.
+        processes = ["--processes", str(resources["eval"].gpus)] if resources["eval"].gpus > 1 else []
+        argv = ["eval", *processes, "--model", eval_model, "--model_args", model_args, "--tasks",
+                ",".join(map(str, tasks)), "--output_path", str(root / cell_id), *eval_args]
         return Cell(id=cell_id, kind="eval", argv=argv, env=eval_env, deps=deps,
                     meta={"backbone": backbone, "variant": variant, "seed": seed})
 

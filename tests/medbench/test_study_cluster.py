@@ -108,12 +108,12 @@ def test_the_global_batch_is_checked_against_the_launcher_and_the_allocation(tmp
     assert cell.argv[cell.argv.index("--gradient_accumulation_steps") + 1] == "2"
 
     refused = [
-        (dict(train={**train, "gradient_accumulation_steps": 1}),
+        ({"train": {**train, "gradient_accumulation_steps": 1}},
          "per-device batch 2 x 4 process(es) x accumulation 1 = 8, not global_batch 16"),
-        (dict(launcher=[*launcher, "--num_processes", "8"]),
+        ({"launcher": [*launcher, "--num_processes", "8"]},
          "--num_processes 8 but resources.train gives 4 GPU(s)"),
-        (dict(launcher=[]), "resources.train.gpus is 4 but no launcher is set"),
-        (dict(global_batch=12, resources={"train": {"gpus": 8}}), "global_batch 12 is not a multiple"),
+        ({"launcher": []}, "resources.train.gpus is 4 but no launcher is set"),
+        ({"global_batch": 12, "resources": {"train": {"gpus": 8}}}, "global_batch 12 is not a multiple"),
     ]
     for change, message in refused:
         spec_ = {"launcher": launcher, "global_batch": 16, "train": train, "resources": {"train": {"gpus": 4}},
