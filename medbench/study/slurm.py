@@ -41,11 +41,14 @@ def _job_folder(study: Study, cell: Cell) -> Path:
 
 
 def job_record(study: Study, cell: Cell) -> dict[str, Any]:
-    """What was last submitted for the cell (``{}`` when nothing was)."""
+    """What was last submitted for the cell (``{}`` when nothing was); ``scheduler_log`` is a full path."""
+    folder = _job_folder(study, cell)
     try:
-        return json.loads((_job_folder(study, cell) / JOB_RECORD).read_text(encoding="utf-8"))
+        record = json.loads((folder / JOB_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    # Stored as a name in the cell's job folder, so a moved study folder still finds its logs.
+    return {**record, "scheduler_log": str(folder / record.get("scheduler_log", ""))}
 
 
 def queue_states() -> dict[str, str]:
@@ -175,7 +178,7 @@ def submit_study(study: Study, only: list[str] | None = None, *, cluster: Cluste
         job = executor.submit(CellJob(), study, cell.id, cell.id in forced, retries)
         jobs[cell.id] = str(job.job_id)
         record = {"job_id": str(job.job_id), "hash": cell.hash, "cell": cell.id, "after": after,
-                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "scheduler_log": str(job.paths.stdout)}
+                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "scheduler_log": job.paths.stdout.name}
         (folder / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         log(f"{cell.id}: submitted as job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""))
     return jobs

@@ -216,3 +216,21 @@ def test_retries_force_and_gpu_shares(tmp_path, monkeypatch):
     cells = ["tiny/base/model/eval", "tiny/dpo/s1/train", "tiny/dpo_nll/s1/train"]
     run_study(study, cells, log=lambda line: None, jobs=2, gpus=["0", "1", "2"], force=cells)
     assert sorted(len(gpus.split(",")) for _, gpus in seen) == [1, 2, 2]
+
+
+def test_a_cells_sbatch_parameters_follow_its_resources_and_the_cluster_options():
+    from medbench.study.slurm import _parameters, minutes
+
+    study = load_study(REPO / "medbench" / "studies" / "paper.yaml")
+    cluster = spec.Cluster.parse({"partition": "gpu", "account": "lab", "qos": "high",
+                                  "sbatch": ["--constraint=a100", "--exclusive"]}, "cluster")
+    train = study.cell("llava_med_v1_5/dpo/s42/train")
+    parameters = _parameters(study, train, cluster, ["101", "102"])
+    assert parameters["gpus_per_node"] == 8 and parameters["cpus_per_task"] == 64
+    assert parameters["time"] == 2 * 24 * 60 and parameters["partition"] == "gpu"
+    assert parameters["additional_parameters"] == {
+        "requeue": True, "constraint": "a100", "exclusive": True, "account": "lab", "qos": "high", "mem": "480G",
+        "dependency": "afterok:101:102", "kill-on-invalid-dep": "yes"}
+    evaluation = _parameters(study, study.cell("llava_med_v1_5/base/model/eval"), spec.Cluster(), [])
+    assert evaluation["gpus_per_node"] == 1 and "dependency" not in evaluation["additional_parameters"]
+    assert [minutes(limit) for limit in ("90", "1:30:00", "1-00:00:00", "0:00:30")] == [90, 90, 1440, 1]
