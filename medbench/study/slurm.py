@@ -161,7 +161,8 @@ def submit_study(study: Study, only: list[str] | None = None, *, cluster: Cluste
             jobs[cell.id] = record["job_id"]
             log(f"{cell.id}: {scheduled} as job {record['job_id']}, not submitted again")
             continue
-        if cell_state(study, cell) == "done" and cell.kind != "board" and cell.id not in forced:
+        # The board too: its hash covers every cell it reads, and under SLURM it runs after all of them.
+        if cell_state(study, cell) == "done" and cell.id not in forced:
             log(f"{cell.id}: complete, skipped")
             continue
         after = []

@@ -43,7 +43,10 @@ Keys of a study file (relative paths are relative to the working directory, as o
                                     # (gradient_accumulation_steps is derived when train: does not state it)
     resources:                      # per cell kind (prepare, prefs, train, eval, probe, board); what a
       train: {gpus: 8, cpus: 32, mem: 200G, time: "24:00:00"}   # scheduler allocates. A training cell with a
-      eval: {gpus: 1, cpus: 8}      # launcher runs one process per GPU; none of this enters a cell's hash
+      eval: {gpus: 1, cpus: 8}      # launcher runs one process per GPU, an evaluation with several GPUs one
+                                    # lmms-eval process per GPU; `study run --jobs N` on one machine gives each
+                                    # running cell its GPUs (CUDA_VISIBLE_DEVICES; with none stated it sees all).
+                                    # Only the process counts enter a cell's hash.
     cluster: {partition: gpu, account: lab, qos: normal, sbatch: ["--constraint=a100"]}  # `--executor slurm`
 
 Backbones may state ``revision:`` (a hub revision: part of the hash, and passed to their evaluations). Cell

@@ -114,3 +114,11 @@ def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run
     assert scores(report_lines(study)) == scores(report_lines(reference))
     board = json.loads((slurm_out / "t" / "board" / "study.json").read_text())
     assert board["claims"] == json.loads((local_out / "t" / "board" / "study.json").read_text())["claims"]
+
+    # The finished study, moved elsewhere, is still complete: submitting it again submits nothing.
+    moved = tmp_path / "elsewhere"
+    slurm_out.rename(moved)
+    resubmitted = subprocess.run([*command[:-4], "--out", str(moved), "--executor", "slurm"], capture_output=True,
+                                 text=True, timeout=300, check=False)
+    assert resubmitted.returncode == 0 and "submitted as job" not in resubmitted.stdout, resubmitted.stdout
+    assert resubmitted.stdout.count("complete, skipped") == 15
