@@ -3,8 +3,10 @@
 The fixture brings SLURM up with ``.ci/slurm-up`` (Debian's slurm-wlm + munge, no systemd) and skips, saying
 why, where that is impossible. One test runs a tiny.yaml-shaped study of 15 cells both ways: with the local
 executor, and through SLURM with one job per cell, an ``scontrol requeue`` of the SFT training job while it
-trains and a second submission while the first is in the queue. The two runs must agree cell by cell (hashes,
-scores, the SFT model's final weights), and the requeued cell must have resumed from its checkpoint.
+trains, a preemption signal (USR2, as SLURM sends before preempting or timing out) to the DPO training job,
+and a second submission while the first is in the queue. The two runs must agree cell by cell (hashes, scores,
+the final weights of both interrupted cells), each interrupted cell must have resumed from its checkpoint, and
+the finished study, moved, must stay complete.
 """
 
 from __future__ import annotations
@@ -41,11 +43,20 @@ def slurm() -> None:
 
 
 def _study(folder: Path) -> Path:
-    # SFT trains long enough (40 steps, a checkpoint after each) for a requeue to land mid-training.
-    train = {**FAST_TRAIN, "save_strategy": "steps", "save_steps": 1}
+    # SFT and DPO train long enough (40 steps, a checkpoint after each) for a requeue to land mid-training.
+    train = {**FAST_TRAIN, "save_strategy": "steps", "save_steps": 1, "max_steps": 40}
     one_core = {"cpus": 1, "mem": "2G", "time": "30:00"}
-    return _prepared_study(folder, train=train, recipe_train={"sft": {"max_steps": 40}},
+    return _prepared_study(folder, train=train,
                            resources={kind: one_core for kind in ("prepare", "prefs", "train", "eval", "probe", "board")})
+
+
+def _wait_for_checkpoint(study, cell, deadline: float) -> None:
+    """Return once the training cell has saved its third checkpoint (it is then mid-training)."""
+    while not any(int(match.group(1)) >= 3 for item in study.folder(cell).glob("checkpoint-*")
+                  if (match := re.fullmatch(r"checkpoint-(\d+)", item.name))):
+        assert cell_state(study, cell) != "done", f"{cell.id} finished before it could be interrupted"
+        assert time.monotonic() < deadline, f"{cell.id} saved no checkpoint in time"
+        time.sleep(0.2)
 
 
 def _weights(folder: Path) -> dict[str, np.ndarray]:
@@ -76,15 +87,16 @@ def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run
     sft = study.cell("tiny/sft/s1/train")
     sft_job = job_record(study, sft)["job_id"]
     deadline = time.monotonic() + 1200
-    while not any(int(match.group(1)) >= 3 for item in study.folder(sft).glob("checkpoint-*")
-                  if (match := re.fullmatch(r"checkpoint-(\d+)", item.name))):
-        assert cell_state(study, sft) != "done", "SFT finished before it could be requeued"
-        assert time.monotonic() < deadline, "SFT saved no checkpoint in 20 minutes"
-        time.sleep(0.2)
+    _wait_for_checkpoint(study, sft, deadline)
     subprocess.run(["scontrol", "requeue", sft_job], check=True)
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0 and "submitted as job" not in again.stdout, again.stdout + again.stderr
     assert f"tiny/sft/s1/train: queued as job {sft_job}" in again.stdout or "running as job" in again.stdout
+    # Preempt the DPO training job the way SLURM warns before a preemption or time-out (USR2 to its steps):
+    # submitit requeues it from inside the job.
+    dpo_train = study.cell("tiny/dpo/s1/train")
+    _wait_for_checkpoint(study, dpo_train, deadline + 600)
+    subprocess.run(["scancel", "--signal=USR2", job_record(study, dpo_train)["job_id"]], check=True)
 
     while set(queue_states()) & {job_record(study, cell)["job_id"] for cell in study.cells}:
         assert time.monotonic() < deadline + 1200, "the study's jobs did not finish"
@@ -95,14 +107,15 @@ def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run
     assert status.strip().splitlines()[-1] == "15 done", status
     print(f"\nlocal --jobs 2: {local_seconds:.0f} s; slurm (with one requeue): {slurm_seconds:.0f} s")
 
-    # The requeued attempt resumed from a checkpoint and ended where an uninterrupted run ends.
-    logs = attempt_logs(study, sft)
-    assert len(logs) == 2 and "resuming from" in logs[1].read_text(), [log.read_text()[-2000:] for log in logs]
-    assert f"logs: {logs[0]}; {logs[1]}" in status
+    # Each interrupted attempt resumed from a checkpoint and ended where an uninterrupted run ends.
     reference = load_study(path, local_out)
-    uninterrupted, resumed = _weights(reference.folder(reference.cell(sft.id))), _weights(study.folder(sft))
-    assert uninterrupted.keys() == resumed.keys()
-    assert all(np.array_equal(uninterrupted[key], resumed[key]) for key in resumed)
+    for cell in (sft, dpo_train):
+        logs = attempt_logs(study, cell)
+        assert len(logs) == 2 and "resuming from" in logs[1].read_text(), [log.read_text()[-2000:] for log in logs]
+        assert f"logs: {logs[0]}; {logs[1]}" in status
+        uninterrupted, resumed = _weights(reference.folder(reference.cell(cell.id))), _weights(study.folder(cell))
+        assert uninterrupted.keys() == resumed.keys()
+        assert all(np.array_equal(uninterrupted[key], resumed[key]) for key in resumed), cell.id
 
     # Same hashes, same scores, same board, wherever the cells ran.
     assert [cell.hash for cell in study.cells] == [cell.hash for cell in reference.cells]
