@@ -27,7 +27,7 @@ from medbench.study.runner import attempt_logs, cell_state, report_lines
 from medbench.study.slurm import job_record, queue_states
 from medbench.study.spec import load_study
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600)]  # about 15 minutes on 2 busy cores
 REPO = Path(__file__).resolve().parents[2]
 MEDBENCH = [sys.executable, "-m", "medbench"]
 
