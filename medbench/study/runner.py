@@ -30,6 +30,7 @@ from pathlib import Path
 
 from medbench import __version__
 from medbench.errors import MedbenchError
+from medbench.study.jobs import queue_states, scheduled_state
 from medbench.study.spec import BASE, REFERENCE, Cell, Study
 
 MARKER = ".medbench-cell.json"
@@ -334,8 +335,6 @@ def _run_logged(study: Study, cell: Cell, index: int, total: int, log, outcomes:
 def status_lines(study: Study) -> list[str]:
     """Per cell: done / stale / failed / pending, or queued / running with its SLURM job id; then each
     attempt's log (and the scheduler's log of its job); last, the count of cells per state."""
-    from medbench.study.slurm import queue_states, scheduled_state
-
     queued = queue_states()
     lines = []
     counts: dict[str, int] = {}

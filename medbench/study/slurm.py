@@ -19,57 +19,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
+from medbench.study.jobs import JOB_RECORD, job_folder, queue_states, scheduled_state
 from medbench.study.runner import ATTEMPT, cell_state, run_cell
 from medbench.study.spec import Cell, Cluster, Study
 
-JOBS = ".slurm"
-JOB_RECORD = "job.json"
-ACTIVE = {"PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued",
-          "REQUEUE_FED": "queued", "SUSPENDED": "queued", "RUNNING": "running", "COMPLETING": "running",
-          "RESIZING": "running", "STAGE_OUT": "running", "SIGNALING": "running"}
 DEFAULT_TIME = "24:00:00"
-
-
-def _job_folder(study: Study, cell: Cell) -> Path:
-    return study.root / JOBS / cell.id
-
-
-def job_record(study: Study, cell: Cell) -> dict[str, Any]:
-    """What was last submitted for the cell (``{}`` when nothing was); ``scheduler_log`` is a full path."""
-    folder = _job_folder(study, cell)
-    try:
-        record = json.loads((folder / JOB_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    # Stored as a name in the cell's job folder, so a moved study folder still finds its logs.
-    return {**record, "scheduler_log": str(folder / record.get("scheduler_log", ""))}
-
-
-def queue_states() -> dict[str, str]:
-    """Job id -> ``queued`` or ``running`` for this user's jobs SLURM still holds (empty without SLURM)."""
-    if shutil.which("squeue") is None:
-        return {}
-    listed = subprocess.run(["squeue", "--me", "-h", "-o", "%i %T"], capture_output=True, text=True, check=False)
-    states = {}
-    for line in listed.stdout.splitlines():
-        job, _, state = line.strip().partition(" ")
-        if state in ACTIVE:
-            states[job] = ACTIVE[state]
-    return states
-
-
-def scheduled_state(study: Study, cell: Cell, queued: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
-    """``queued`` / ``running`` when the cell's job (for its current hash) is in SLURM's queue, else None."""
-    record = job_record(study, cell)
-    if record.get("hash") == cell.hash and record.get("job_id") in queued:
-        return queued[record["job_id"]], record
-    return None, record
 
 
 def minutes(limit: str) -> int:
@@ -172,7 +130,7 @@ def submit_study(study: Study, only: list[str] | None = None, *, cluster: Cluste
             elif cell_state(study, study.cell(dep)) != "done":
                 raise MedbenchError(f"cell {cell.id} needs {dep}, which is neither complete nor submitted; "
                                     "submit it too (leave out --cell)")
-        folder = _job_folder(study, cell)
+        folder = job_folder(study, cell)
         folder.mkdir(parents=True, exist_ok=True)
         executor = submitit.SlurmExecutor(folder=folder)
         executor.update_parameters(**_parameters(study, cell, cluster, after))

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from test_study import FAST_TRAIN, _prepared_study
 
+from medbench.study.jobs import job_record, queue_states
 from medbench.study.runner import attempt_logs, cell_state, report_lines
-from medbench.study.slurm import job_record, queue_states
 from medbench.study.spec import load_study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600)]  # about 15 minutes on 2 busy cores
