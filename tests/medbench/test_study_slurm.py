@@ -105,7 +105,7 @@ def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run
     status = subprocess.run([*MEDBENCH, "study", "status", str(path), "--out", str(slurm_out)], capture_output=True,
                             text=True, check=True).stdout
     assert status.strip().splitlines()[-1] == "15 done", status
-    print(f"\nlocal --jobs 2: {local_seconds:.0f} s; slurm (with one requeue): {slurm_seconds:.0f} s")
+    print(f"\nlocal --jobs 2: {local_seconds:.0f} s; slurm (one requeue, one preemption): {slurm_seconds:.0f} s")
 
     # Each interrupted attempt resumed from a checkpoint and ended where an uninterrupted run ends.
     reference = load_study(path, local_out)
