@@ -253,8 +253,13 @@ class RecipeConfig:
             self._fail("beta", f"must be > 0, got {args.beta}")
         if not 0.0 <= args.label_smoothing < 0.5:
             self._fail("label_smoothing", f"must lie in [0, 0.5), got {args.label_smoothing}")
-        if self.objective in ("robust_dpo", "cdpo") and args.label_smoothing == 0.0:
-            self._fail("label_smoothing", f"must be > 0 for objective {self.objective} (0 makes it plain DPO)")
+        if self.objective != "trl" and args.label_smoothing == 0.0:
+            from .objectives import TERMS
+
+            terms = self.terms if self.terms is not None else OBJECTIVES[self.objective].default_terms()
+            smoothed = [name for name in terms if TERMS[name].label_smoothing]
+            if smoothed:
+                self._fail("label_smoothing", f"must be > 0 for term {', '.join(smoothed)} of objective {self.objective} (0 makes it plain DPO)")
         if self.objective == "trl" and "exo_pair" in self.trl_loss_type and args.label_smoothing == 0.0:
             self._fail("label_smoothing", "must be > 0 for TRL's exo_pair loss (the EXO paper suggests 1e-3)")
         if args.max_length is not None and args.max_length < 8:

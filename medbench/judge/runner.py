@@ -31,7 +31,14 @@ from medbench.judge.client import JudgeClient, JudgeFailure, Transport, gather_o
 from medbench.judge.config import JudgeConfig
 from medbench.judge.parts import HIGHER_IS_BETTER, METRICS, PART_METRICS, PART_ROLES
 from medbench.judge.prompts import PromptSpec, load_prompt
-from medbench.metrics.facts import CONTRADICTION, NEUTRAL, extract_json_list, fact_scores, parse_labels
+from medbench.metrics.facts import (
+    NEUTRAL,
+    extract_json_list,
+    fabrication_from_labels,
+    fact_scores,
+    parse_labels,
+    severe_from_grade,
+)
 from medbench.progress import progress_bar
 
 logger = logging.getLogger("medbench.judge")
@@ -343,7 +350,7 @@ class JudgeRunner:
             _fail(verdict, ("fabrication",), f"claim labelling failed: {error}")
             return
         verdict.details["claim_labels"] = labels
-        verdict.scores["fabrication"] = sum(label in (NEUTRAL, CONTRADICTION) for label in labels) / m
+        verdict.scores["fabrication"] = fabrication_from_labels(labels)
 
     async def _severity(self, item: JudgeItem, verdict: SampleJudgement) -> None:
         assert self.client is not None
@@ -355,7 +362,7 @@ class JudgeRunner:
             return
         verdict.details["severity"] = grade
         verdict.details["severity_reason"] = reason
-        verdict.scores["severe"] = 1.0 if grade == "severe" else 0.0
+        verdict.scores["severe"] = severe_from_grade(grade)
 
 
 def summarize(samples: Sequence[SampleJudgement], metrics: Iterable[str]) -> dict[str, dict[str, Any]]:

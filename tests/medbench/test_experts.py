@@ -482,5 +482,6 @@ def test_leaderboard_shows_expert_columns_and_judge_agreement(exported, runs, tm
     only_a = tmp_path / "board_a"
     assert medbench_main(["leaderboard", "build", submissions[0], "--experts", experts_file, "--no-plots", "--out", str(only_a)]) == 0
     assert "note: expert-reviewed model 'model_b' is not on the board" in capsys.readouterr().out
-    assert medbench_main(["leaderboard", "build", submissions[0], "--experts", str(exported / "key.json"), "--no-plots", "--out", str(only_a)]) == 2
-    assert "not an experts summary" in capsys.readouterr().err
+    # (the board is still built: a bad --experts file is one rejection line, issue 18)
+    assert medbench_main(["leaderboard", "build", submissions[0], "--experts", str(exported / "key.json"), "--no-plots", "--out", str(only_a)]) == 0
+    assert "not an experts summary" in capsys.readouterr().out
