@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from medbench.errors import MedbenchError
@@ -48,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="a further sbatch option such as --sbatch=--constraint=a100 (repeatable; added to "
                      "cluster.sbatch)")
     plan = action("plan", "print each cell's command, in dependency order, for a scheduler", _plan)
-    plan.add_argument("--json", action="store_true", help="one JSON object per cell instead of shell lines")
+    plan.add_argument("--json", action="store_true",
+                      help="one JSON object per cell (command, hash, dependencies, resources) instead of shell lines")
     action("status", "show which cells are complete, stale (settings changed), failed or pending", _status)
     action("report", "summarise the scores of the completed cells", _report)
     # Internal: the board cell's command (also usable by hand to rebuild the board).
@@ -111,7 +113,8 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         for index, cell in enumerate(study.cells):
             print(json.dumps({"index": index, "id": cell.id, "kind": cell.kind, "hash": cell.hash, "deps": cell.deps,
-                              "env": cell.env, "command": command_of(cell, ["medbench"])}))
+                              "env": cell.env, "command": command_of(cell, ["medbench"]),
+                              "resources": asdict(cell.resources)}))
     else:
         print("\n".join(plan_lines(study)))
     return 0

@@ -234,3 +234,11 @@ def test_a_cells_sbatch_parameters_follow_its_resources_and_the_cluster_options(
     evaluation = _parameters(study, study.cell("llava_med_v1_5/base/model/eval"), spec.Cluster(), [])
     assert evaluation["gpus_per_node"] == 1 and "dependency" not in evaluation["additional_parameters"]
     assert [minutes(limit) for limit in ("90", "1:30:00", "1-00:00:00", "0:00:30")] == [90, 90, 1440, 1]
+
+
+def test_plan_json_carries_each_cells_resources_for_other_schedulers(capsys):
+    assert main(["study", "plan", str(REPO / "medbench" / "studies" / "paper.yaml"), "--json"]) == 0
+    cells = {cell["id"]: cell for cell in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert cells["llava_med_v1_5/dpo/s42/train"]["resources"] == {"gpus": 8, "cpus": 64, "mem": "480G",
+                                                                  "time": "2-00:00:00", "nodes": 1}
+    assert cells["llava_med_v1_5/dpo/s42/train"]["command"][:4] == ["accelerate", "launch", "--num_processes", "8"]
