@@ -31,6 +31,9 @@ RECORD_FIELDS: dict[str, str] = {
 
 Row = tuple[str, str]
 
+# The objective that trains online (medbench.train.grpo) instead of on preference records.
+ONLINE_OBJECTIVE = "grpo"
+
 TRL_LOSS_TYPES: tuple[str, ...] = (
     "sigmoid",
     "hinge",
@@ -281,6 +284,17 @@ OBJECTIVES: dict[str, Objective] = {
             "any TRL 1.16 DPOTrainer loss_type, computed by TRL itself",
             (*_BASE, "rejected"),
             _PAIR,
+        ),
+        # Online RL: no scored rows, no pairs; TRL's GRPOTrainer samples answers and medbench's rewards score them.
+        Objective(
+            ONLINE_OBJECTIVE,
+            "GRPO (TRL 1.16 GRPOTrainer, loss_type dapo/grpo/dr_grpo): group-relative advantage of sampled answers "
+            "scored by medbench rewards",
+            _BASE,
+            (),
+            reference_free=True,
+            needs_note="(chosen is the reference answer: any supervised file `prefs build` reads, `answer` or `chosen`, "
+            "optional answer_type; no rejected answers)",
         ),
     )
 }
