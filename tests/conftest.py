@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,17 @@ def tiny_model_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tiny_model_dirs):
     return tiny_model_dirs["llava"]
+
+
+@pytest.fixture(scope="session")
+def demo_results(tmp_path_factory) -> dict[str, Path]:
+    """``{"tiny-llava": folder, "baseline": folder}`` from one real demo run.
+
+    Shared by every test that reads a real lmms-eval run of the tiny model or the baseline on the five demo tasks
+    (two lmms-eval processes for the whole session); tests never modify it.
+    """
+    from medbench.commands.demo import run_demo
+
+    out = tmp_path_factory.mktemp("leaderboard_demo")
+    run_demo(out)
+    return {"tiny-llava": out / "results" / "tiny-llava", "baseline": out / "results" / "baseline"}

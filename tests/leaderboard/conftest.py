@@ -1,6 +1,6 @@
 """Real lmms-eval result folders for the leaderboard tests, made once per session.
 
-* ``demo_results``: ``medbench demo`` (tiny LLaVA + the non-neural baseline on all five tasks).
+* ``demo_results`` (``tests/conftest.py``, shared with the lmms-eval end-to-end tests): ``medbench demo``.
 * ``limited_results``: the baseline on VQA-RAD with ``--limit 3``.
 * ``judged_results``: the baseline on MIMIC-CXR judged inside lmms-eval by the loopback judge, and the demo
   baseline's AMBOSS log re-scored by ``medbench judge`` (both judge paths the board ingests).
@@ -15,16 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from medbench.commands.demo import demo_environment, run_demo
+from medbench.commands.demo import demo_environment
 from medbench.commands.eval import run_lmms_eval
-
-
-@pytest.fixture(scope="session")
-def demo_results(tmp_path_factory) -> dict[str, Path]:
-    """``{"tiny-llava": folder, "baseline": folder}`` from one real demo run."""
-    out = tmp_path_factory.mktemp("leaderboard_demo")
-    run_demo(out)
-    return {"tiny-llava": out / "results" / "tiny-llava", "baseline": out / "results" / "baseline"}
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +43,9 @@ def limited_results(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
     """``{"inline": lmms-eval folder judged during the run, "rescored": demo baseline copy + medbench judge}``."""
-    from medbench.cli import main as medbench_main
     from judge_server import LoopbackJudgeServer
+
+    from medbench.cli import main as medbench_main
 
     root = tmp_path_factory.mktemp("leaderboard_judge")
     with LoopbackJudgeServer() as server:

@@ -11,20 +11,19 @@ from medbench.taskfiles import task_versions
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_llava_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lmms_tiny")
-    args = ["--model", "medbench_hf", "--model_args", f"pretrained={tiny_llava_dir}", "--batch_size", "4",
-            "--tasks", "medbench_vqa_rad,medbench_mimic_cxr", "--output_path", str(out), "--verbosity", "WARNING"]
-    written = run_lmms_eval(args, demo_environment())
-    return find_runs(out)[-1], written
+def tiny_run(demo_results):
+    """The tiny LLaVA's run on the five demo tasks, from the session's one demo run (``tests/conftest.py``)."""
+    runs = find_runs(demo_results["tiny-llava"])
+    assert len(runs) == 1
+    return runs[0]
 
 
 def test_results_carry_versions_prompts_and_decoding(tiny_run):
-    run, written = tiny_run
-    assert run.path == written[-1]
+    run = tiny_run
     raw = run.raw
     versions = task_versions()
-    assert raw["versions"] == {task: versions[task] for task in ("medbench_vqa_rad", "medbench_mimic_cxr")}
+    assert {"medbench_vqa_rad", "medbench_slake", "medbench_pathvqa", "medbench_mimic_cxr", "medbench_amboss"} <= set(run.tasks)
+    assert {task: raw["versions"][task] for task in run.tasks} == {task: versions[task] for task in run.tasks}
     vqa_config = raw["configs"]["medbench_vqa_rad"]
     assert vqa_config["lmms_eval_specific_kwargs"]["post_prompt"] == "\nAnswer the question using a single word or phrase."
     assert vqa_config["generation_kwargs"]["do_sample"] is False
@@ -33,7 +32,7 @@ def test_results_carry_versions_prompts_and_decoding(tiny_run):
 
 
 def test_every_metric_has_a_standard_error(tiny_run):
-    run, _ = tiny_run
+    run = tiny_run
     vqa = run.metrics("medbench_vqa_rad")
     # failed_generations is a count, not a score; it leaves metrics() once results.NON_SCORE_METRICS lists it
     vqa.pop("failed_generations", None)
@@ -50,7 +49,7 @@ def test_every_metric_has_a_standard_error(tiny_run):
 
 
 def test_per_sample_logs_trace_back_to_documents(tiny_run):
-    run, _ = tiny_run
+    run = tiny_run
     rows = [json.loads(line) for line in run.samples["medbench_vqa_rad"].read_text().splitlines()]
     assert len(rows) == 24
     first = rows[0]
@@ -66,10 +65,8 @@ def test_per_sample_logs_trace_back_to_documents(tiny_run):
     assert len(reports) == 6 and all(row["target"] for row in reports)
 
 
-def test_baseline_scores_are_exact(tmp_path):
-    args = ["--model", "medbench_baseline", "--tasks", "medbench_vqa_rad", "--output_path", str(tmp_path), "--verbosity", "WARNING"]
-    run_lmms_eval(args, demo_environment())
-    metrics = find_runs(tmp_path)[-1].metrics("medbench_vqa_rad")
+def test_baseline_scores_are_exact(demo_results):
+    metrics = find_runs(demo_results["baseline"])[-1].metrics("medbench_vqa_rad")
     # 15 closed demo questions: 8 gold "yes"; the only non-yes/no closed one ("Is this a CT or an MRI image?")
     # opens with "Is", gets "yes" and is wrong. Open questions get no answer.
     assert metrics["closed_accuracy"][0] == pytest.approx(8 / 15)
