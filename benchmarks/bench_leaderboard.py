@@ -214,7 +214,7 @@ def write_run(folder: Path, name: str, skill: float, seed: int, items: dict[str,
         bleu = corpus_bleu(predictions, references)
         cider_score, cider_samples = cider(predictions, references)
         records, rouge_values, bleu_values = [], [], []
-        for doc_id, (item, prediction, cider_value) in enumerate(zip(items[task], predictions, cider_samples)):
+        for doc_id, (item, prediction, cider_value) in enumerate(zip(items[task], predictions, cider_samples, strict=True)):
             rouge_value, bleu_value = (
                 rouge_l(prediction, item["reference"]),
                 sentence_bleu4(prediction, item["reference"]),

@@ -441,7 +441,7 @@ def task_clusters(runs: list[Run]) -> dict[str, tuple[str, ...]]:
         for task, scores in run.tasks.items():
             if task in found or not scores.clusters or len(scores.clusters) != len(scores.item_ids):
                 continue
-            by_item = dict(zip(scores.item_ids, scores.clusters))
+            by_item = dict(zip(scores.item_ids, scores.clusters, strict=True))
             labels = tuple(by_item[item] for item in sorted(by_item))
             if len(set(labels)) < len(labels):
                 found[task] = labels

@@ -119,7 +119,7 @@ def verify_judge_metric(
     """
     name = metric.removeprefix("judge_")
     unverifiable = 0
-    for value, details, item in zip(values, evidence, item_ids):
+    for value, details, item in zip(values, evidence, item_ids, strict=False):
         if value is None:
             continue
         try:

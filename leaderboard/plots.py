@@ -109,11 +109,11 @@ def plot_scores(board: Board, path: Path) -> Path | None:
     figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1.5, height), squeeze=False)
     labels = [_label(row) for row in rows]
     positions = list(range(len(rows)))[::-1]
-    for axis, task in zip(axes[0], tasks):
+    for axis, task in zip(axes[0], tasks, strict=True):
         metric = board.primary[task]
         column = board.column(task, metric)
         points = []
-        for position, row in zip(positions, rows):
+        for position, row in zip(positions, rows, strict=True):
             cell = row.cells.get(f"{task}/{metric}")
             if cell is None:
                 continue
@@ -149,12 +149,12 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
     figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 2.0, height), squeeze=False)
     labels = [f"{_label(row)} − {row.run.meta.base_model}"[:60] for row in variants]
     positions = list(range(len(variants)))[::-1]
-    for axis, task in zip(axes[0], tasks):
+    for axis, task in zip(axes[0], tasks, strict=True):
         metric = board.primary[task]
         column = board.column(task, metric)
         sign = 1.0 if column is None or column.higher_is_better else -1.0
         points = []
-        for position, row in zip(positions, variants):
+        for position, row in zip(positions, variants, strict=True):
             cell = row.cells.get(f"{task}/{metric}")
             delta = cell.vs_base if cell else None
             if not delta:

@@ -146,7 +146,7 @@ def departures(
     if expected_prompts is None:
         unknown.append("the board has no copy of the questions to rebuild the prompts from")
     else:
-        odd = sum(1 for text, expected in zip(inputs, expected_prompts) if isinstance(text, str) and text != expected)
+        odd = sum(1 for text, expected in zip(inputs, expected_prompts, strict=False) if isinstance(text, str) and text != expected)
         if odd:
             found.append(f"{odd} logged prompts differ from the task's")
     return found, unknown

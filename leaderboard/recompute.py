@@ -183,7 +183,7 @@ def check_metric(
     if kind in ("sample", "sum"):
         assert rule.per_sample is not None
         recomputed: list[float | None] = []
-        for sample, value in zip(samples, logged):
+        for sample, value in zip(samples, logged, strict=False):
             expected = rule.per_sample(sample.answer)
             if _differs(expected, value):
                 raise VerificationError(
@@ -200,7 +200,7 @@ def check_metric(
         if expected_samples is not None and recompute_missing:
             logged = list(expected_samples)
         elif expected_samples is not None:
-            for sample, value, expected in zip(samples, logged, expected_samples):
+            for sample, value, expected in zip(samples, logged, expected_samples, strict=False):
                 if value is None or not close(expected, value):
                     raise VerificationError(
                         f"{task} {metric}: sample {sample.item_id!r} (doc_id {sample.doc_id}) logs {value} but its answer scores {expected}"
@@ -234,7 +234,7 @@ def _check_bounds(
     low, high = bounds
     slack = 1e-9 * max(1.0, abs(low), abs(high)) if math.isfinite(high) and math.isfinite(low) else 0.0
     low, high = low - slack, high + slack
-    for sample, value in zip(samples, logged):
+    for sample, value in zip(samples, logged, strict=False):
         if value is not None and not (low <= value <= high):
             raise VerificationError(
                 f"{task} {metric}: sample {sample.item_id!r} (doc_id {sample.doc_id}) logs {value!r}, outside the metric's range [{bounds[0]:g}, {bounds[1]:g}]"

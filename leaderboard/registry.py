@@ -233,7 +233,7 @@ class Registry:
         if same and not keep_identical:
             return Rejected("duplicate", run.root, f"the same files as the accepted run {same[0]!r}; submit each run once"), []
         mine = {
-            task: dict(zip(scores.item_ids, scores.normalised)) for task, scores in run.tasks.items() if scores.normalised
+            task: dict(zip(scores.item_ids, scores.normalised, strict=True)) for task, scores in run.tasks.items() if scores.normalised
         }
         notes: list[str] = []
         for task in sorted(mine):
@@ -285,7 +285,7 @@ class Registry:
         self._db.executemany(
             "INSERT INTO answers (run, task, normalised) VALUES (?, ?, ?)",
             [
-                (seq, task, json.dumps(dict(zip(scores.item_ids, scores.normalised)), ensure_ascii=False))
+                (seq, task, json.dumps(dict(zip(scores.item_ids, scores.normalised, strict=True)), ensure_ascii=False))
                 for task, scores in sorted(run.tasks.items())
             ],
         )
@@ -360,7 +360,7 @@ class Registry:
                 cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY rowid")
                 columns = [d[0] for d in cursor.description]
                 lines += [
-                    json.dumps({"table": table, "row": dict(zip(columns, row))}, ensure_ascii=False, sort_keys=True)
+                    json.dumps({"table": table, "row": dict(zip(columns, row, strict=True))}, ensure_ascii=False, sort_keys=True)
                     for row in cursor
                 ]
         finally:

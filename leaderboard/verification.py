@@ -391,7 +391,7 @@ def _check_data(path: Path, task: str, samples: list[Sample], references: list[D
     """The reference the log's items and references match; compared before anything is recomputed."""
     kind = get_source(task).kind
     facts = [s.record["medbench_detail"].get("facts") for s in samples]  # checked by parse_sample_record
-    mine = fingerprint_items(item_key(kind, s.item_id, s.target, s.answer_type, f) for s, f in zip(samples, facts))
+    mine = fingerprint_items(item_key(kind, s.item_id, s.target, s.answer_type, f) for s, f in zip(samples, facts, strict=True))
     for reference in references:
         if reference.sha256 == mine.sha256 and reference.size == mine.size:
             return reference

@@ -137,7 +137,7 @@ def render_prompt_and_answers(
     }
     for text in full.values():
         common = 0
-        for a, b in zip(prompt, text):
+        for a, b in zip(prompt, text, strict=False):
             if a != b:
                 break
             common += 1

@@ -49,9 +49,9 @@ def continuation_ids(tokenizer: Any, prompts: list[str], answers: list[str]) -> 
         ``(answer ids per pair, indices of the pairs that fell back to the answer alone)``.
     """
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer([p + a for p, a in zip(prompts, answers)], add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer([p + a for p, a in zip(prompts, answers, strict=True)], add_special_tokens=False)["input_ids"]
     ids, fallbacks = [], []
-    for index, (prompt, full) in enumerate(zip(prompt_ids, full_ids)):
+    for index, (prompt, full) in enumerate(zip(prompt_ids, full_ids, strict=True)):
         if full[: len(prompt)] == prompt:
             ids.append(full[len(prompt) :])
         else:
@@ -94,9 +94,9 @@ class PreferenceCollator:
         row_images: list[list[Any]] = []
         answers: list[str] = []
         answer_keys: list[tuple[int, str]] = []  # (record, answer field) of each row
-        rendered = [self._render(example, example_rows) for example, example_rows in zip(examples, rows)]
+        rendered = [self._render(example, example_rows) for example, example_rows in zip(examples, rows, strict=True)]
         for block in range(self.objective.n_rows):
-            for index, (example, example_rows, (prompt, texts)) in enumerate(zip(examples, rows, rendered)):
+            for index, (example, example_rows, (prompt, texts)) in enumerate(zip(examples, rows, rendered, strict=True)):
                 answer_field, image_field = example_rows[block]
                 source = example[image_field]
                 if source not in images:
@@ -184,7 +184,7 @@ class PreferenceCollator:
         batch["input_ids"] = input_ids
         batch["attention_mask"] = attention_mask
         batch["completion_mask"] = completion_mask
-        for key, tensor in zip([k for k in _TOKEN_ALIGNED_KEYS if k in processed], aligned):
+        for key, tensor in zip([k for k in _TOKEN_ALIGNED_KEYS if k in processed], aligned, strict=True):
             batch[key] = tensor
         return batch
 
@@ -198,10 +198,10 @@ class PreferenceCollator:
         pad_id: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded answer ids and mask, each answer tokenized as its prompt's continuation (once per pair)."""
-        pairs = list(dict.fromkeys(zip(prompts, answers)))
+        pairs = list(dict.fromkeys(zip(prompts, answers, strict=True)))
         ids, fallbacks = continuation_ids(tokenizer, [p for p, _ in pairs], [a for _, a in pairs])
         index_of = {pair: index for index, pair in enumerate(pairs)}
-        row_pairs = [index_of[pair] for pair in zip(prompts, answers)]
+        row_pairs = [index_of[pair] for pair in zip(prompts, answers, strict=True)]
         if fallbacks and not self._warned_fallback:
             self._warned_fallback = True
             row = next(row for row, pair in enumerate(row_pairs) if pair in set(fallbacks))

@@ -21,7 +21,6 @@ against ``rejected_image_root`` (default: ``image_root``), mirroring the authors
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import Counter
@@ -41,15 +40,6 @@ Record = dict[str, Any]
 _IMAGE_PLACEHOLDER = "<image>"
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hex-encoded."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _strip_placeholder(text: str) -> str:
     # The chat template inserts the image itself; a literal <image> would become a second image slot.
     return text.replace(_IMAGE_PLACEHOLDER, "").strip()
@@ -60,7 +50,7 @@ def _turns(value: Any, where: str, key: str) -> tuple[str, str]:
     if not isinstance(value, list) or len(value) != 2:
         raise DataError(f"{where}: `{key}` must be a list of two turns (human question, gpt answer)")
     texts = []
-    for turn, expected in zip(value, (("human", "user"), ("gpt", "assistant"))):
+    for turn, expected in zip(value, (("human", "user"), ("gpt", "assistant")), strict=True):
         if not isinstance(turn, dict):
             raise DataError(f"{where}: `{key}` turns must be objects with `from` and `value`")
         role = str(turn.get("from", turn.get("role", ""))).lower()

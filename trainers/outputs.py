@@ -76,7 +76,7 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str | Path, ti
     columns = min(3, len(keys))
     rows = (len(keys) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
-    for axis, key in zip(axes.flat, keys):
+    for axis, key in zip(axes.flat, keys, strict=False):
         points = [(entry["step"], entry[key]) for entry in steps if key in entry]
         axis.plot([s for s, _ in points], [v for _, v in points], marker="o" if len(points) < 30 else None)
         axis.set_title(key)

@@ -107,9 +107,10 @@ def score_file(model_dir: str, data: str | Path, output_dir: str | Path, *, imag
                batch_size: int = 32, max_length: int | None = 1024, device: str | None = None,
                progress: bool = True) -> dict[str, Any]:
     """Score ``data`` under ``model_dir``; write ``scores.jsonl`` and ``summary.json``; return the summary."""
+    from medbench.data.fingerprint import file_sha256
     from medbench.hfload import load_vision_language_model
 
-    from .data import file_sha256, load_preference_file
+    from .data import load_preference_file
 
     records = load_preference_file(data, image_root)
     model, processor = load_vision_language_model(model_dir, dtype="float32", device=device)

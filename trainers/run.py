@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medbench.data.fingerprint import file_sha256
+
 from .config import RecipeConfig, RecipeError, resolve_training_args, training_defaults
-from .data import describe_error_types, file_sha256, load_preference_file, records_to_dataset, validate_records
+from .data import describe_error_types, load_preference_file, records_to_dataset, validate_records
 from .objectives import get_objective
 from .outputs import LOG_FILE, METADATA_FILE, PLOT_FILE, plot_training_curves, write_log_history, write_metadata
 

@@ -218,6 +218,6 @@ class MedPreferenceTrainer(DPOTrainer):
             # One collective for all metrics; every process logs at the same steps, so the shapes agree.
             averaged = self.accelerator.gather(local.unsqueeze(0)).mean(dim=0)
             prefix = "eval_" if mode == "eval" else ""
-            logs.update({prefix + key: value for key, value in zip(keys, averaged.tolist())})
+            logs.update({prefix + key: value for key, value in zip(keys, averaged.tolist(), strict=True)})
             store.clear()
         super().log(logs, start_time)

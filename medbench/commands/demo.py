@@ -61,9 +61,9 @@ def format_table(runs: dict[str, RunResults]) -> str:
                     cells.append(f"{score:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else ""))
             rows.append([task, metric, *cells])
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(header, widths)) + " |"]
+    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    lines += ["| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -141,14 +141,14 @@ def run(args: argparse.Namespace) -> int:
         if partial and any(verdict.scores for report in partial for verdict in report.samples):
             if driver is not None:
                 partial[0].usage.update(driver.billing())
-            for samples, report in zip(files, partial):
+            for samples, report in zip(files, partial, strict=True):
                 report.usage["stopped"] = str(stop)
                 write_outputs(samples, report, parts)
                 print(f"{samples.task}: run stopped; wrote {sum(not v.failures for v in report.samples)} scored and "
                       f"{sum(bool(v.failures) for v in report.samples)} unscored sample(s) to {samples.results_path}")
         raise
     incomplete = 0
-    for samples, report in zip(files, reports):
+    for samples, report in zip(files, reports, strict=True):
         write_outputs(samples, report, parts)
         incomplete += sum(bool(v.failures) for v in report.samples)
         _print_report(samples.task, report, samples.results_path)

@@ -58,7 +58,7 @@ def _list_tasks(args: argparse.Namespace) -> int:
         rows.append((name, str(config["metadata"]["version"]), source.kind, public, source.env_var))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print()
     for group, members in group_members().items():
         print(f"group {group}: {', '.join(members)}")

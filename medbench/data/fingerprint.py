@@ -24,11 +24,25 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medbench.data.loading import DEMO_DIR, ResolvedSource, read_local_records, resolve_source
 from medbench.data.sources import get_source
 from medbench.errors import MedbenchError
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex-encoded (read in 1 MiB blocks: checkpoints and image folders are large).
+
+    Args:
+        path: The file.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

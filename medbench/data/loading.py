@@ -365,7 +365,7 @@ def assign_answer_types(
     table = answer_type_table(task)
     types: list[str] = []
     missing = 0
-    for question, answer, label in zip(questions, answers, given):
+    for question, answer, label in zip(questions, answers, given, strict=True):
         if (label is None or not str(label).strip()) and table is not None:
             label = table.lookup(question, answer)
             missing += label is None
@@ -475,7 +475,7 @@ def first_table_image_problem(documents, description: str) -> str | None:
     import datasets
 
     raw = documents.cast_column("image", datasets.Image(decode=False))
-    for doc_id, image in zip(raw["id"], raw["image"]):
+    for doc_id, image in zip(raw["id"], raw["image"], strict=True):
         payload = image.get("bytes") or image.get("path")
         problem = decode_problem(payload) if payload else "is empty"
         if problem:
@@ -496,7 +496,7 @@ def _documents_to_dataset(documents: list[dict[str, Any]], source: TaskSource, d
             description=description,
             complete=complete,
         )
-        documents = [{**document, "answer_type": label} for document, label in zip(documents, types)]
+        documents = [{**document, "answer_type": label} for document, label in zip(documents, types, strict=True)]
 
     features = {"id": datasets.Value("string"), "image": datasets.Image()}
     if kind == "vqa":

@@ -164,7 +164,7 @@ def _records_from_xlsx(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     for row in rows:
         if row is None or all(cell is None for cell in row):
             continue
-        records.append({name: ("" if cell is None else str(cell)) for name, cell in zip(header, row)})
+        records.append({name: ("" if cell is None else str(cell)) for name, cell in zip(header, row, strict=False)})
     return records
 
 

@@ -75,7 +75,7 @@ def cohen_kappa(
     index = {label: position for position, label in enumerate(scale)}
     k, n = len(scale), len(first)
     observed = [[0.0] * k for _ in range(k)]
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         observed[index[a]][index[b]] += 1 / n
     row = [sum(observed[i]) for i in range(k)]
     column = [sum(observed[i][j] for i in range(k)) for j in range(k)]

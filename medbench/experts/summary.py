@@ -46,7 +46,7 @@ def _agreement(by_output: dict[tuple[str, str], dict[str, Any]], annotators: lis
     if not multi:
         return result
     items = defaultdict(list)
-    for (item_id, _), unit in zip(by_output, units):
+    for (item_id, _), unit in zip(by_output, units, strict=True):
         if sum(value is not None for value in unit) >= 2:
             items[item_id].append(unit)
     grouped = list(items.values())

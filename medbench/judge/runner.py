@@ -246,7 +246,7 @@ class JudgeRunner:
 
             # On an abort (bad key, dead URL, ...) every other sample is cancelled and awaited before the
             # client closes, so nothing runs against a closed HTTP client and no traceback escapes.
-            await gather_or_cancel(one(item, verdict) for item, verdict in zip(items, samples))
+            await gather_or_cancel(one(item, verdict) for item, verdict in zip(items, samples, strict=True))
         except JudgeAbort as abort:
             stop = abort
             # What was answered is kept; every metric the stop left open says why it has no value.

@@ -180,7 +180,7 @@ def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: 
 def write_outputs(samples: SamplesFile, report: JudgeReport, parts: Iterable[str]) -> None:
     """Write per-sample verdicts and lmms-eval-shaped aggregate results beside the samples file."""
     with samples.verdicts_path.open("w", encoding="utf-8") as handle:
-        for doc_id, verdict in zip(samples.doc_ids, report.samples):
+        for doc_id, verdict in zip(samples.doc_ids, report.samples, strict=True):
             handle.write(json.dumps({"doc_id": doc_id, **verdict.as_dict()}, ensure_ascii=False) + "\n")
     task_results: dict[str, Any] = {"alias": samples.task}
     higher: dict[str, bool] = {}

@@ -328,7 +328,7 @@ def bertscore_f1(predictions: Sequence[str], references: Sequence[str], settings
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     scores = [0.0] * len(predictions)
-    index = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
+    index = [i for i, (p, r) in enumerate(zip(predictions, references, strict=True)) if p.strip() and r.strip()]
     if not index:
         return scores
     try:
@@ -337,6 +337,6 @@ def bertscore_f1(predictions: Sequence[str], references: Sequence[str], settings
         raise MetricUnavailable(f"BERTScore skipped: cannot load a model from {settings.model_dir} ({type(error).__name__})") from None
     with _bertscore_lock:  # the scorer is not thread-safe; lmms-eval may aggregate from worker threads
         _, _, f1 = scorer.score([predictions[i] for i in index], [references[i] for i in index])
-    for i, value in zip(index, f1.tolist()):
+    for i, value in zip(index, f1.tolist(), strict=True):
         scores[i] = float(value)
     return scores

@@ -273,13 +273,13 @@ def plot(analysis: dict[str, Any], path: Path) -> Path | None:
     if not quantities:
         return None
     figure, axes = plt.subplots(1, len(quantities), figsize=(3.6 * len(quantities), 3.8), squeeze=False)
-    for axis, (quantity, label) in zip(axes[0], quantities):
+    for axis, (quantity, label) in zip(axes[0], quantities, strict=True):
         rows = [row for row in analysis["estimates"] if quantity in row]
         names = [row["variant"] if row["backbone"] in (REFERENCE,) or len({r["backbone"] for r in rows}) == 1
                  else f"{row['backbone']} {row['variant']}" for row in rows]
         means = [row[quantity]["mean"] for row in rows]
-        errors = [[m - row[quantity]["low"] for m, row in zip(means, rows)],
-                  [row[quantity]["high"] - m for m, row in zip(means, rows)]]
+        errors = [[m - row[quantity]["low"] for m, row in zip(means, rows, strict=True)],
+                  [row[quantity]["high"] - m for m, row in zip(means, rows, strict=True)]]
         colours = ["#999999" if row["variant"] in (BASE,) or row["backbone"] == REFERENCE else
                    "#4c72b0" if row["variant"] == SFT else "#dd8452" for row in rows]
         axis.barh(range(len(rows)), means, xerr=errors, color=colours, capsize=3)

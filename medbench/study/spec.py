@@ -821,11 +821,9 @@ def _substitute_prepare(value: Any, root: Path, names: set[str], where: str) -> 
 def _file_digest(path: Path) -> str:
     if not path.is_file():
         return "missing"
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from medbench.data.fingerprint import file_sha256  # the loaders stay unimported until a digest is needed
+
+    return file_sha256(path)
 
 
 def _portable(value: Any, places: dict[str, str]) -> Any:

@@ -304,7 +304,7 @@ def test_form_saves_a_file_that_imports_and_round_trips(saved_by_browser, export
     agreement = summary["judge_agreement"]
     assert agreement["n_outputs"] == len(judge) == 12
     assert agreement["cohen_kappa"]["value"] == pytest.approx(cohen_kappa(judge, expert, ["none", "minor", "severe"]))
-    assert agreement["exact_agreement"] == pytest.approx(sum(a == b for a, b in zip(judge, expert)) / 12)
+    assert agreement["exact_agreement"] == pytest.approx(sum(a == b for a, b in zip(judge, expert, strict=True)) / 12)
     assert sum(sum(row.values()) for row in agreement["confusion"].values()) == 12
     # pairwise: Dr A always preferred the first output shown
     wins = summary["pairwise"]["model_a vs model_b"]["wins"]

@@ -71,7 +71,7 @@ KRIPPENDORFF_2011 = [
     [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
     [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None],
 ]
-UNITS_2011 = [list(unit) for unit in zip(*KRIPPENDORFF_2011)]
+UNITS_2011 = [list(unit) for unit in zip(*KRIPPENDORFF_2011, strict=True)]
 
 
 @pytest.mark.parametrize(("level", "published"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)])

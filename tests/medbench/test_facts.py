@@ -72,7 +72,7 @@ class TestAuthorsMode:
 
     def test_macro_average_keeps_unparsed_zeros(self):
         outs = [CLEAN, "garbage", json.dumps(["1. Entailment"])]
-        values = [fact_scores(o, n, **AUTHORS).completeness for o, n in zip(outs, [4, 3, 1])]
+        values = [fact_scores(o, n, **AUTHORS).completeness for o, n in zip(outs, [4, 3, 1], strict=True)]
         assert macro_average(values) == round((0.375 + 0.0 + 1.0) / 3, 4) == 0.4583
 
     def test_matches_an_independent_restatement_on_random_inputs(self):

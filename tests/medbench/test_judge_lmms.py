@@ -39,7 +39,7 @@ def _aggregate(per_doc: list[dict], metric: str):
 
 
 def test_without_a_judge_the_task_still_scores_and_says_so(clean_env, caplog):
-    per_doc = [report.process_results(doc, [out]) for doc, out in zip(DOCS, OUTPUTS)]
+    per_doc = [report.process_results(doc, [out]) for doc, out in zip(DOCS, OUTPUTS, strict=True)]
     assert not any(metric in per_doc[0] for metric in JUDGE_METRICS)
     assert {"rouge_l", "bleu4_sentence", "bleu1", "bleu4", "cider"} <= set(per_doc[0])
     assert "judge metrics skipped" in caplog.text and "MEDBENCH_JUDGE_MODEL" in caplog.text
@@ -58,7 +58,7 @@ def test_judge_metrics_over_a_loopback_judge(clean_env, tmp_path):
         clean_env.setenv("MEDBENCH_JUDGE_API_KEY", SECRET)
         clean_env.setenv("MEDBENCH_JUDGE_CACHE", str(tmp_path / "cache.sqlite"))
         clean_env.setenv("MEDBENCH_JUDGE_PROGRESS", "0")
-        per_doc = [report.process_results(doc, [out]) for doc, out in zip(DOCS, OUTPUTS)]
+        per_doc = [report.process_results(doc, [out]) for doc, out in zip(DOCS, OUTPUTS, strict=True)]
         assert all(metric in per_doc[0] for metric in JUDGE_METRICS)
         completeness, items = _aggregate(per_doc, "judge_completeness")
         sent = server.count()
@@ -84,7 +84,7 @@ def test_judge_failure_is_recorded_not_raised(clean_env):
         clean_env.setenv("MEDBENCH_JUDGE_BASE_URL", server.base_url)
         clean_env.setenv("MEDBENCH_JUDGE_CACHE", "off")
         clean_env.setenv("MEDBENCH_JUDGE_PROGRESS", "0")
-        per_doc = [report.process_results(doc, [out]) for doc, out in zip(DOCS, OUTPUTS)]
+        per_doc = [report.process_results(doc, [out]) for doc, out in zip(DOCS, OUTPUTS, strict=True)]
         value, items = _aggregate(per_doc, "judge_completeness")
         unscored, _ = _aggregate(per_doc, "judge_unscored")
     assert value is None and unscored == 3.0

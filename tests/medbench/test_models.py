@@ -22,7 +22,7 @@ def _requests(docs, gen_kwargs):
 def docs():
     colours = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (90, 90, 90), (250, 250, 0)]
     questions = ["Is there a mass?", "Which organ is shown in this image?", "Is this CT?", "What modality?", "Is the lung normal?"]
-    return [{"question": q, "image": Image.new("RGB", (40 + 7 * i, 30), c)} for i, (q, c) in enumerate(zip(questions, colours))]
+    return [{"question": q, "image": Image.new("RGB", (40 + 7 * i, 30), c)} for i, (q, c) in enumerate(zip(questions, colours, strict=True))]
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])

@@ -56,7 +56,7 @@ def test_a_moved_output_folder_stays_done(tmp_path, monkeypatch):
 
 
 def _changed(before: spec.Study, after: spec.Study) -> set[str]:
-    return {cell.id for cell, other in zip(before.cells, after.cells) if cell.hash != other.hash}
+    return {cell.id for cell, other in zip(before.cells, after.cells, strict=True) if cell.hash != other.hash}
 
 
 def test_a_new_trl_version_rehashes_exactly_the_training_cells_and_what_reads_them(tmp_path, monkeypatch):

@@ -136,7 +136,7 @@ def test_two_training_steps_match_stock_trl(tmp_path, tiny_model_dirs, records):
     assert our_losses == pytest.approx(stock_losses, rel=1e-5)
     # The second step saw updated weights, so its loss moved away from log 2.
     assert our_losses[1] != pytest.approx(0.6931471805599453, abs=1e-6)
-    for (name, mine), (_, theirs) in zip(ours.model.named_parameters(), stock.model.named_parameters()):
+    for (name, mine), (_, theirs) in zip(ours.model.named_parameters(), stock.model.named_parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)
     # Our own metrics are logged next to TRL's step logs.
     assert {"rewards/margins", "rewards/accuracies", "logps/chosen"} <= set(ours.state.log_history[0])

@@ -13,8 +13,9 @@ import pytest
 import torch
 from _prefdata import FAST
 
+from medbench.data.fingerprint import file_sha256
 from medbench.train.config import load_recipe, recipe_paths
-from medbench.train.data import file_sha256, load_preference_file
+from medbench.train.data import load_preference_file
 from medbench.train.objectives import OBJECTIVES
 from medbench.train.outputs import LOG_FILE, METADATA_FILE, PLOT_FILE
 from medbench.train.run import MERGED_DIR, train

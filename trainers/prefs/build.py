@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from medbench.data.fingerprint import file_sha256
 from medbench.errors import DataError, MedbenchError
 from medbench.progress import progress_bar
 from medbench.taxonomy import load_taxonomy
@@ -128,14 +129,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _pick(raw: dict[str, Any], names: tuple[str, ...]) -> Any:
     for name in names:
         if raw.get(name) not in (None, ""):
@@ -157,7 +150,7 @@ def read_supervised(source: str, image_root: str | None = None) -> tuple[list[di
     path = Path(source).expanduser()
     if path.is_file():
         root = Path(image_root).expanduser() if image_root else path.parent
-        description = {"kind": "file", "path": path.name, "sha256": _file_sha256(path)}
+        description = {"kind": "file", "path": path.name, "sha256": file_sha256(path)}
         return _items_from_json(_json_rows(path), root, VQA_FIELDS, str(path)), description
     if source.startswith("medbench_"):
         return _items_from_task(source, image_root)
@@ -233,7 +226,7 @@ def _items_from_task(task: str, image_root: str | None) -> tuple[list[dict[str, 
         path = Path(resolved.location)
         root = Path(image_root) if image_root else (resolved.images_dir or path.parent)
         description = {"kind": "task", "task": task, "source": resolved.origin, "file": path.name,
-                       "sha256": _file_sha256(path)}
+                       "sha256": file_sha256(path)}
         return _items_from_json(iter_json_records(path), root, VQA_FIELDS, str(path)), description
     try:
         dataset = load_task_docs(task)
@@ -427,12 +420,12 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
         if isinstance(item["image"], str):
             # Relative to the pairs file (the loaders resolve it there), so a moved output tree keeps working.
             record["image"] = os.path.relpath(os.path.abspath(item["image"]), os.path.abspath(output_dir))
-            image_hashes.append(_file_sha256(Path(item["image"])))
+            image_hashes.append(file_sha256(Path(item["image"])))
         else:
             name = f"{IMAGES_DIR}/source-{_safe(item['id'])}.png"
             item["pil"].save(output_dir / name)
             record["image"] = name
-            image_hashes.append(_file_sha256(output_dir / name))
+            image_hashes.append(file_sha256(output_dir / name))
         side = sides.get(item["id"])
         if side is not None:
             if side.edit is None:

@@ -178,7 +178,7 @@ class MedbenchHF(GenerationOnlyModel):
                 and repr(requests[order[start + len(batch)]].args[1]) == settings_key
             ):
                 batch.append(order[start + len(batch)])
-            for index, answer in zip(batch, self._generate_batch([requests[i] for i in batch])):
+            for index, answer in zip(batch, self._generate_batch([requests[i] for i in batch]), strict=True):
                 answers[index] = answer
                 self.cache_hook.add_partial("generate_until", requests[index].args, answer)
             progress.update(len(batch))

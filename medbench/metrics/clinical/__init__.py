@@ -219,7 +219,7 @@ def chexbert_f1_from_labels(reference_labels: Sequence[Sequence[int]], predictio
 
 def positive_observations(labels: Sequence[int]) -> list[str]:
     """Names of the positive CheXpert observations of a 14-wide label vector (for the sample logs)."""
-    return [name for name, value in zip(CONDITIONS, labels) if value == 1]
+    return [name for name, value in zip(CONDITIONS, labels, strict=True) if value == 1]
 
 
 _models: dict[Any, Any] = {}
@@ -290,7 +290,7 @@ def radgraph_f1(predictions: Sequence[str], references: Sequence[str], settings:
     per_sample, entities = [], []
     cache: dict[str, Any] = {}  # references repeat across samples of a study; annotate each text once
     with _models_lock:
-        for prediction, reference in zip(predictions, references):
+        for prediction, reference in zip(predictions, references, strict=True):
             pair = []
             for text in (prediction, reference):
                 if text not in cache:

@@ -73,7 +73,7 @@ def multilabel_f1(references: Sequence[Sequence[int]], predictions: Sequence[Seq
     counts = []
     for column in columns:
         tp = fp = fn = 0
-        for reference, prediction in zip(references, predictions):
+        for reference, prediction in zip(references, predictions, strict=True):
             truth, guess = reference[column] == 1, prediction[column] == 1
             tp += truth and guess
             fp += guess and not truth

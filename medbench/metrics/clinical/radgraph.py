@@ -80,7 +80,7 @@ class FeedForward(nn.Module):
     def __init__(self, input_dim: int, num_layers: int, hidden_dims: int | Sequence[int]) -> None:
         super().__init__()
         dims = [hidden_dims] * num_layers if isinstance(hidden_dims, int) else list(hidden_dims)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip([input_dim] + dims[:-1], dims))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip([input_dim] + dims[:-1], dims, strict=True))
         self.output_dim = dims[-1] if dims else input_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
