@@ -540,12 +540,6 @@ def _compare(
             cell.mark = "better" if better else "worse"
 
 
-def summary_value(board: Board, row: Row, task: str) -> Cell | None:
-    """The row's cell in the task's primary metric."""
-    metric = board.primary.get(task)
-    return row.cells.get(f"{task}/{metric}") if metric else None
-
-
 def as_records(board: Board) -> list[dict[str, Any]]:
     """One flat record per (run, task metric): the CSV's rows."""
     records = []

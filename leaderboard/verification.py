@@ -53,6 +53,7 @@ from medbench.errors import MedbenchError
 from medbench.metrics.registry import METRICS, Metric
 from medbench.results import (
     FAILED_GENERATION_MARK,
+    SIDECAR_FOLDER,
     JudgeIdentity,
     RecordError,
     RunResults,
@@ -67,7 +68,6 @@ RESULTS_SCHEMA = "lmms-results-v1.schema.json"
 JUDGE_RESULTS_SCHEMA = "judge-results-v1.schema.json"
 JUDGE_VERDICT_SCHEMA = "judge-verdict-v1.schema.json"
 SIDECAR_SCHEMA = "judge-sidecar-v1.schema.json"
-SCHEMA_VERSION = "medbench-submission/1"
 
 
 # -------------------------------------------------------------------------------------------- loading
@@ -339,7 +339,7 @@ def _sidecar_files(root: Path, source: _TaskSource, limits: Limits) -> list[tupl
     found = []
     folder = source.samples_path.parent
     while folder.is_relative_to(root):
-        sidecars = folder / "medbench_judge"
+        sidecars = folder / SIDECAR_FOLDER
         if sidecars.is_dir():
             for path in sorted(sidecars.glob(f"*_{source.task}.json"))[-8:]:
                 found.append((path, read_bytes(root, path, limits.samples_bytes, f"the {source.task} judge sidecar")))

@@ -50,7 +50,6 @@ REPORT_FIELDS: dict[str, tuple[str, ...]] = {
     "reference": ("reference", "findings", "report", "caption", "gpt4_answer", "answer"),
 }
 _OPTIONAL_ID = "id"
-_MAX_PROBLEMS_SHOWN = 1
 
 
 @dataclass(frozen=True)

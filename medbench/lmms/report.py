@@ -51,7 +51,7 @@ from medbench.lmms.records import Deferred, score, warn_once
 from medbench.metrics import clinical, text
 from medbench.metrics.registry import DETAIL_KEY, METRICS, Answer, CorpusResult
 from medbench.metrics.text import MetricUnavailable
-from medbench.results import JudgeIdentity, SampleDetail
+from medbench.results import SIDECAR_FOLDER, JudgeIdentity, SampleDetail
 
 logger = logging.getLogger("medbench.report")
 
@@ -225,7 +225,7 @@ def _write_sidecar(report: Any, items: Sequence[Deferred], args: Any) -> None:
     output = getattr(args, "output_path", None)
     if not output:
         return
-    folder = Path(output) / "medbench_judge"
+    folder = Path(output) / SIDECAR_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
     document = {

@@ -43,7 +43,6 @@ from medbench.metrics.clinical.chexbert import encoder_config
 from medbench.metrics.text import MetricUnavailable
 
 BERT_PREFIX = "_embedder.token_embedder_bert._matched_embedder.transformer_model."
-ARCHIVE_FILES = ("config.json", "weights.th", "vocabulary")
 
 # RadGraph's own pre-tokenisation for the original model: a space around / , : . ! ? ( ) unless one is there.
 _RADGRAPH_SPLIT = re.compile(r"(?<! )(?=[/,-,:,.,!?()])|(?<=[/,-,:,.,!?()])(?! )")
