@@ -352,3 +352,16 @@ def test_runs_logged_in_another_order_are_paired_item_by_item(demo_results, tmp_
 def test_stored_runs_name_their_folder_not_the_operators_path(demo_results):
     (run,), _ = load_runs([demo_results["baseline"]])
     assert str(run.root) == "baseline" and os.sep + "tmp" not in json.dumps(run.provenance)
+
+
+def test_plots_are_redrawn_only_when_what_they_show_changes(demo_results, tmp_path, monkeypatch):
+    from medbench.leaderboard import plots
+
+    board = build_board(*load_runs([demo_results["baseline"], demo_results["tiny-llava"]]), baseline="medbench_baseline")
+    path = plots.plot_scores(board, tmp_path / "scores.png")
+    drawn = path.read_bytes()
+    monkeypatch.setattr(plots, "_pyplot", lambda: pytest.fail("an unchanged plot was drawn again"))
+    assert plots.plot_scores(board, tmp_path / "scores.png").read_bytes() == drawn
+    board.rows[0].cells[f"{VQA}/overall"].value += 0.1
+    with pytest.raises(pytest.fail.Exception, match="drawn again"):
+        plots.plot_scores(board, tmp_path / "scores.png")
