@@ -365,3 +365,21 @@ def test_plots_are_redrawn_only_when_what_they_show_changes(demo_results, tmp_pa
     board.rows[0].cells[f"{VQA}/overall"].value += 0.1
     with pytest.raises(pytest.fail.Exception, match="drawn again"):
         plots.plot_scores(board, tmp_path / "scores.png")
+
+
+def test_intervals_are_reused_only_while_their_inputs_are_unchanged(demo_results, tmp_path):
+    from medbench.leaderboard.cache import StatsCache
+
+    runs, rejected = load_runs([demo_results["baseline"], demo_results["tiny-llava"]])
+    fresh = build_board(runs, rejected, baseline="medbench_baseline")
+    cache = StatsCache(tmp_path / "stats")
+    first = build_board(runs, rejected, baseline="medbench_baseline", stats_cache=cache)
+    assert cache.hits == 0 and cache.misses > 0
+    again = build_board(runs, rejected, baseline="medbench_baseline", stats_cache=cache)
+    assert cache.hits == cache.misses
+    cells = [[(c.low, c.high, c.vs_baseline) for c in row.cells.values()] for board in (fresh, first, again) for row in board.rows]
+    assert cells[:2] == cells[2:4] == cells[4:]
+    entries, hits = cache.misses, cache.hits
+    runs[1].tasks[VQA].per_sample["overall"][0] = 1.0  # another input: that task is recomputed, the others reused
+    build_board(runs, rejected, baseline="medbench_baseline", stats_cache=cache)
+    assert cache.misses == entries + 2 and cache.hits == hits + entries - 2  # VQA-RAD's intervals and its tests
