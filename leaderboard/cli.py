@@ -14,11 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medbench.leaderboard.discovery import CACHE_DIR, STATS_CACHE_DIR
-from medbench.leaderboard.rules import printable
-
 from medbench import stats
 from medbench.errors import MedbenchError
+from medbench.leaderboard.discovery import CACHE_DIR, STATS_CACHE_DIR
+from medbench.leaderboard.rules import printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -16,7 +16,7 @@ from medbench.cli import main as medbench_main
 from medbench.leaderboard.board import build_board, load_runs
 from medbench.leaderboard.rules import Limits, Rejected, printable
 from medbench.leaderboard.safe_io import loads
-from medbench.leaderboard.verification import load_run, safe_load_run, board_references
+from medbench.leaderboard.verification import board_references, load_run, safe_load_run
 
 VQA = "medbench_vqa_rad"
 MIMIC = "medbench_mimic_cxr"
@@ -219,7 +219,7 @@ def _cherry_pick(folder: Path) -> None:
     kept: dict[str, int] = {}
     for task in ("medbench_vqa_rad", "medbench_slake", "medbench_pathvqa"):
 
-        def keep_right(records):
+        def keep_right(records, task=task):
             records[:] = [r for r in records if r.get("overall") == 1.0]
             for index, record in enumerate(records):
                 record["doc_id"] = index
@@ -227,7 +227,7 @@ def _cherry_pick(folder: Path) -> None:
 
         forge_vqa(folder, task, keep_right)
 
-        def counts(document):
+        def counts(document, task=task):
             document["n-samples"][task] = {"original": kept[task], "effective": kept[task]}
             entry = document["results"][task]
             records = [json.loads(x) for x in samples_file(folder, task).read_text().splitlines()]

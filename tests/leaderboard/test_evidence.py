@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _lbfiles import copy_run, edit_results, edit_samples, results_file, samples_file
+
+from medbench import stats
+from medbench.cli import main as medbench_main
 from medbench.leaderboard.board import build_board, load_runs
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.render import render_html
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.verification import board_references, load_run, safe_load_run
-
-from medbench import stats
-from medbench.cli import main as medbench_main
 
 VQA = "medbench_vqa_rad"
 AMBOSS = "medbench_amboss"
