@@ -455,3 +455,14 @@ def test_floating_point_noise_at_a_bound_is_no_range_violation():
     samples[0].record["bertscore_f1"]["score"] = 1.001
     with pytest.raises(VerificationError, match="outside the metric's range"):
         check_metric("t", "bertscore_f1", REGISTRY["bertscore_f1"], samples, 1.001, bounds=(-1.0, 1.0))
+
+
+@pytest.mark.parametrize("logged", ["<thinking>no effusion? no, look again</thinking> yes", "<think>not no</think>yes", "yes"])
+def test_a_reasoning_answer_is_recomputed_as_the_task_scored_it(logged):
+    # lmms-eval's CLI strips only some reasoning tags before the task scores; the task strips all it knows
+    # (medbench.reasoning), and the board recomputes the logged text the same way.
+    from medbench.leaderboard.recompute import REGISTRY, Sample, check_metric
+
+    samples = [Sample(0, "a", logged, "yes", "CLOSED", {"closed_accuracy": 1.0})]
+    check = check_metric("t", "closed_accuracy", REGISTRY["closed_accuracy"], samples, 1.0)
+    assert check.verdict == "recomputed"

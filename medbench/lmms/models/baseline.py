@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from medbench.lmms.models.base import GenerationOnlyModel
+from medbench.lmms.models.base import GenerationOnlyModel, process_device
 
 _AUXILIARY_VERBS = frozenset(
     "is are was were does do did can could has have had will would should shall may might must".split()
@@ -38,6 +38,7 @@ class MedbenchBaseline(GenerationOnlyModel):
         self.open_answer = str(open_answer)
         self.report = str(report)
         self.batch_size = 1
+        self.device_name = process_device()
 
     def answer(self, doc: dict) -> str:
         """The baseline's answer to a document."""
