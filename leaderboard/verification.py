@@ -30,6 +30,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from medbench.data.fingerprint import DataFingerprint, fingerprint_items, item_key, reference_data
+from medbench.data.sources import get_source
+from medbench.errors import MedbenchError
 from medbench.leaderboard import provenance
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.copies import normalised_answers
@@ -46,10 +49,6 @@ from medbench.leaderboard.recompute import (
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.runs import Run, TaskScores
 from medbench.leaderboard.safe_io import parse, parse_lines, read_bytes, read_json, relative, schema_problem
-
-from medbench.data.fingerprint import DataFingerprint, fingerprint_items, item_key, reference_data
-from medbench.data.sources import get_source
-from medbench.errors import MedbenchError
 from medbench.metrics.registry import METRICS, Metric
 from medbench.results import (
     FAILED_GENERATION_MARK,
@@ -775,9 +774,8 @@ def _hash(text: str) -> str:
 
 def _verifier_identity(references: dict[str, list[DataFingerprint]]) -> str:
     # A cached verdict is only reused by the same verifier, task versions and reference data.
-    from medbench.leaderboard import __version__
-
     from medbench import __version__ as medbench_version
+    from medbench.leaderboard import __version__
 
     return json.dumps(
         {

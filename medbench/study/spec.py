@@ -244,14 +244,25 @@ def _expand_vars(value: Any, where: str) -> Any:
 
 
 def _flags(mapping: dict[str, Any], where: str) -> list[str]:
-    """``{"beta": 0.1, "use_lora": true}`` -> ``["--beta", "0.1", "--use_lora", "true"]``."""
+    """``{"beta": 0.1, "use_lora": true, "rewards": [a, b], "max_length": null}`` ->
+    ``["--beta", "0.1", "--use_lora", "true", "--rewards", "a,b", "--max_length", "null"]``.
+
+    A list of plain values becomes the comma-separated form ``medbench train`` reads for list settings; ``null``
+    un-states a setting (e.g. a study-wide DPO setting a GRPO recipe does not have).
+    """
     if not isinstance(mapping, dict):
         raise MedbenchError(f"{where}: expected a mapping of option: value")
+
+    def word(value: Any) -> str:
+        if value is None:
+            return "null"
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
     argv = []
     for key, value in mapping.items():
-        if isinstance(value, (dict, list)):
-            raise MedbenchError(f"{where}.{key}: give a single value (a string, number or boolean)")
-        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+            raise MedbenchError(f"{where}.{key}: give a single value or a list of plain values")
+        argv += [f"--{key}", ",".join(word(v) for v in value) if isinstance(value, list) else word(value)]
     return argv
 
 

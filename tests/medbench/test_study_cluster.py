@@ -242,3 +242,12 @@ def test_plan_json_carries_each_cells_resources_for_other_schedulers(capsys):
     assert cells["llava_med_v1_5/dpo/s42/train"]["resources"] == {"gpus": 8, "cpus": 64, "mem": "480G",
                                                                   "time": "2-00:00:00", "nodes": 1}
     assert cells["llava_med_v1_5/dpo/s42/train"]["command"][:4] == ["accelerate", "launch", "--num_processes", "8"]
+
+
+def test_study_settings_lists_and_null_become_train_flags():
+    from medbench.study.spec import _flags
+
+    argv = _flags({"rewards": ["closed_exact", "judge_nli"], "max_length": None, "use_lora": True}, "s.yaml: train")
+    assert argv == ["--rewards", "closed_exact,judge_nli", "--max_length", "null", "--use_lora", "true"]
+    with pytest.raises(MedbenchError, match=r"s.yaml: train.x: give a single value or a list of plain values"):
+        _flags({"x": [[1]]}, "s.yaml: train")
