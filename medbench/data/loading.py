@@ -188,10 +188,19 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
 ANSWER_TYPES = ("CLOSED", "OPEN")
 
 
-def _pick(record: dict, names: tuple[str, ...]) -> Any:
+def pick_field(record: dict, names: tuple[str, ...]) -> Any:
+    """The value of the first of ``names`` that ``record`` fills (the alias tables :data:`VQA_FIELDS`, ...).
+
+    ``None`` and a blank string count as absent, so an empty alias never hides a filled one.
+
+    Args:
+        record: One row of a JSON/JSON-lines file.
+        names: Accepted field names, preferred first.
+    """
     for name in names:
-        if name in record and record[name] is not None:
-            return record[name]
+        value = record.get(name)
+        if value is not None and not (isinstance(value, str) and not value.strip()):
+            return value
     return None
 
 
@@ -270,7 +279,7 @@ def read_local_records(resolved: ResolvedSource, *, check_images: bool = True) -
             continue
         if source.kind == "vqa" and str(record.get("q_lang", "en")).lower() != "en":
             continue  # SLAKE carries Chinese questions too; the benchmark uses the English ones
-        values = {name: _pick(record, aliases) for name, aliases in fields.items()}
+        values = {name: pick_field(record, aliases) for name, aliases in fields.items()}
         # A blank answer ("   ") is as missing as an absent one: it would be scored against every prediction.
         missing = [name for name, value in values.items() if name != _OPTIONAL_ID and (value is None or not str(value).strip())]
         if missing:

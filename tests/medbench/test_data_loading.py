@@ -273,3 +273,14 @@ def test_slake_without_network_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(DataError, match="could not fetch BoKelvin/SLAKE .*set MEDBENCH_SLAKE to a local copy"):
         load_task_docs("medbench_slake", {})
+
+
+def test_a_blank_alias_never_hides_a_filled_one():
+    from medbench.data.loading import VQA_FIELDS, pick_field
+
+    names = VQA_FIELDS["answer"]
+    assert len(names) >= 2
+    assert pick_field({names[0]: "  ", names[1]: "yes"}, names) == "yes"
+    assert pick_field({names[0]: None, names[1]: "no"}, names) == "no"
+    assert pick_field({names[0]: 0}, names) == 0  # a falsy value that is not blank is a value
+    assert pick_field({names[0]: ""}, names) is None

@@ -129,13 +129,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _pick(raw: dict[str, Any], names: tuple[str, ...]) -> Any:
-    for name in names:
-        if raw.get(name) not in (None, ""):
-            return raw[name]
-    return None
-
-
 def read_supervised(source: str, image_root: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read (id, image, question, answer) items from a file or a medbench task name, without failing on bad rows.
 
@@ -178,6 +171,8 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _items_from_json(rows, root: Path, fields, where_prefix: str) -> list[dict[str, Any]]:
+    from medbench.data.loading import pick_field
+
     items = []
     # answer_type rides along for readers that score answers (GRPO rewards); the builder ignores it.
     aliases = {**fields, "answer": ("chosen", *fields["answer"]), "answer_type": ("answer_type",)}
@@ -193,7 +188,7 @@ def _items_from_json(rows, root: Path, fields, where_prefix: str) -> list[dict[s
             turns = raw.get("conversations") or []
             texts = [t.get("value") for t in turns if isinstance(t, dict)]
             raw = {**raw, "question": texts[0] if texts else None, "answer": texts[1] if len(texts) > 1 else None}
-        item = {name: _pick(raw, names) for name, names in aliases.items()}
+        item = {name: pick_field(raw, names) for name, names in aliases.items()}
         item["id"] = str(item["id"]) if item["id"] is not None else str(number)
         item["where"] = where
         for key in ("box", "bbox"):
