@@ -25,9 +25,27 @@ RECIPES = [path.stem for path in recipe_paths() if not load_recipe(path).online]
 ARCHES = ["llava", "qwen2_5_vl"]
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
-@pytest.mark.parametrize("arch", ARCHES)
-@pytest.mark.parametrize("recipe_name", RECIPES)
+MODES = ["full", "lora"]
+
+
+def _recipe_grid() -> list:
+    """Every recipe x architecture x mode; by default each recipe trains once, the rest is ``slow``.
+
+    The default cases rotate through the architectures and modes, so every recipe, every architecture and both
+    modes train in every suite (the loss values themselves are checked term by term in test_terms.py); the full
+    grid, four times the training runs, is ``pytest -m slow``.
+    """
+    grid = []
+    for index, recipe in enumerate(RECIPES):
+        default = (ARCHES[index % len(ARCHES)], MODES[(index // len(ARCHES)) % len(MODES)])
+        for arch in ARCHES:
+            for mode in MODES:
+                marks = () if (arch, mode) == default else (pytest.mark.slow,)
+                grid.append(pytest.param(recipe, arch, mode, marks=marks, id=f"{recipe}-{arch}-{mode}"))
+    return grid
+
+
+@pytest.mark.parametrize(("recipe_name", "arch", "mode"), _recipe_grid())
 def test_recipe_trains_two_steps(tmp_path, tiny_model_dirs, pref_file, recipe_name, arch, mode):
     recipe = load_recipe(recipe_name, {**FAST, "use_lora": mode == "lora"})
     result = train(recipe, tiny_model_dirs[arch], pref_file, tmp_path / "run")
