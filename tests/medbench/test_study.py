@@ -91,9 +91,9 @@ def test_plan_prints_one_command_per_cell_with_accelerate_for_training(tmp_path,
 def test_the_paper_study_plans_here():
     study = load_study(Path(__file__).resolve().parents[2] / "medbench" / "studies" / "paper.yaml")
     trains = [cell for cell in study.cells if cell.kind == "train"]
-    assert len(trains) == 2 * (9 + 1)  # two backbones x (nine variants + SFT), one seed
-    assert all("--learning_rate" in cell.argv and cell.argv[cell.argv.index("--learning_rate") + 1] == "1e-07"
-               for cell in trains)
+    assert len(trains) == 2 * (9 + 1 + 1)  # two backbones x (nine variants + GRPO + SFT), one seed
+    rates = {cell.id: cell.argv[cell.argv.index("--learning_rate") + 1] for cell in trains}
+    assert all(rate == ("1e-06" if "/grpo/" in cell else "1e-07") for cell, rate in rates.items())
     assert len(plan_lines(study)) == 1 + 2 * len(study.cells)
 
 
