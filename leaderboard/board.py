@@ -322,6 +322,7 @@ def build_board(
     for task in dict.fromkeys(column.task for column in columns):
         _intervals(task, rows, matrices, iterations, alpha)
         _compare(task, pairs, matrices, iterations, alpha)
+    shown_tasks = {column.task for column in columns}
     for row in rows:
         sampled = sorted(task for task, scores in row.run.tasks.items() if scores.decoding.get("sampled"))
         if sampled:
@@ -330,7 +331,8 @@ def build_board(
             )
         for task, departures in row.run.nonstandard.items():
             notes.append(f"{row.run.name}: non-standard {task} ({'; '.join(departures)})")
-        missing = [task for task in task_order() if task not in row.run.tasks]
+        # Only tasks the board shows: a run is not "missing" a task no run on the board was evaluated on.
+        missing = [task for task in task_order() if task not in row.run.tasks and task in shown_tasks]
         if missing:
             notes.append(f"{row.run.name}: not evaluated on {', '.join(missing)}")
     return Board(

@@ -75,9 +75,14 @@ def _submission(study: Study, cell: Cell) -> dict:
         "variant": meta["variant"],
     }
     if meta["variant"] != BASE and meta["backbone"] != REFERENCE:
-        if any(c.meta.get("variant") == BASE and c.meta.get("backbone") == meta["backbone"] for c in study.cells):
+        train_cell = next(study.cell(dep) for dep in cell.deps if study.cell(dep).kind == "train")
+        # base_model is the model this cell was trained from: its seed's SFT (variants_from: sft) or the base.
+        start = next((study.cell(dep) for dep in train_cell.deps if study.cell(dep).kind == "train"), None)
+        if start is not None:
+            manifest["base_model"] = display_name(start.meta["backbone"], start.meta["variant"], start.meta["seed"])
+        elif any(c.meta.get("variant") == BASE and c.meta.get("backbone") == meta["backbone"] for c in study.cells):
             manifest["base_model"] = display_name(meta["backbone"], BASE, None)
-        train = study.folder(next(study.cell(dep) for dep in cell.deps if study.cell(dep).kind == "train"))
+        train = study.folder(train_cell)
         if (train / TRAINING_METADATA).is_file():
             shutil.copy(train / TRAINING_METADATA, study.folder(cell) / TRAINING_METADATA)
             manifest["training_metadata"] = TRAINING_METADATA
