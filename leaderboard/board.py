@@ -19,7 +19,7 @@ import numpy as np
 
 from medbench.data.fingerprint import DataFingerprint
 from medbench.errors import MedbenchError
-from medbench.leaderboard import stats
+from medbench import stats
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.discovery import find_submissions
 from medbench.leaderboard.rules import Limits, Rejected
@@ -443,7 +443,7 @@ def _compare(task: str, pairs: list[tuple[Row, Row, str]], matrices: _Matrices, 
     run_matrix = (np.hstack(mine_values), np.hstack(mine_mask))
     other_matrix = (np.hstack(theirs_values), np.hstack(theirs_mask))
     draws = stats.resampler(task, run_matrix[0].shape[0], iterations)
-    result = stats.paired_test(draws, run_matrix, other_matrix, alpha)
+    result = stats.paired_test(draws, run_matrix, other_matrix, alpha, method="sign_flip")
     for index, (row, slot, column) in enumerate(picked):
         cell = row.cells.get(column.key)
         if cell is None or not result.n_pairs[index]:

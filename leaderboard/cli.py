@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medbench.errors import MedbenchError
-from medbench.leaderboard import stats
+from medbench import stats
 from medbench.leaderboard.discovery import CACHE_DIR
 from medbench.leaderboard.rules import printable
 

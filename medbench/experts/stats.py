@@ -1,4 +1,6 @@
-"""Agreement statistics for expert ratings: Cohen's kappa, Fleiss' kappa, Krippendorff's alpha, bootstrap CIs.
+"""Agreement statistics for expert ratings: Cohen's kappa, Fleiss' kappa, Krippendorff's alpha.
+
+Their bootstrap intervals come from :func:`medbench.stats.bootstrap_statistic`, the project's one bootstrap.
 
 Ratings are category labels (any hashable). Ordinal scales pass their categories in order, so weighted
 kappa and ordinal alpha know the distances. Every function returns ``None`` when the statistic is undefined
@@ -20,9 +22,8 @@ Definitions (the textbook ones):
 
 from __future__ import annotations
 
-import random
 from collections import Counter
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 Label = Hashable
 
@@ -165,39 +166,9 @@ def krippendorff_alpha(
     return 1.0 - observed / expected
 
 
-def bootstrap_ci(
-    units: Sequence[Any],
-    statistic: Callable[[Sequence[Any]], float | None],
-    *,
-    confidence: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of ``statistic`` over ``units`` resampled with replacement.
-
-    Items (not single ratings) are the resampling unit, so ratings of one item stay together. Resamples where
-    the statistic is undefined are dropped; ``None`` when fewer than two units or no resample is defined.
-    """
-    if len(units) < 2:
-        return None
-    rng = random.Random(seed)
-    values = []
-    for _ in range(resamples):
-        value = statistic([units[rng.randrange(len(units))] for _ in range(len(units))])
-        if value is not None:
-            values.append(value)
-    if not values:
-        return None
-    values.sort()
-    tail = (1 - confidence) / 2
-    low = values[min(len(values) - 1, max(0, int(tail * len(values))))]
-    high = values[min(len(values) - 1, max(0, int((1 - tail) * len(values)) - 1))]
-    return (low, high)
-
-
 def mean(values: Sequence[float]) -> float | None:
     """The arithmetic mean, ``None`` for no values."""
     return sum(values) / len(values) if values else None
 
 
-__all__ = ["bootstrap_ci", "cohen_kappa", "fleiss_kappa", "krippendorff_alpha", "mean"]
+__all__ = ["cohen_kappa", "fleiss_kappa", "krippendorff_alpha", "mean"]

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from medbench.experts import stats
 from medbench.experts.annotations import AnnotationSet
 from medbench.experts.rubric import CORRECTNESS, SEVERITY, TIE, Rubric, load_rubric
+from medbench.stats import bootstrap_statistic
 
 SUMMARY_SCHEMA = "medbench-experts-summary/1"
 SUMMARY_FILE = "experts_summary.json"
@@ -33,7 +34,7 @@ def _estimate(
 ) -> dict[str, Any]:
     """``{"value", "ci", "n"}``: the statistic, its bootstrap CI over ``units`` (items) and ``n`` outputs."""
     value = statistic(units)
-    interval = stats.bootstrap_ci(units, statistic, seed=seed) if value is not None else None
+    interval = bootstrap_statistic(units, statistic, seed=seed) if value is not None else None
     return {"value": value, "ci": list(interval) if interval else None, "n": len(units) if n is None else n}
 
 

@@ -7,7 +7,7 @@ per pair).
 
 Seeds are folded per item: a variant's value on an item is the mean over its seeds, so every comparison is
 *paired over the same held-out items* and its 95% interval is the percentile bootstrap over items of the mean
-difference (:mod:`medbench.leaderboard.stats`, the board's own resampling; 1,000 draws, seeded by the
+difference (:mod:`medbench.stats`, the board's own resampling; 1,000 draws, seeded by the
 comparison's name). A claim holds when the interval of every difference it names lies above 0.
 
 The claims (checked per backbone):
@@ -124,7 +124,7 @@ def _vector(values: dict[str, list[float]], items: list[str]) -> np.ndarray:
 
 
 def _estimate(name: str, values: dict[str, list[float]]) -> dict[str, Any]:
-    from medbench.leaderboard import stats
+    from medbench import stats
 
     items = sorted(values)
     vector = _vector(values, items)[:, None]
@@ -133,7 +133,7 @@ def _estimate(name: str, values: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def _difference(name: str, mine: dict[str, list[float]], theirs: dict[str, list[float]]) -> dict[str, Any] | None:
-    from medbench.leaderboard import stats
+    from medbench import stats
 
     items = sorted(set(mine) & set(theirs))
     if not items:

@@ -8,11 +8,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from _lbfiles import copy_run
 
-from medbench.leaderboard import stats
 from medbench.leaderboard.board import all_columns, as_records, build_board, load_runs
 from medbench.leaderboard.render import csv_cell, md, render_html, render_markdown, write_csv
 from medbench.leaderboard.safe_io import load_schema, schema_problem
@@ -126,52 +124,6 @@ def test_judge_metrics_are_read_from_both_judge_paths(judged_results, tmp_path):
     assert rescored.cells["medbench_amboss/judge_completeness"].low is not None  # per-sample verdicts give a CI
     html = render_html(board)
     assert "loopback-judge" in html and "nli-v1" in html
-
-
-# ------------------------------------------------------------------------------------------ statistics
-
-
-def test_bootstrap_matches_a_plain_resampling_loop():
-    values = [0.0, 1.0, 1.0, 0.5, None, 1.0, 0.0, 0.25]
-    draws = stats.resampler("t", len(values), 200)
-    matrix, mask = stats.as_matrix([values])
-    low, high = stats.bootstrap_ci(draws, matrix, mask)
-    means = []
-    for counts in draws.weights:
-        drawn = [v for v, c in zip(values, counts) for _ in range(int(c)) if v is not None]
-        if drawn:
-            means.append(sum(drawn) / len(drawn))
-    assert low[0] == pytest.approx(np.quantile(means, 0.025)) and high[0] == pytest.approx(np.quantile(means, 0.975))
-
-
-def test_bootstrap_interval_is_close_to_the_normal_interval_for_many_items():
-    rng = np.random.default_rng(0)
-    values = list(rng.random(2000))
-    matrix, mask = stats.as_matrix([values])
-    low, high = stats.bootstrap_ci(stats.resampler("big", 2000), matrix, mask)
-    half_width = 1.96 * np.std(values, ddof=1) / np.sqrt(2000)
-    assert low[0] == pytest.approx(np.mean(values) - half_width, abs=0.004)
-    assert high[0] == pytest.approx(np.mean(values) + half_width, abs=0.004)
-
-
-def test_paired_test_identical_runs_have_p_one_and_clear_wins_small_p():
-    draws = stats.resampler("pair", 12)
-    same = stats.as_matrix([[0.1 * i for i in range(12)]])
-    result = stats.paired_test(draws, same, same)
-    assert result.difference[0] == 0 and result.p_value[0] == 1.0
-    better = stats.as_matrix([[0.1 * i + 1 for i in range(12)]])
-    result = stats.paired_test(draws, better, same)
-    # exact sign-flip p-value for 12 positive differences is 2 / 4096; the Monte Carlo estimate is (k+1)/(B+1)
-    assert result.difference[0] == pytest.approx(1.0) and result.p_value[0] < 0.01
-    assert result.low[0] == pytest.approx(1.0) and result.high[0] == pytest.approx(1.0)
-
-
-def test_paired_test_uses_only_items_both_runs_scored():
-    draws = stats.resampler("mask", 4)
-    run = stats.as_matrix([[1.0, None, 1.0, 0.0]])
-    base = stats.as_matrix([[0.0, 1.0, None, 0.0]])
-    result = stats.paired_test(draws, run, base)
-    assert result.n_pairs[0] == 2 and result.difference[0] == pytest.approx(0.5)
 
 
 # -------------------------------------------------------------------------------------- output formats

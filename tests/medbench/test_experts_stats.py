@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from medbench.experts.stats import bootstrap_ci, cohen_kappa, fleiss_kappa, krippendorff_alpha
+from medbench.experts.stats import cohen_kappa, fleiss_kappa, krippendorff_alpha
 
 
 def test_cohen_kappa_two_by_two_by_hand():
@@ -120,14 +120,6 @@ def test_krippendorff_two_raters_small_case_by_hand():
     assert krippendorff_alpha([["a", "a"], ["a", "b"], ["b", "b"]]) == pytest.approx(4 / 9)
     assert krippendorff_alpha([["a"], ["b", None]]) is None
     assert krippendorff_alpha([["a", "a"], ["a", "a"]]) is None
-
-
-def test_bootstrap_interval():
-    values = [0, 1] * 50
-    low, high = bootstrap_ci(values, lambda sample: sum(sample) / len(sample), seed=3)
-    assert 0.38 < low < 0.5 < high < 0.62
-    assert bootstrap_ci(values, lambda sample: sum(sample) / len(sample), seed=3) == (low, high)
-    assert bootstrap_ci([1], lambda sample: 1.0) is None
 
 
 def test_expert_modules_are_light():
