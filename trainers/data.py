@@ -106,6 +106,7 @@ def _normalise(raw: Any, where: str, number: int) -> Record:
             record["question"] = _strip_placeholder(record["question"])
     record["image"] = _single_path(raw.get("image"), where, "image")
     record["rejected_image"] = _single_path(raw.get("rejected_image"), where, "rejected_image")
+    record["control_image"] = _single_path(raw.get("control_image"), where, "control_image")
     weight = raw.get("weight", raw.get("weighted_score"))
     if weight is not None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
@@ -150,7 +151,7 @@ def load_preference_file(
         where = f"{path}:{number}"
         record = _normalise(raw, where, number)
         record["_where"] = where
-        for key, base in (("image", root), ("rejected_image", rejected_root)):
+        for key, base in (("image", root), ("rejected_image", rejected_root), ("control_image", rejected_root)):
             if record[key] is None:
                 continue
             resolved = Path(record[key]).expanduser()
@@ -324,7 +325,7 @@ def preprocessing_key(records: list[Record], data: str | Path, processor: Any, o
 
     image_digests = {}
     for record in records:
-        for name in ("image", "rejected_image"):
+        for name in ("image", "rejected_image", "control_image"):
             path = record.get(name)
             if isinstance(path, str) and path not in image_digests:
                 image_digests[path] = file_sha256(path)
