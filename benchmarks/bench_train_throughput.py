@@ -43,9 +43,10 @@ STUDY_TRAIN = {  # the tiny study's training settings (medbench/studies/tiny.yam
 
 def prepare(root: Path, n_items: int) -> tuple[Path, dict[str, Path]]:
     """The study model and the SFT / DPO preference files, built as the study builds them."""
+    from medbench.train.prefs.build import BuildOptions, build
+
     from medbench.synth import corpus_of, make_lesion_vqa
     from medbench.tiny import build_tiny_model
-    from medbench.train.prefs.build import BuildOptions, build
 
     make_lesion_vqa(root / "data", n_items, 8, seed=0, progress=False)
     model = build_tiny_model(root / "model", "llava", corpus=corpus_of([root / "data" / "train.jsonl"]), seed=0,
@@ -94,11 +95,10 @@ def floor_rate(recipe_name: str, model_dir: Path, data: Path, steps: int, warmup
     """Steps/s of a bare PyTorch loop over the same model and the same preprocessed batches."""
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from medbench.train.collator import CachedCollator, PreferenceCollator, indexed_dataset
     from medbench.train.data import load_or_preprocess, load_preference_file
     from medbench.train.objectives import get_objective
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     torch.manual_seed(1)
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -163,11 +163,11 @@ def main() -> None:
         for round_index in range(args.rounds):
             for recipe in ("sft", "dpo"):
                 loops = {
-                    "per-step collation": lambda: medbench_rate(recipe, model, prefs[recipe], root / "out", args.steps,
-                                                                args.warmup, preprocess=False),
-                    "preprocessed": lambda: medbench_rate(recipe, model, prefs[recipe], root / "out", args.steps,
-                                                          args.warmup, preprocess=True),
-                    "bare PyTorch": lambda: floor_rate(recipe, model, prefs[recipe], args.steps, args.warmup),
+                    "per-step collation": lambda r=recipe: medbench_rate(r, model, prefs[r], root / "out", args.steps,
+                                                                         args.warmup, preprocess=False),
+                    "preprocessed": lambda r=recipe: medbench_rate(r, model, prefs[r], root / "out", args.steps,
+                                                                   args.warmup, preprocess=True),
+                    "bare PyTorch": lambda r=recipe: floor_rate(r, model, prefs[r], args.steps, args.warmup),
                 }
                 for name, loop in loops.items():
                     rates.setdefault(recipe, {}).setdefault(name, []).append(loop())

@@ -444,7 +444,7 @@ def load_or_preprocess(records: list[Record], data: str | Path, collator: Any) -
             if isinstance(stored, PreprocessedRecords) and stored.key == key and len(stored) == len(records):
                 logger.info("preprocessed training set: %s (reused)", path)
                 return stored
-        except Exception as error:  # a truncated or foreign file is rebuilt, not trusted
+        except Exception as error:  # noqa: BLE001 - torch.load raises many types; an unreadable file is rebuilt
             logger.warning("preprocessed training set %s is unreadable (%s); rebuilding it", path, error)
     prepared = preprocess_records(records, collator, key)
     folder.mkdir(parents=True, exist_ok=True)

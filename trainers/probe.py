@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
+from medbench.study.analysis import PROBE_SCORES
 
-SCORES_FILE = "scores.jsonl"
+SCORES_FILE = PROBE_SCORES  # the study's analysis reads it
 SUMMARY_FILE = "summary.json"
 QUANTITIES = ("margin", "correct", "image_dependence", "control_dependence", "lesion_evidence")
 
@@ -133,12 +134,3 @@ def score_file(model_dir: str, data: str | Path, output_dir: str | Path, *, imag
     summary = {"model": str(model_dir), "data": str(data), "data_sha256": file_sha256(data), **summarise(scores)}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def read_scores(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """``scores.jsonl`` of a ``prefs score`` folder as id -> entry."""
-    path = Path(folder) / SCORES_FILE
-    if not path.is_file():
-        raise MedbenchError(f"{path}: no held-out scores; run `medbench prefs score MODEL DATA --output_dir {folder}`")
-    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {entry["id"]: entry for entry in entries}

@@ -251,7 +251,7 @@ def _build_board(study: Study, runs: list[Path], out: Path) -> Path:
     if study.probe:
         from medbench.study.analysis import write_analysis
 
-        write_analysis(study, out)
+        write_analysis(study, out, {cell.id for cell in study.cells if cell_state(study, cell) == "done"})
     return out
 
 

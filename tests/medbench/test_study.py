@@ -131,13 +131,15 @@ def _prepared_study(folder: Path, **changes) -> Path:
         "base": True,
         "variants_from": "sft",
         "data": {"build": ["{prepare:data}/train.jsonl", "--prompt_of", "medbench_vqa_rad", "--no_progress"]},
-        "probe": {"build": ["{prepare:data}/test.jsonl", "--recipe", "mdpo", "--corruption", "blackout",
+        "probe": {"build": ["{prepare:data}/test.jsonl", "--recipe", "mdpo", "--corruption", "fill", "--control",
                             "--no_progress"], "args": ["--batch_size", "8"]},
         "train": FAST_TRAIN,
-        "eval": {"model": "medbench_hf", "tasks": ["medbench_vqa_rad"], "args": ["--batch_size", "8"],
+        "eval": {"model": "medbench_hf", "tasks": ["medbench_vqa_rad", "medbench_vqa_rad_blind"],
+                 "args": ["--batch_size", "8"],
                  "env": {"MEDBENCH_VQA_RAD": "{prepare:data}/test.jsonl", "MEDBENCH_METEOR": "off"},
-                 "references": {"medbench_baseline": {"model": "medbench_baseline"}}},
-        "board": {"baseline": "sft"},
+                 "references": {"prior_only": {"model": "medbench_baseline",
+                                               "model_args": "prior={prepare:data}/train.jsonl"},
+                                "medbench_baseline": {"model": "medbench_baseline"}}},
     }
     spec.update(changes)
     path = folder / "study.yaml"
@@ -227,16 +229,23 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path):
     assert all(cell_state(study, cell) == "done" for cell in study.cells if cell.kind != "board")
 
     board = (out / "t" / "board" / "leaderboard.csv").read_text()
-    assert all(name in board for name in ("tiny dpo (seed 1)", "tiny sft (seed 1)", "tiny base", "medbench_baseline"))
+    assert all(name in board for name in ("tiny dpo (seed 1)", "tiny sft (seed 1)", "tiny base", "medbench_baseline",
+                                          "prior_only", "medbench_vqa_rad_blind"))
     manifest = json.loads((study.folder(study.cell("tiny/dpo/s1/eval")) / "medbench-submission.json").read_text())
     assert manifest["base_model"] == "tiny sft (seed 1)" and manifest["training_metadata"] == "medbench_train.json"
     analysis = json.loads((out / "t" / "board" / "study.json").read_text())
     assert [claim["claim"] for claim in analysis["claims"]] == [
-        "sft_learns_the_task", "preference_training_raises_margin", "copo_family_raises_image_dependence"]
-    sft_vs = {(c["against"], c["quantity"]) for c in analysis["comparisons"] if c["variant"] == "sft"}
-    assert {("base", "accuracy"), ("medbench_baseline", "accuracy")} <= sft_vs
+        "sft_learns_the_task", "preference_training_raises_margin", "copo_family_raises_lesion_evidence"]
+    sft_vs = {(c["against"], c["quantity"], c["group"]) for c in analysis["comparisons"] if c["variant"] == "sft"}
+    assert {("base", "accuracy", "all"), ("prior_only", "accuracy", "all"), ("medbench_baseline", "accuracy", "side"),
+            ("sft (blind_accuracy)", "accuracy", "presence")} <= sft_vs
+    # Each lesion kind is one piece of the first claim's evidence per reference, plus the blind comparison.
+    kinds = [group for group in analysis["groups"] if group in ("presence", "side", "count")]
+    assert len(analysis["claims"][0]["evidence"]) == 3 * len(kinds) and "conditional" in analysis["intervals"]
     dpo = next(row for row in analysis["estimates"] if row["variant"] == "dpo")
-    assert dpo["correct"]["n"] == 16 and dpo["accuracy"]["n"] == 16 and dpo["image_dependence"]["low"] <= dpo["image_dependence"]["high"]
+    assert dpo["correct"]["all"]["n"] == 16 and dpo["accuracy"]["all"]["n"] == 16
+    assert dpo["lesion_evidence"]["all"]["low"] <= dpo["lesion_evidence"]["all"]["high"]
+    assert dpo["blind_accuracy"]["all"]["n"] == 16 and "image_reliance" in dpo
     assert (out / "t" / "board" / "study.png").is_file()
     status = subprocess.run([*command[:4], "status", str(path), "--out", str(out)], capture_output=True, text=True,
                             check=True)
