@@ -241,6 +241,8 @@ def _build_board(study: Study, runs: list[Path], out: Path) -> Path:
 
     # Two cells of one study may train identically (error_targeted is CoPO when every error is visual): keep both.
     argv = ["leaderboard", "build", *map(str, runs), "--out", str(out), "--keep-identical"]
+    if study.probe:  # the analysis is written beside the board, after it: link it from the page
+        argv += ["--link", "The study's claims, per question kind (study.md)=study.md", "--link", "study.png=study.png"]
     if study.baseline:
         first = next((c for c in study.cells if c.kind == "eval" and c.meta["variant"] == study.baseline), None)
         if first is not None and cell_state(study, first) == "done":

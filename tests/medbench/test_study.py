@@ -247,6 +247,9 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path):
     assert dpo["lesion_evidence"]["all"]["low"] <= dpo["lesion_evidence"]["all"]["high"]
     assert dpo["blind_accuracy"]["all"]["n"] == 16 and "image_reliance" in dpo
     assert (out / "t" / "board" / "study.png").is_file()
+    page = (out / "t" / "board" / "index.html").read_text()
+    assert 'href="study.md"' in page and 'href="study.png"' in page  # the claims are linked from the board page
+    assert "not evaluated on" not in page  # no notes about tasks the study did not ask for
     status = subprocess.run([*command[:4], "status", str(path), "--out", str(out)], capture_output=True, text=True,
                             check=True)
     assert status.stdout.strip().splitlines()[-1] == f"{len(study.cells)} done"
@@ -256,16 +259,71 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path):
 
 
 def test_differences_are_paired_over_shared_items_and_a_claim_needs_every_interval_above_zero():
-    from medbench.study.analysis import _claim, _difference
+    from medbench.study.analysis import ModelValues, _claim, _difference, _estimate
 
-    # Item "c" is only in one run: it is left out, so the difference is over a and b (per item: seed means).
-    mine = {"a": [1.0, 1.0], "b": [0.0, 1.0], "c": [5.0]}
-    theirs = {"a": [0.0], "b": [0.0]}
-    result = _difference("t", mine, theirs)
+    def model(variant, per_seed):
+        values = ModelValues("b", variant, list(per_seed))
+        for seed, items in per_seed.items():
+            for item, value in items.items():
+                values.add("accuracy", seed, item, value)
+        return values
+
+    # Item "t:c" is only scored by one model: it is left out; seeds are paired (seed 1 with seed 1).
+    mine = model("dpo", {1: {"t:a": 1.0, "t:b": 0.0, "t:c": 5.0}, 2: {"t:a": 1.0, "t:b": 1.0, "t:c": 5.0}})
+    theirs = model("sft", {1: {"t:a": 0.0, "t:b": 0.0}, 2: {"t:a": 0.0, "t:b": 0.0}})
+    facts = {"a": {"kind": "side", "lesions": 1}, "b": {"kind": "presence", "lesions": 0}}
+    result = _difference("t", mine, "accuracy", theirs, "accuracy", "all", facts)
     assert result["n"] == 2 and result["difference"] == pytest.approx(0.75)
-    assert result["low"] <= result["difference"] <= result["high"]
+    assert result["low"] <= result["difference"] <= result["high"] and result["p"] is not None  # items only: 2 seeds
+    side = _difference("t", mine, "accuracy", theirs, "accuracy", "side", facts)
+    assert side["n"] == 1 and side["difference"] == pytest.approx(1.0)
+    assert _estimate("t", mine, "accuracy", "with a lesion", facts)["n"] == 1
+    # With three seeds the interval resamples seeds too: a seed that disagrees widens it.
+    three = model("dpo", {s: {f"t:{i}": float(s == 3 or i % 2) for i in range(40)} for s in (1, 2, 3)})
+    two = model("dpo", {s: {f"t:{i}": float(s == 3 or i % 2) for i in range(40)} for s in (1, 2)})
+    wide, narrow = (_estimate("t", m, "accuracy", "all", {}) for m in (three, two))
+    assert wide["high"] - wide["low"] > narrow["high"] - narrow["low"]
     above = {"low": 0.1, "difference": 0.2, "high": 0.3}
     spanning = {"low": -0.1, "difference": 0.2, "high": 0.5}
     assert _claim("b", "k", "s", [above, above])["holds"] is True
     assert _claim("b", "k", "s", [above, spanning])["holds"] is False
     assert _claim("b", "k", "s", [above, None])["holds"] is None  # a comparison could not be made: not measured
+
+
+@pytest.mark.slow
+def test_two_runs_of_a_study_give_identical_models_and_scores(tmp_path):
+    # Same machine, same study file, two output folders: every trained model, answer and score is identical.
+    path = _prepared_study(tmp_path, recipes=["dpo", "copo"])
+    roots = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        command = [sys.executable, "-m", "medbench", "study", "run", str(path), "--out", str(out), "--jobs", "2"]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+        roots.append(out / "t")
+    first, second = roots
+    models = sorted(path.relative_to(first) for path in first.rglob("model.safetensors"))
+    assert len(models) == 3  # sft, dpo, copo
+    for model in models:
+        assert (first / model).read_bytes() == (second / model).read_bytes(), model
+    from medbench.results import find_runs
+
+    def lines(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    cells = sorted({path.parent.relative_to(first) for path in first.rglob("medbench-submission.json")})
+    assert len(cells) == 6  # base, sft, dpo, copo, two references
+    for cell in cells:
+        # lmms-eval names its logs by date: match them by task.
+        samples = [{task: path for run in find_runs(root / cell) for task, path in run.samples.items()}
+                   for root in (first, second)]
+        assert set(samples[0]) == set(samples[1]) == {"medbench_vqa_rad", "medbench_vqa_rad_blind"}
+        for task, path in samples[0].items():
+            answers = [[(row["filtered_resps"], row["overall"]) for row in lines(log)] for log in (path, samples[1][task])]
+            assert answers[0] == answers[1], (cell, task)
+    probes = sorted(path.relative_to(first) for path in first.rglob("scores.jsonl"))
+    assert len(probes) == 4
+    for probe in probes:
+        assert lines(first / probe) == lines(second / probe), probe
+    assert (json.loads((first / "board" / "study.json").read_text())["estimates"]
+            == json.loads((second / "board" / "study.json").read_text())["estimates"])
