@@ -465,7 +465,7 @@ def render_html(
         f'<p class="meta">{len(board.rows)} runs · {len(board.rejected)} rejected · task versions '
         + e(", ".join(f"{task} v{board.task_versions[task]}" for task in tasks))
         + f" · built {e(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
-        *([f'<p class="links"><strong>' + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in links)
+        *(['<p class="links"><strong>' + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in links)
            + "</strong></p>"] if links else []),
         f'<p class="legend">{legend}</p>',
         '<div class="controls"><button type="button" id="grouped">Grouped order</button> '
