@@ -121,10 +121,18 @@ class Board:
 
 
 def task_order() -> list[str]:
-    """Tasks in the ``medbench`` group's order (the order the paper reports them), then any others."""
-    known = list(task_configs())
+    """Tasks in the ``medbench`` group's order (the order the paper reports them), then any others; an image-blind
+    twin (``metadata.blind_of``) right after its task, so a model's blind score sits beside its score."""
+    configs = task_configs()
+    known = list(configs)
     grouped = [task for members in group_members().values() for task in members if task in known]
-    return list(dict.fromkeys(grouped + sorted(known)))
+    order = list(dict.fromkeys(grouped + sorted(known)))
+    twins = {task: (configs[task].get("metadata") or {}).get("blind_of") for task in order}
+    placed = [task for task in order if not twins[task]]
+    for twin, sighted in twins.items():
+        if sighted:
+            placed.insert(placed.index(sighted) + 1 if sighted in placed else len(placed), twin)
+    return placed
 
 
 def all_columns() -> list[Column]:
