@@ -173,7 +173,8 @@ def item_facts(study: Study, complete: set[str]) -> dict[str, dict[str, Any]]:
 
 
 def _groups(facts: dict[str, dict[str, Any]], probe: bool) -> list[str]:
-    kinds = sorted({fact["kind"] for fact in facts.values()}, key=lambda k: (k not in LESION_KINDS, k))
+    order = {kind: index for index, kind in enumerate(LESION_KINDS)}
+    kinds = sorted({fact["kind"] for fact in facts.values()}, key=lambda k: (order.get(k, len(order)), k))
     extra = [LESION] if probe and any((fact.get("lesions") or 0) > 0 for fact in facts.values()) else []
     return [ALL, *kinds, *extra]
 
