@@ -1,4 +1,4 @@
-"""The CPU-scale study end to end (``medbench/studies/tiny.yaml``): the claims as the README states them.
+"""The CPU-scale study end to end (``medbench/studies/tiny.yaml``, seed set A): the claims as the README states them.
 
 Run with ``python -m pytest -m slow tests/medbench/test_tiny_study.py``. The claims are those of
 :mod:`medbench.study.analysis`: each difference must have its 95% interval above 0. The study runs once for the
@@ -52,15 +52,14 @@ def test_sft_is_tested_against_prior_only_always_yes_and_its_own_blind_score_per
     assert "conditional on the trained models" in analysis["intervals"]
 
 
-@pytest.mark.xfail(reason="README: with 4,000 SFT steps SFT does not beat prior-only and its blind score on every "
-                   "lesion kind (see the per-kind table)", strict=False)
 def test_sft_learns_the_task(analysis):
+    # Measured on seed set A (the shipped file); on seed set B (data 7, seeds 3, 4) side and count do not (README).
     lows = _lows(_claim(analysis, "sft_learns_the_task"))
     assert all(low > 0 for low in lows.values()), lows
 
 
-@pytest.mark.xfail(reason="README: the retuning targets (held-out side >= 0.75, presence >= 0.80) are not reached "
-                   "with the 4,000 SFT steps the time budget allows", strict=False)
+@pytest.mark.xfail(reason="README: the retuning targets are not reached with the 4,000 SFT steps the time budget "
+                   "allows (seed set A, seed means: side 0.724, presence 0.758)", strict=False)
 def test_sft_reaches_the_retuning_targets(analysis):
     assert _accuracy(analysis, "sft", "side") >= 0.75 and _accuracy(analysis, "sft", "presence") >= 0.80
 
@@ -72,8 +71,18 @@ def test_preference_training_raises_the_held_out_margin_over_the_sft_of_its_seed
     assert all(low > 0 for low in lows.values()), lows
 
 
-def test_copo_family_lesion_evidence_is_measured_against_dpo_on_lesion_items(analysis):
+@pytest.mark.xfail(reason="README: preference accuracy moves by +0.010 to +0.013 over SFT, intervals spanning 0",
+                   strict=False)
+def test_preference_training_raises_the_held_out_preference_accuracy_over_the_sft_of_its_seed(analysis):
+    lows = {key: low for key, low in _lows(_claim(analysis, "preference_training_raises_margin")).items()
+            if key[2] == "correct"}
+    assert {variant for variant, _, _, _ in lows} == {"dpo", "dpo_nll", "mdpo"}
+    assert all(low > 0 for low in lows.values()), lows
+
+
+def test_copo_family_terms_raise_lesion_evidence_over_dpo_on_lesion_items(analysis):
     claim = _claim(analysis, "copo_family_raises_lesion_evidence")
-    assert {(e["variant"], e["against"], e["quantity"], e["group"]) for e in claim["evidence"]} == {
-        (variant, "dpo", "lesion_evidence", "with a lesion") for variant in ("copo", "mdpo", "error_targeted")}
-    assert claim["holds"] is not None
+    lows = _lows(claim)
+    assert set(lows) == {(variant, "dpo", "lesion_evidence", "with a lesion")
+                         for variant in ("copo", "mdpo", "error_targeted")}
+    assert all(low > 0 for low in lows.values()), lows
