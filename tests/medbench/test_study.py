@@ -303,7 +303,7 @@ def test_two_runs_of_a_study_give_identical_models_and_scores(tmp_path):
         roots.append(out / "t")
     first, second = roots
     models = sorted(path.relative_to(first) for path in first.rglob("model.safetensors"))
-    assert len(models) == 3  # sft, dpo, copo
+    assert len(models) == 4  # the generated base model, sft, dpo, copo
     for model in models:
         assert (first / model).read_bytes() == (second / model).read_bytes(), model
     from medbench.results import find_runs
