@@ -10,9 +10,10 @@ per-request latency (standing in for a remote model), then scores the same batch
 It prints wall times, the speed-up of 2 over 1 (target >= 12x at 16-way; 16x is the ceiling) and the
 number of requests the cached re-run sent (target 0).
 
-Then the rate-limited scenario: a fresh server with a token bucket of ``--rate-limit`` requests/s (capacity
-one second's worth; above it 429 with OpenAI's body and ``retry-after``/``retry-after-ms``/``x-ratelimit-*``
-headers, which answered requests carry too), ``--rl-samples`` samples at ``--rl-concurrency``, judged
+Then the rate-limited scenario: a fresh server with a token bucket of ``--rate-limit`` requests/s and a small
+burst (``--rl-burst``, default 5; above it 429 with OpenAI's body and ``retry-after``/``retry-after-ms``),
+whose ``x-ratelimit-*`` headers, on every answer, state the budget per minute as OpenAI does (limit
+``60 * rate``, so ``remaining`` stays high until the 429), ``--rl-samples`` samples at ``--rl-concurrency``, judged
 
 * by the old fixed policy, measured in the same run as the baseline: a fixed semaphore, ``retry-after``
   read as whole seconds and slept exactly (no jitter), 429s counted against the same 5 attempts;
@@ -23,7 +24,7 @@ the limit; and over what the bucket allowed in that time, burst included), the s
 429, and the samples left unscored (targets: >= 90%, < 5%, 0). Nothing is asserted; the numbers are the result.
 
     python benchmarks/bench_judge.py [--samples 96] [--latency 0.1] [--concurrency 16] [--parts nli]
-                                     [--rate-limit 20] [--rl-samples 120] [--rl-concurrency 16]
+                                     [--rate-limit 20] [--rl-burst 5] [--rl-samples 120] [--rl-concurrency 16]
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ def legacy_fixed_run(base_url: str, items: list[JudgeItem], concurrency: int, ma
     return asyncio.run(run())
 
 
-def rate_limited(label: str, items: list[JudgeItem], rate: float, concurrency: int, latency: float, legacy: bool) -> dict:
+def rate_limited(label: str, items: list[JudgeItem], rate: float, burst: float, concurrency: int, latency: float, legacy: bool) -> dict:
     """One policy against a fresh token-bucket server; the figures the scenario reports."""
-    with LoopbackJudgeServer(rate_limit=rate, latency=latency) as server:
+    with LoopbackJudgeServer(rate_limit=rate, burst=burst, per_minute_headers=True, latency=latency) as server:
         start = time.perf_counter()
         if legacy:
             unscored = legacy_fixed_run(server.base_url, items, concurrency)
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--parts", default="nli", help="judge parts, e.g. nli or nli,fabrication,severity")
     parser.add_argument("--rate-limit", type=float, default=20.0, help="requests/s of the rate-limited server")
+    parser.add_argument("--rl-burst", type=float, default=5.0, help="bucket capacity of the rate-limited server")
     parser.add_argument("--rl-samples", type=int, default=120)
     parser.add_argument("--rl-concurrency", type=int, default=16)
     parser.add_argument("--rl-latency", type=float, default=0.05, help="seconds per answered request in the rate-limited scenario")
@@ -162,11 +164,11 @@ def main() -> None:
 
     rl_items = make_items(args.rl_samples)
     print(
-        f"rate-limited server: token bucket {args.rate_limit:g} requests/s (burst {args.rate_limit:g}), {args.rl_samples} samples, "
+        f"rate-limited server: token bucket {args.rate_limit:g} requests/s (burst {args.rl_burst:g}, per-minute headers), {args.rl_samples} samples, "
         f"concurrency {args.rl_concurrency}, latency {args.rl_latency * 1000:.0f} ms"
     )
     for legacy, label in ((True, "old fixed policy (baseline)"), (False, "medbench judge client")):
-        row = rate_limited(label, rl_items, args.rate_limit, args.rl_concurrency, args.rl_latency, legacy)
+        row = rate_limited(label, rl_items, args.rate_limit, args.rl_burst, args.rl_concurrency, args.rl_latency, legacy)
         print(
             f"  {row['label']:<28} {row['seconds']:6.2f} s  {row['of_limit'] * 100:5.1f}% of the limit "
             f"({row['of_allowed'] * 100:5.1f}% of what the bucket allowed)  429s {row['refused']}/{row['requests']} "

@@ -7,4 +7,4 @@ and paired tests against a baseline. ``medbench leaderboard validate RUN`` check
 See docs/leaderboard.md.
 """
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"

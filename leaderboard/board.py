@@ -1,9 +1,9 @@
 """Assemble verified runs into a board: columns from the task YAMLs, rows grouped under base models, statistics.
 
-Board-level trust rules live here (the per-run ones are in :mod:`medbench.leaderboard.verification`), and
-none depends on the order the runs come in: runs that share a display name, or whose answers are the same
-on every item, are all rejected as duplicates (each is told which other run it collides with); and a task
-is shown on one reference data set, the strongest any accepted run matched (the board's own copy over a
+Who owns a name and which run is a copy is the registry's decision (:mod:`medbench.leaderboard.registry`:
+the first accepted run keeps it, the newcomer is rejected); a pile of folders goes through a temporary
+registry in argument order (:func:`load_runs`). The board-level data rule lives here and does not depend on
+the order the runs come in: a task is shown on one reference data set, the strongest any accepted run matched (the board's own copy over a
 declared fingerprint over the demo set), so runs of that task on weaker reference data are data mismatches.
 The baseline is only the run the others are compared with; it decides nothing about the data.
 """
@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from medbench.data.fingerprint import DataFingerprint
-from medbench.errors import MedbenchError
-from medbench import stats
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.discovery import find_submissions
+from medbench.leaderboard.registry import Admission, Registry
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.runs import Run
 from medbench.leaderboard.verification import board_references, safe_load_run
+
+from medbench import stats
+from medbench.data.fingerprint import DataFingerprint
+from medbench.errors import MedbenchError
 from medbench.metrics.registry import METRICS
 from medbench.taskfiles import group_members, task_configs, task_versions
 
@@ -104,6 +105,7 @@ class Board:
         iterations: Bootstrap / permutation draws.
         task_versions: The board's task versions.
         notes: Warnings for the page (a base model that is not on the board, sampled decoding ...).
+        clustered: Task -> (images, questions) for tasks whose CIs and tests resample images, not questions.
     """
 
     columns: list[Column]
@@ -115,6 +117,7 @@ class Board:
     iterations: int
     task_versions: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    clustered: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def column(self, task: str, metric: str) -> Column | None:
         return next((c for c in self.columns if c.task == task and c.metric == metric), None)
@@ -158,62 +161,98 @@ def all_columns() -> list[Column]:
     return columns
 
 
-def load_runs(
+def source_label(argument: Path, root: Path) -> str:
+    """How a submission folder is named on the page and in the registry: the argument's own name and the
+    path below it, never the operator's absolute path."""
+    label = argument.name or str(argument)
+    try:
+        below = root.relative_to(argument)
+    except ValueError:
+        below = Path(root.name)
+    return label if str(below) == "." else f"{label}/{below.as_posix()}"
+
+
+def collect(
     paths: list[Path],
+    registry: Registry,
     limits: Limits | None = None,
     cache: VerificationCache | None = None,
     references: dict[str, list[DataFingerprint]] | None = None,
-) -> tuple[list[Run], list[Rejected]]:
-    """Load every submission under ``paths``; rejected ones (and empty or missing paths) are returned, not raised.
+    keep_identical: bool = False,
+) -> list[Admission]:
+    """Verify every submission under ``paths`` and admit it to ``registry``, in argument order.
+
+    Each submission is verified once, outside any registry transaction; a rejection (or any failure of one
+    submission) is recorded in the registry and never stops the others.
 
     Raises:
         MedbenchError: The board's own reference data (a configured ``MEDBENCH_<TASK>``) cannot be read.
     """
     references = board_references() if references is None else references
-    roots, rejected = find_submissions(paths)
-    runs: list[Run] = []
-    for root in roots:
+    seen: set[Path] = set()
+    admissions = []
+    for argument in paths:
         try:
-            runs.append(safe_load_run(root, limits or Limits(), cache, references))
-        except Rejected as error:
-            rejected.append(error)
-    return runs, rejected
+            roots, problems = find_submissions([argument])
+        except (OSError, RuntimeError, RecursionError, MemoryError) as error:
+            roots = []
+            problems = [Rejected("unreadable", argument, f"cannot be read ({type(error).__name__}); pass a folder")]
+        for problem in problems:
+            rejection = problem.relabel(argument, argument.name or str(argument))
+            registry.reject(rejection)
+            admissions.append(Admission(False, rejection))
+        for root in roots:
+            if root in seen:
+                continue
+            seen.add(root)
+            label = source_label(argument, root)
+            try:
+                run = safe_load_run(root, limits or Limits(), cache, references)
+            except Rejected as error:
+                rejection = _relabelled(error, root, label)
+                registry.reject(rejection)
+                admissions.append(Admission(False, rejection))
+                continue
+            run.root = Path(label)
+            admissions.append(registry.admit(run, keep_identical))
+    return admissions
 
 
-def screen(runs: list[Run], notes: list[str] | None = None) -> tuple[list[Run], list[Rejected]]:
-    """Apply the board-level rules: duplicates and data mismatches (see the module docstring).
+def _relabelled(error: Rejected, root: Path, label: str) -> Rejected:
+    try:
+        resolved = root.resolve()
+    except (OSError, RuntimeError):
+        resolved = root
+    return error.relabel(resolved, label).relabel(root, label)
 
-    The result does not depend on the order of ``runs``: every run involved in a collision is rejected.
 
-    Args:
-        runs: The verified runs.
-        notes: When given, runs with identical answers on every item are kept and each such group is noted here
-            instead (a study's own cells, where two objectives can reduce to the same training on some data).
+def load_runs(
+    paths: list[Path],
+    limits: Limits | None = None,
+    cache: VerificationCache | None = None,
+    references: dict[str, list[DataFingerprint]] | None = None,
+    keep_identical: bool = False,
+) -> tuple[list[Run], list[Rejected]]:
+    """The runs under ``paths`` through a temporary registry: a pile of folders is submitted in argument order.
+
+    Rejected ones (and empty or missing paths) are returned, not raised. The first run that takes a name (or
+    gives some answers) owns it; a later collision or copy is rejected, the earlier run kept.
+
+    Raises:
+        MedbenchError: The board's own reference data (a configured ``MEDBENCH_<TASK>``) cannot be read.
+    """
+    with Registry(None) as registry:
+        collect(paths, registry, limits, cache, references, keep_identical)
+        return registry.accepted(), registry.rejections(limit=10**9)
+
+
+def screen(runs: list[Run]) -> tuple[list[Run], list[Rejected]]:
+    """Apply the board-level data rule (see the module docstring); names and copies are the registry's.
+
+    The result does not depend on the order of ``runs``.
     """
     rejected: list[Rejected] = []
     out: set[int] = set()
-    for key, what, fix in (
-        (lambda run: run.name, "display name", "set a unique display_name in medbench-submission.json"),
-        (lambda run: run.answers, "answers on every item", "submit each run once"),
-    ):
-        groups: dict[str, list[int]] = {}
-        for index, run in enumerate(runs):
-            groups.setdefault(key(run), []).append(index)
-        for members in groups.values():
-            if len(members) < 2:
-                continue
-            if notes is not None and what.startswith("answers"):
-                names = sorted(runs[i].name for i in members)
-                notes.append(f"{', '.join(names)}: the same answers on every item")
-                continue
-            for index in members:
-                if index in out:
-                    continue
-                others = ", ".join(f"{runs[i].root} ({runs[i].name})" for i in members if i != index)
-                rejected.append(
-                    Rejected("duplicate", runs[index].root, f"the same {what} as {others}; {fix}")
-                )
-                out.add(index)
     strongest: dict[str, tuple[int, str]] = {}
     for index, run in enumerate(runs):
         if index in out:
@@ -277,7 +316,7 @@ def build_board(
     primary: dict[str, str] | None = None,
     alpha: float = stats.DEFAULT_ALPHA,
     iterations: int = stats.DEFAULT_ITERATIONS,
-    keep_identical: bool = False,
+    notes: list[str] | None = None,
 ) -> Board:
     """Screen the runs, compute cells, CIs and paired tests, and order the rows.
 
@@ -288,7 +327,7 @@ def build_board(
         primary: Task -> metric to plot and summarise (default: the first per-sample metric in the YAML).
         alpha: Significance level.
         iterations: Bootstrap and permutation draws.
-        keep_identical: Keep runs whose answers equal another run's on every item (noted, not rejected).
+        notes: Notes the registry recorded (runs kept with identical answers).
 
     Raises:
         MedbenchError: An unknown baseline, or a ``primary`` entry naming an unknown task or metric.
@@ -296,8 +335,8 @@ def build_board(
     if baseline is not None and baseline not in {run.name for run in runs}:
         names = ", ".join(run.name for run in runs) or "none"
         raise MedbenchError(f"--baseline {baseline!r} is not a run on the board (runs: {names}); pass a display name")
-    pre_notes: list[str] = []
-    accepted, screened_out = screen(runs, pre_notes if keep_identical else None)
+    pre_notes: list[str] = list(notes or [])
+    accepted, screened_out = screen(runs)
     rejected = [*rejected, *screened_out]
     if baseline is not None and baseline not in {run.name for run in accepted}:
         pre_notes.append(f"the baseline {baseline!r} was rejected (see the rejections), so no run is compared with it")
@@ -312,6 +351,7 @@ def build_board(
     ]
     by_name = {row.run.name: row for row in rows}
     matrices = _matrices(accepted, columns)
+    clusters = task_clusters(accepted)
     for row in rows:
         _fill_cells(row, columns)
     pairs: list[tuple[Row, Row, str]] = []
@@ -328,8 +368,9 @@ def build_board(
                     f"{row.run.name}: base model {base!r} is not on the board, so no difference to it is shown"
                 )
     for task in dict.fromkeys(column.task for column in columns):
-        _intervals(task, rows, matrices, iterations, alpha)
-        _compare(task, pairs, matrices, iterations, alpha)
+        _intervals(task, rows, matrices, iterations, alpha, clusters.get(task))
+        _compare(task, pairs, matrices, iterations, alpha, clusters.get(task))
+    order = task_order()  # the group YAMLs are read once per board, not once per row
     shown_tasks = {column.task for column in columns}
     for row in rows:
         sampled = sorted(task for task, scores in row.run.tasks.items() if scores.decoding.get("sampled"))
@@ -339,8 +380,10 @@ def build_board(
             )
         for task, departures in row.run.nonstandard.items():
             notes.append(f"{row.run.name}: non-standard {task} ({'; '.join(departures)})")
+        for task, reasons in row.run.unknown_protocol.items():
+            notes.append(f"{row.run.name}: unknown protocol on {task} ({'; '.join(reasons)})")
         # Only tasks the board shows: a run is not "missing" a task no run on the board was evaluated on.
-        missing = [task for task in task_order() if task not in row.run.tasks and task in shown_tasks]
+        missing = [task for task in order if task not in row.run.tasks and task in shown_tasks]
         if missing:
             notes.append(f"{row.run.name}: not evaluated on {', '.join(missing)}")
     return Board(
@@ -353,6 +396,7 @@ def build_board(
         iterations=iterations,
         task_versions=task_versions(),
         notes=notes,
+        clustered={task: (len(set(labels)), len(labels)) for task, labels in clusters.items()},
     )
 
 
@@ -388,9 +432,30 @@ def _matrices(runs: list[Run], columns: list[Column]) -> _Matrices:
             task_columns = [c for c in by_task.get(task, []) if c.metric in scores.per_sample]
             if not task_columns or not scores.item_ids:
                 continue
-            values, mask = stats.as_matrix([scores.per_sample[c.metric] for c in task_columns])
+            # Rows in item-id order: every run of a task is resampled and paired item by item with the same draws,
+            # whatever order its log was written in.
+            order = sorted(range(len(scores.item_ids)), key=scores.item_ids.__getitem__)
+            values, mask = stats.as_matrix([[scores.per_sample[c.metric][i] for i in order] for c in task_columns])
             matrices[(run.name, task)] = (task_columns, values, mask)
     return matrices
+
+
+def task_clusters(runs: list[Run]) -> dict[str, tuple[str, ...]]:
+    """Task -> the image of each item in item-id order, for tasks whose items share images (see :mod:`.stats`).
+
+    Tasks with one question per image, or whose reference data does not name the images, are left out: their
+    items are resampled one by one.
+    """
+    found: dict[str, tuple[str, ...]] = {}
+    for run in runs:
+        for task, scores in run.tasks.items():
+            if task in found or not scores.clusters or len(scores.clusters) != len(scores.item_ids):
+                continue
+            by_item = dict(zip(scores.item_ids, scores.clusters))
+            labels = tuple(by_item[item] for item in sorted(by_item))
+            if len(set(labels)) < len(labels):
+                found[task] = labels
+    return found
 
 
 def _finite(value: float) -> float | None:
@@ -412,14 +477,21 @@ def _fill_cells(row: Row, columns: list[Column]) -> None:
         )
 
 
-def _intervals(task: str, rows: list[Row], matrices: _Matrices, iterations: int, alpha: float) -> None:
+def _draws(task: str, n_items: int, iterations: int, clusters: tuple[str, ...] | None) -> stats.Resampler:
+    # Clusters apply when they label exactly these items (runs on the board's reference data).
+    return stats.resampler(task, n_items, iterations, clusters if clusters and len(clusters) == n_items else None)
+
+
+def _intervals(
+    task: str, rows: list[Row], matrices: _Matrices, iterations: int, alpha: float, clusters: tuple[str, ...] | None
+) -> None:
     """Bootstrap CIs of every run's per-sample metrics of ``task`` in one batch (one matrix product)."""
     entries = [(row, matrices[(row.run.name, task)]) for row in rows if (row.run.name, task) in matrices]
     if not entries:
         return
     values = np.hstack([matrix[1] for _, matrix in entries])
     mask = np.hstack([matrix[2] for _, matrix in entries])
-    low, high = stats.bootstrap_ci(stats.resampler(task, values.shape[0], iterations), values, mask, alpha)
+    low, high = stats.bootstrap_ci(_draws(task, values.shape[0], iterations, clusters), values, mask, alpha)
     offset = 0
     for row, (task_columns, _, _) in entries:
         for index, column in enumerate(task_columns):
@@ -429,7 +501,14 @@ def _intervals(task: str, rows: list[Row], matrices: _Matrices, iterations: int,
         offset += len(task_columns)
 
 
-def _compare(task: str, pairs: list[tuple[Row, Row, str]], matrices: _Matrices, iterations: int, alpha: float) -> None:
+def _compare(
+    task: str,
+    pairs: list[tuple[Row, Row, str]],
+    matrices: _Matrices,
+    iterations: int,
+    alpha: float,
+    clusters: tuple[str, ...] | None,
+) -> None:
     """Paired tests of every (run, other run) pair on ``task``'s per-sample metrics, batched into one call."""
     picked: list[tuple[Row, str, Column]] = []
     mine_values, mine_mask, theirs_values, theirs_mask = [], [], [], []
@@ -450,7 +529,7 @@ def _compare(task: str, pairs: list[tuple[Row, Row, str]], matrices: _Matrices, 
         return
     run_matrix = (np.hstack(mine_values), np.hstack(mine_mask))
     other_matrix = (np.hstack(theirs_values), np.hstack(theirs_mask))
-    draws = stats.resampler(task, run_matrix[0].shape[0], iterations)
+    draws = _draws(task, run_matrix[0].shape[0], iterations, clusters)
     result = stats.paired_test(draws, run_matrix, other_matrix, alpha, method="sign_flip")
     for index, (row, slot, column) in enumerate(picked):
         cell = row.cells.get(column.key)
@@ -464,6 +543,8 @@ def _compare(task: str, pairs: list[tuple[Row, Row, str]], matrices: _Matrices, 
             "n": int(result.n_pairs[index]),
         }
         setattr(cell, slot, comparison)
+        if slot == "vs_baseline" and cell.verdict == "unverified":
+            continue  # an unverified score is shown, never ranked above or below the baseline
         if slot == "vs_baseline" and comparison["p"] < alpha and comparison["difference"] != 0:
             better = (comparison["difference"] > 0) == column.higher_is_better
             cell.mark = "better" if better else "worse"

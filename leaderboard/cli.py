@@ -14,10 +14,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medbench.errors import MedbenchError
-from medbench import stats
 from medbench.leaderboard.discovery import CACHE_DIR
 from medbench.leaderboard.rules import printable
+
+from medbench import stats
+from medbench.errors import MedbenchError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,13 +29,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build a leaderboard (HTML, Markdown, CSV, plots) from lmms-eval output folders, recomputing "
         "every score from the --log_samples files, or validate one submission. See docs/leaderboard.md.",
     )
-    commands = parser.add_subparsers(dest="leaderboard_command", metavar="{build,validate,fingerprint}")
+    commands = parser.add_subparsers(
+        dest="leaderboard_command", metavar="{submit,build,validate,withdraw,export,import,fingerprint}"
+    )
     parser.set_defaults(func=lambda args: _missing_subcommand(parser))
 
-    build = commands.add_parser("build", help="build the board from result folders")
+    submit = commands.add_parser("submit", help="verify submissions once and append them to a registry")
+    submit.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="submission folders (or lmms-eval output folders)")
+    _registry_argument(submit, required=True)
+    submit.add_argument("--keep-identical", action="store_true",
+                        help="note copies instead of rejecting them (the cells of one study)")
+    submit.add_argument("--strict", action="store_true", help="exit 1 when any submission is rejected")
+    submit.set_defaults(func=run_submit)
+
+    withdraw = commands.add_parser("withdraw", help="take an accepted run off the board (it stays in the registry)")
+    withdraw.add_argument("name", metavar="NAME", help="display name of the accepted run")
+    withdraw.add_argument("--reason", required=True, help="why (shown on the board)")
+    _registry_argument(withdraw, required=True)
+    withdraw.set_defaults(func=run_withdraw)
+
+    export = commands.add_parser("export", help="write the registry as JSON lines (to keep a board in git)")
+    _registry_argument(export, required=True)
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="the JSON lines file to write")
+    export.set_defaults(func=run_export)
+
+    load = commands.add_parser("import", help="rebuild a registry from a JSON lines export")
+    load.add_argument("file", type=Path, metavar="FILE", help="a file written by `leaderboard export`")
+    _registry_argument(load, required=True)
+    load.set_defaults(func=run_import)
+
+    build = commands.add_parser("build", help="build the board from a registry, or from result folders")
     build.add_argument(
-        "runs", nargs="+", type=Path, metavar="RUN", help="lmms-eval output folders or submission folders"
+        "runs", nargs="*", type=Path, metavar="RUN",
+        help="lmms-eval output folders or submission folders (a temporary registry, in argument order)",
     )
+    _registry_argument(build, required=False)
     build.add_argument(
         "--out", type=Path, required=True, help="output folder (index.html, leaderboard.md, leaderboard.csv, plots/)"
     )
@@ -80,6 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="runs already on the board: also check for duplicates and for a different test set",
     )
+    _registry_argument(validate, required=False)
     validate.set_defaults(func=run_validate)
 
     fingerprint = commands.add_parser(
@@ -88,6 +118,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fingerprint.add_argument("tasks", nargs="*", metavar="TASK", help="tasks (default: every medbench task)")
     fingerprint.set_defaults(func=run_fingerprint)
+
+
+def _registry_argument(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--registry", type=Path, required=required, metavar="DIR",
+        help="the registry folder (registry.sqlite inside; created when missing)",
+    )
 
 
 def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
@@ -107,9 +144,11 @@ def _primary(pairs: list[str]) -> dict[str, str]:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build the board into ``args.out``; returns 0 (1 with ``--strict`` when something was rejected)."""
-    from medbench.leaderboard.board import build_board, load_runs
-    from medbench.leaderboard.render import render_html, render_markdown, write_csv
+    from medbench.leaderboard import names
+    from medbench.leaderboard.board import build_board, collect
     from medbench.leaderboard.cache import VerificationCache
+    from medbench.leaderboard.registry import Registry
+    from medbench.leaderboard.render import render_html, render_markdown, write_csv
 
     if args.iterations < 100:
         raise MedbenchError(f"--iterations {args.iterations}: use at least 100 draws for a 95% interval")
@@ -117,10 +156,20 @@ def run_build(args: argparse.Namespace) -> int:
         raise MedbenchError(f"--alpha {args.alpha}: choose a level between 0 and 1, e.g. 0.05")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    cache = VerificationCache(None if args.no_cache else out / CACHE_DIR)
-    runs, rejected = load_runs(args.runs, cache=cache)
-    board = build_board(runs, rejected, args.baseline, _primary(args.metric), args.alpha, args.iterations,
-                        keep_identical=args.keep_identical)
+    if bool(args.runs) == bool(args.registry):
+        raise MedbenchError("build: pass either RUN folders (a temporary registry) or --registry DIR, not both or neither")
+    cache = VerificationCache(None if args.no_cache or args.registry else out / CACHE_DIR)
+    registry = Registry(args.registry)
+    try:
+        if args.runs:
+            collect(args.runs, registry, cache=cache, keep_identical=args.keep_identical)
+        runs, rejected, notes = registry.accepted(), registry.rejections(), registry.notes()
+        withdrawn = registry.withdrawals()
+    finally:
+        registry.close()
+    baseline = names.normalise(args.baseline) if args.baseline else None
+    board = build_board(runs, rejected, baseline, _primary(args.metric), args.alpha, args.iterations, notes=notes)
+    board.notes += [f"{name}: withdrawn on {when} ({reason})" for name, reason, when in withdrawn]
     if not board.rows:
         reasons = "; ".join(str(error) for error in board.rejected) or "no runs"
         raise MedbenchError(f"no run was accepted, nothing to show ({reasons})")
@@ -138,11 +187,20 @@ def run_build(args: argparse.Namespace) -> int:
     extra_html, extra_markdown = [], ""
     if args.experts:
         from medbench.leaderboard import experts
+        from medbench.leaderboard.rules import Rejected
 
-        panel = experts.match(board, experts.load_summary(args.experts))
-        extra_html.append(experts.render_html(panel))
-        extra_markdown = "\n" + experts.render_markdown(panel)
-        board.notes += [f"expert-reviewed model {label!r} is not on the board" for label in panel.unmatched]
+        try:
+            panel = experts.match(board, experts.load_summary(args.experts))
+            html_section, markdown_section = experts.render_html(panel), experts.render_markdown(panel)
+        except (MedbenchError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, RuntimeError,
+                RecursionError, MemoryError) as error:
+            # A malformed experts file is one rejection line; the board is built without the expert columns.
+            reason = str(error).replace(str(args.experts), args.experts.name)[:300] or type(error).__name__
+            board.rejected.append(Rejected("unreadable", args.experts.name, f"--experts file not used: {reason}"))
+        else:
+            extra_html.append(html_section)
+            extra_markdown = "\n" + markdown_section
+            board.notes += [f"expert-reviewed model {label!r} is not on the board" for label in panel.unmatched]
     links = [tuple(link.split("=", 1)) for link in args.link]
     if any(len(link) != 2 or not all(link) for link in links):
         raise MedbenchError(f"--link {args.link!r}: write LABEL=HREF, e.g. 'the study's claims=study.md'")
@@ -160,7 +218,7 @@ def run_build(args: argparse.Namespace) -> int:
     )
     print(
         f"{len(board.rows)} runs on the board, {len(board.rejected)} rejected"
-        + (f" (verification cache: {cache.hits} reused, {cache.misses} verified)" if cache.folder else "")
+        + (f" (verification cache: {cache.hits} reused, {cache.misses} verified)" if cache.folder and args.runs else "")
     )
     for error in board.rejected:
         print(f"  rejected [{error.rule}] {error}")
@@ -176,46 +234,113 @@ def run_build(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     """Validate one submission; one line per problem; returns 0 when it would be accepted.
 
-    The submission is checked on its own against every per-run rule and the task's reference data, then,
-    with ``--board``, together with the runs already on the board (duplicates, weaker reference data).
+    The submission is checked on its own against every per-run rule and the task's reference data, then
+    against the accepted runs exactly as ``submit`` would decide (names, look-alike names, copies, weaker
+    reference data): those of ``--registry``, or of ``--board`` runs submitted in order to a temporary one.
+    Nothing is recorded.
     """
-    from medbench.leaderboard.board import load_runs, screen
+    from medbench.leaderboard.board import _relabelled, collect, screen, source_label
     from medbench.leaderboard.discovery import find_submissions
+    from medbench.leaderboard.registry import Registry
     from medbench.leaderboard.rules import Limits, Rejected
     from medbench.leaderboard.verification import board_references, safe_load_run
 
     references = board_references()
-    board_runs, board_rejected = load_runs(args.board, references=references) if args.board else ([], [])
-    for error in board_rejected:
-        print(f"note: a --board run is itself rejected and ignored: {error}", file=sys.stderr)
-    roots, problems_found = find_submissions([args.run])
-    problems = len(problems_found)
-    for error in problems_found:
-        print(f"medbench: error: rejected [{error.rule}] {error}", file=sys.stderr)
-    for root in roots:
-        try:
-            run = safe_load_run(root, Limits(), None, references)
-            _, screened_out = screen([*board_runs, run])
-            mine = [error for error in screened_out if error.where == printable(str(run.root))]
-            if mine:
-                raise mine[0]
-        except Rejected as error:
-            problems += 1
+    with Registry(args.registry) as registry:
+        if args.board:
+            before = len(registry.rejections(limit=10**9))
+            collect(args.board, registry, references=references)
+            for error in registry.rejections(limit=10**9)[before:]:
+                print(f"note: a --board run is itself rejected and ignored: {error}", file=sys.stderr)
+        accepted = registry.accepted()
+        roots, problems_found = find_submissions([args.run])
+        problems = len(problems_found)
+        for error in problems_found:
             print(f"medbench: error: rejected [{error.rule}] {error}", file=sys.stderr)
-            continue
-        samples = sum(len(scores.item_ids) for scores in run.tasks.values())
-        verdicts: dict[str, int] = {}
-        for scores in run.tasks.values():
-            for verdict in scores.checks.values():
-                verdicts[verdict] = verdicts.get(verdict, 0) + 1
-        data = ", ".join(sorted({scores.data for scores in run.tasks.values()}))
-        print(
-            f"ok: {printable(run.name)} ({printable(str(root))}): {len(run.tasks)} tasks, {samples} samples on {data} data; scores "
-            + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
-        )
-        for task, departures in run.nonstandard.items():
-            print(f"note: non-standard {task}: {printable('; '.join(departures))}")
+        for root in roots:
+            label = source_label(args.run, root)
+            try:
+                try:
+                    run = safe_load_run(root, Limits(), None, references)
+                except Rejected as error:
+                    raise _relabelled(error, root, label) from None
+                run.root = Path(label)
+                problem = registry.check(run)
+                if problem is None:
+                    _, screened_out = screen([*accepted, run])
+                    problem = next((error for error in screened_out if error.where == printable(label)), None)
+                if problem is not None:
+                    raise problem
+            except Rejected as error:
+                problems += 1
+                print(f"medbench: error: rejected [{error.rule}] {error}", file=sys.stderr)
+                continue
+            samples = sum(len(scores.item_ids) for scores in run.tasks.values())
+            verdicts: dict[str, int] = {}
+            for scores in run.tasks.values():
+                for verdict in scores.checks.values():
+                    verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            data = ", ".join(sorted({scores.data for scores in run.tasks.values()}))
+            print(
+                f"ok: {printable(run.name)} ({printable(label)}): {len(run.tasks)} tasks, {samples} samples on {data} data; scores "
+                + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
+            )
+            for task, departures in run.nonstandard.items():
+                print(f"note: non-standard {task}: {printable('; '.join(departures))}")
+            for task, reasons in run.unknown_protocol.items():
+                print(f"note: unknown protocol on {task}: {printable('; '.join(reasons))}")
     return 2 if problems else 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """Verify each submission once and append it to the registry; one line per decision."""
+    from medbench.leaderboard.board import collect
+    from medbench.leaderboard.registry import Registry
+
+    with Registry(args.registry) as registry:
+        admissions = collect(args.runs, registry, keep_identical=args.keep_identical)
+        for admission in admissions:
+            if admission.rejection is not None:
+                print(f"  rejected [{admission.rejection.rule}] {admission.rejection}")
+            for note in admission.notes:
+                print(f"  note: {printable(note)}")
+        accepted = sum(a.accepted for a in admissions)
+        counts = registry.counts()
+    print(
+        f"{accepted} accepted, {len(admissions) - accepted} rejected; the registry holds {counts['runs']} runs "
+        f"({counts['withdrawals']} withdrawn) and {counts['rejections']} rejections"
+    )
+    return 1 if args.strict and accepted < len(admissions) else 0
+
+
+def run_withdraw(args: argparse.Namespace) -> int:
+    """Mark an accepted run withdrawn, with the reason."""
+    from medbench.leaderboard.registry import Registry
+
+    with Registry(args.registry) as registry:
+        registry.withdraw(args.name, args.reason)
+    print(f"withdrew {printable(args.name)}: {printable(args.reason)}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the registry as JSON lines."""
+    from medbench.leaderboard.registry import Registry
+
+    with Registry(args.registry) as registry:
+        rows = registry.export(args.out)
+    print(f"wrote {rows} rows to {args.out}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Rebuild a registry from an export."""
+    from medbench.leaderboard.registry import Registry
+
+    with Registry(args.registry) as registry:
+        rows = registry.load_export(args.file)
+    print(f"imported {rows} rows into {args.registry}")
+    return 0
 
 
 def run_fingerprint(args: argparse.Namespace) -> int:

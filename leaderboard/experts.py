@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medbench.experts.annotations import read_tagged_json
-from medbench.experts.summary import SUMMARY_SCHEMA
 from medbench.leaderboard.board import Board, Row
 from medbench.leaderboard.render import e, md
+
+from medbench.experts.annotations import read_tagged_json
+from medbench.experts.summary import SUMMARY_SCHEMA
 
 COLUMNS = (
     ("correctness", "expert correctness ↑", "mean grade scaled to 0-1"),
@@ -118,11 +119,11 @@ def render_html(panel: ExpertPanel) -> str:
     rubric = summary.get("rubric", {})
     parts = [
         '<h2 id="experts">Expert assessment</h2>',
-        f'<p class="legend">Blinded clinician review {e(summary.get("export_id"))} (rubric {e(rubric.get("name"))} '
+        (f'<p class="legend">Blinded clinician review {e(summary.get("export_id"))} (rubric {e(rubric.get("name"))} '
         f'v{e(rubric.get("version"))}): {e(summary.get("n_ratings"))} ratings of {e(summary.get("n_outputs"))} outputs by '
-        f'{e(len(summary.get("annotators", [])))} annotators; n = outputs reviewed, 95% bootstrap CI over items.</p>',
-        f'<table id="experts-table"><thead><tr><th>model</th>{head}<th title="the LLM judge on the same outputs">judge severe ↓</th></tr></thead>'
-        f'<tbody>{"".join(body)}</tbody></table>',
+        f'{e(len(summary.get("annotators", [])))} annotators; n = outputs reviewed, 95% bootstrap CI over items.</p>'),
+        (f'<table id="experts-table"><thead><tr><th>model</th>{head}<th title="the LLM judge on the same outputs">judge severe ↓</th></tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table>'),
         "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _agreement_lines(summary)) + "</ul>",
     ]
     return "\n".join(parts)

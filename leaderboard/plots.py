@@ -63,6 +63,36 @@ SCORE_COLOURS = (("#b45309", "baseline"), ("#2563eb", "base model / other run"),
 DELTA_COLOURS = (("#0a7d32", "significant improvement"), ("#b42318", "significant regression"), ("#6b7280", "not significant"))
 
 
+# A plot of hundreds of runs is unreadable and costs seconds to draw: plots show the best runs (the tables show
+# every run), chosen by their mean rank over the tasks' headline metrics, with the baseline always included.
+MAX_PLOTTED = 40
+
+
+def best_rows(board: Board, rows: list[Row], limit: int = MAX_PLOTTED) -> list[Row]:
+    """Up to ``limit`` of ``rows``, in their board order: the baseline and the best by mean headline rank."""
+    if len(rows) <= limit:
+        return rows
+    tasks = list(dict.fromkeys(column.task for column in board.columns))
+    ranks: dict[int, list[float]] = {id(row): [] for row in rows}
+    for task in tasks:
+        metric = board.primary[task]
+        column = board.column(task, metric)
+        scored = [(row.cells[f"{task}/{metric}"].value, row) for row in rows if f"{task}/{metric}" in row.cells]
+        scored.sort(key=lambda pair: pair[0], reverse=column is None or column.higher_is_better)
+        for rank, (_, row) in enumerate(scored):
+            ranks[id(row)].append(rank / max(len(scored) - 1, 1))
+    def mean_rank(row: Row) -> float:
+        values = ranks[id(row)]
+        return sum(values) / len(values) if values else 1.0
+
+    chosen = {id(row) for row in rows if row.is_baseline}
+    for row in sorted(rows, key=mean_rank):
+        if len(chosen) >= limit:
+            break
+        chosen.add(id(row))
+    return [row for row in rows if id(row) in chosen]
+
+
 def _label(row: Row) -> str:
     name = row.run.name
     return name if len(name) <= 40 else name[:37] + "..."
@@ -74,15 +104,16 @@ def plot_scores(board: Board, path: Path) -> Path | None:
     if not tasks or not board.rows:
         return None
     plt = _pyplot()
-    height = max(2.5, 0.28 * len(board.rows) + 1.2)
+    rows = best_rows(board, board.rows)
+    height = max(2.5, 0.28 * len(rows) + 1.2)
     figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1.5, height), squeeze=False)
-    labels = [_label(row) for row in board.rows]
-    positions = list(range(len(board.rows)))[::-1]
+    labels = [_label(row) for row in rows]
+    positions = list(range(len(rows)))[::-1]
     for axis, task in zip(axes[0], tasks):
         metric = board.primary[task]
         column = board.column(task, metric)
         points = []
-        for position, row in zip(positions, board.rows):
+        for position, row in zip(positions, rows):
             cell = row.cells.get(f"{task}/{metric}")
             if cell is None:
                 continue
@@ -92,7 +123,8 @@ def plot_scores(board: Board, path: Path) -> Path | None:
         axis.set_title(f"{task.removeprefix('medbench_')}\n{metric} {column.arrow if column else ''}", fontsize=9)
         axis.grid(axis="x", alpha=0.3)
         axis.tick_params(labelsize=8)
-    figure.suptitle("Scores with bootstrap 95% CIs (bars)", fontsize=10, y=0.998, va="top")
+    shown = "" if len(rows) == len(board.rows) else f": the {len(rows)} best of {len(board.rows)} runs by mean rank"
+    figure.suptitle(f"Scores with bootstrap 95% CIs (bars){shown}", fontsize=10, y=0.998, va="top")
     used = {colour for axis in axes[0] for line in axis.get_lines() for colour in [line.get_color()]}
     _legend(figure, [entry for entry in SCORE_COLOURS if entry[0] in used] or list(SCORE_COLOURS[1:2]))
     _layout(figure, axes[0], positions, labels, top_inches=1.15)
@@ -108,9 +140,10 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
     flipped); ``None`` when no run on the board names a base model that is also on the board.
     """
     tasks = list(dict.fromkeys(column.task for column in board.columns))
-    variants = [row for row in board.rows if any(cell.vs_base for cell in row.cells.values())]
-    if not tasks or not variants:
+    every_variant = [row for row in board.rows if any(cell.vs_base for cell in row.cells.values())]
+    if not tasks or not every_variant:
         return None
+    variants = best_rows(board, every_variant)
     plt = _pyplot()
     height = max(2.5, 0.3 * len(variants) + 1.4)
     figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 2.0, height), squeeze=False)
@@ -138,7 +171,11 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
         axis.set_title(f"{task.removeprefix('medbench_')}\nΔ {metric} (improvement →)", fontsize=9)
         axis.grid(axis="x", alpha=0.3)
         axis.tick_params(labelsize=8)
-    figure.suptitle(f"Variant minus base model, paired bootstrap 95% CI (significance: p < {board.alpha})", fontsize=10, y=0.998, va="top")
+    shown = "" if len(variants) == len(every_variant) else f"; the {len(variants)} best of {len(every_variant)} variants"
+    figure.suptitle(
+        f"Variant minus base model, paired bootstrap 95% CI (significance: p < {board.alpha}){shown}",
+        fontsize=10, y=0.998, va="top",
+    )
     _legend(figure, list(DELTA_COLOURS))
     _layout(figure, axes[0], positions, labels, top_inches=1.15)
     figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 2})  # fast zlib level: the PNGs are small anyway

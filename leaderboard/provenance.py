@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medbench.leaderboard import names
+from medbench.leaderboard.discovery import MANIFEST_NAME
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.safe_io import read_json
 
@@ -78,16 +80,35 @@ def _same(ours: Any, theirs: Any) -> bool:
     return ours == theirs
 
 
-def departures(raw: dict[str, Any], task: str, config: dict[str, Any], inputs: list[Any]) -> list[str]:
-    """How a run of ``task`` departs from the installed task YAML ``config`` (empty: standard).
+def _command_line(raw: dict[str, Any], key: str) -> str:
+    """What lmms-eval's resolved command line recorded for ``key`` (``config.resolved_cli_args``), as text."""
+    resolved = raw["config"].get("resolved_cli_args")
+    value = resolved.get(key) if isinstance(resolved, dict) else None
+    return "" if value in (None, "", {}, []) else str(value)
+
+
+def departures(
+    raw: dict[str, Any], task: str, config: dict[str, Any], inputs: list[Any], expected_prompts: list[str] | None
+) -> tuple[list[str], list[str]]:
+    """How a run of ``task`` departs from the installed task YAML ``config``, and what evidence is missing.
+
+    A run is *standard* only on evidence: its logged prompts equal the task's prompts rebuilt from the
+    reference data, and its decoding and system instruction are recorded and equal to the task's. A
+    departure makes it *non-standard*; missing or contradictory evidence makes its protocol *unknown*.
 
     Args:
         raw: The lmms-eval results file.
         task: Task name.
         config: The installed task YAML (merged).
         inputs: The logged prompts (``input`` of every sample; ``None`` where not logged).
+        expected_prompts: The task's prompt for each sample, rebuilt from the reference data with the task's
+            own prompt function (``None``: the board holds no copy of the questions).
+
+    Returns:
+        ``(departures, missing evidence)``; both empty: standard.
     """
     found: list[str] = []
+    unknown: list[str] = []
     run = raw["configs"].get(task, {})
     standard_kwargs = dict((config.get("lmms_eval_specific_kwargs") or {}).get("default") or {})
     used = prompt(raw, task)["task_kwargs"]
@@ -96,26 +117,39 @@ def departures(raw: dict[str, Any], task: str, config: dict[str, Any], inputs: l
             found.append(f"prompt {key} changed")
         elif key not in standard_kwargs:
             found.append(f"prompt {key} added")
-    system = raw.get("system_instruction")
-    if system not in (None, ""):
+    if "system_instruction" not in raw:
+        unknown.append("no system instruction recorded")
+    elif raw.get("system_instruction") not in (None, ""):
         found.append("system instruction set")
+    elif raw.get("system_instruction_sha") not in (None, "") or _command_line(raw, "system_instruction"):
+        unknown.append("no system instruction recorded, but its hash or the command line names one")
     standard_decoding = config.get("generation_kwargs") or {}
-    used_decoding = run.get("generation_kwargs") or {}
+    used_decoding = run.get("generation_kwargs")
+    if not isinstance(used_decoding, dict) or (standard_decoding and not used_decoding):
+        unknown.append("no decoding settings (generation_kwargs) recorded")
+        used_decoding = {}
     for key in sorted(set(standard_decoding) | set(used_decoding)):
-        if not _same(standard_decoding.get(key), used_decoding.get(key, standard_decoding.get(key))):
+        if key not in used_decoding:
+            unknown.append(f"decoding {key} not recorded")
+        elif not _same(standard_decoding.get(key), used_decoding.get(key)):
             found.append(f"decoding {key}={json.dumps(used_decoding.get(key))[:30]}")
     if raw["config"].get("gen_kwargs"):
         found.append(f"decoding overridden (--gen_kwargs {json.dumps(raw['config']['gen_kwargs'])[:40]})")
+    elif _command_line(raw, "gen_kwargs"):
+        unknown.append(f"the command line says --gen_kwargs {_command_line(raw, 'gen_kwargs')[:40]!r}, the configuration records none")
+    elif "gen_kwargs" not in raw["config"]:
+        unknown.append("no --gen_kwargs record (config.gen_kwargs)")
     # The logged prompts say what the model was really asked, whatever the config block claims.
-    pieces = standard_kwargs
-    if "prompt" in pieces:
-        odd = sum(1 for text in inputs if isinstance(text, str) and text != pieces["prompt"])
+    missing = sum(1 for text in inputs if not isinstance(text, str))
+    if missing:
+        unknown.append(f"{missing} samples log no prompt")
+    if expected_prompts is None:
+        unknown.append("the board has no copy of the questions to rebuild the prompts from")
     else:
-        pre, post = str(pieces.get("pre_prompt", "")), str(pieces.get("post_prompt", ""))
-        odd = sum(1 for text in inputs if isinstance(text, str) and not (text.startswith(pre) and text.endswith(post)))
-    if odd:
-        found.append(f"{odd} logged prompts differ from the task's")
-    return found
+        odd = sum(1 for text, expected in zip(inputs, expected_prompts) if isinstance(text, str) and text != expected)
+        if odd:
+            found.append(f"{odd} logged prompts differ from the task's")
+    return found, unknown
 
 
 def training_summary(document: dict[str, Any]) -> dict[str, Any]:
@@ -161,11 +195,17 @@ def meta(root: Path, manifest: dict[str, Any] | None, model: dict[str, Any], lim
         training = training_summary(document)
     args = model_args(model["model_args"])
     fallback_name = args.get("pretrained") or model["model_name"] or model["model"] or root.name
+    where = root / MANIFEST_NAME if manifest.get("display_name") else root
+    try:
+        display_name = names.normalise(manifest.get("display_name") or Path(fallback_name).name or fallback_name)
+        base_model = names.normalise(manifest["base_model"]) if manifest.get("base_model") else None
+    except names.NameRefused as error:
+        raise Rejected("name", where, f"{error} (display_name and base_model in {MANIFEST_NAME})") from None
     return RunMeta(
-        display_name=manifest.get("display_name") or Path(fallback_name).name or fallback_name,
+        display_name=display_name,
         backbone=manifest.get("backbone") or (training or {}).get("backbone"),
         variant=manifest.get("variant") or (training or {}).get("recipe") or "base",
-        base_model=manifest.get("base_model"),
+        base_model=base_model,
         model_revision=manifest.get("model_revision") or args.get("revision") or args.get("model_version"),
         homepage=manifest.get("homepage"),
         contact=manifest.get("contact"),

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from medbench.metrics.registry import METRICS, CheckKind, Metric
+from medbench.metrics.registry import METRICS, Answer, CheckKind, CorpusResult, Metric
 
 Verdict = Literal["recomputed", "consistent", "unverified"]
 
@@ -40,7 +40,6 @@ class Sample:
         target: The reference answer or text.
         answer_type: ``CLOSED``/``OPEN`` for VQA, ``None`` for long-form tasks.
         record: The raw logged record (metric values live here).
-        memo: Per-sample cache of recomputed records (one scorer call serves several metrics).
     """
 
     doc_id: int
@@ -49,66 +48,15 @@ class Sample:
     target: str
     answer_type: str | None
     record: dict[str, Any]
-    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answer(self) -> Answer:
+        """What the metric functions read."""
+        return Answer(self.prediction, self.target, self.answer_type)
 
 
 class VerificationError(Exception):
     """A score does not match what the per-sample logs recompute; the message names task, metric and sample."""
-
-
-def _vqa_record(sample: Sample) -> dict[str, Any]:
-    # The scorer the VQA task YAMLs name: recomputing through it keeps the leaderboard in step with the tasks.
-    if "vqa" not in sample.memo:
-        from medbench.lmms.vqa import process_results
-
-        doc = {"answer": sample.target, "answer_type": sample.answer_type, "id": sample.item_id, "source": None}
-        sample.memo["vqa"] = process_results(doc, [sample.prediction])
-    return sample.memo["vqa"]
-
-
-def _vqa_metric(name: str) -> Callable[[Sample], float | None]:
-    def recompute(sample: Sample) -> float | None:
-        value = _vqa_record(sample).get(name)
-        return None if value is None else float(value)
-
-    recompute.__name__ = f"vqa_{name}"
-    return recompute
-
-
-def _rouge_l(sample: Sample) -> float:
-    from medbench.metrics.text import rouge_l
-
-    return rouge_l(sample.prediction, sample.target)
-
-
-def _bleu4_sentence(sample: Sample) -> float:
-    from medbench.metrics.text import sentence_bleu4
-
-    return sentence_bleu4(sample.prediction, sample.target)
-
-
-def _corpus_bleu(order: int) -> Callable[[Sequence[Sample]], tuple[float, None]]:
-    def recompute(samples: Sequence[Sample]) -> tuple[float, None]:
-        from medbench.metrics.text import corpus_bleu
-
-        return corpus_bleu([s.prediction for s in samples], [s.target for s in samples])[f"bleu{order}"], None
-
-    recompute.__name__ = f"corpus_bleu{order}"
-    return recompute
-
-
-def _cider(samples: Sequence[Sample]) -> tuple[float, list[float]]:
-    from medbench.metrics.text import cider
-
-    score, per_sample = cider([s.prediction for s in samples], [s.target for s in samples])
-    return score, list(per_sample)
-
-
-def _meteor(samples: Sequence[Sample]) -> tuple[float, list[float]]:
-    from medbench.metrics.text import meteor
-
-    score, per_sample = meteor([s.prediction for s in samples], [s.target for s in samples])
-    return score, list(per_sample)
 
 
 @dataclass(frozen=True)
@@ -117,36 +65,24 @@ class MetricRule:
 
     Attributes:
         kind: The check (see the module docstring).
-        per_sample: Recomputes one sample's value (``None``: the metric does not apply to that sample).
-        corpus: Recomputes the task score (and per-sample values when the metric has them).
+        per_sample: The metric's per-sample function (``None`` result: it does not apply to that sample).
+        corpus: The metric's whole-task function (score, and per-sample values when the metric has them).
         mean_of_samples: The task score is the mean of the per-sample values, so a bootstrap over samples
             gives its confidence interval and samples can be compared pairwise between runs.
     """
 
     kind: CheckKind
-    per_sample: Callable[[Sample], float | None] | None = None
-    corpus: Callable[[Sequence[Sample]], tuple[float, list[float] | None]] | None = None
+    per_sample: Callable[[Answer], float | None] | None = None
+    corpus: Callable[[Sequence[Answer], str], CorpusResult] | None = None
     mean_of_samples: bool = True
 
 
-_PER_SAMPLE: dict[str, Callable[[Sample], float | None]] = {
-    "rouge_l": _rouge_l,
-    "bleu4_sentence": _bleu4_sentence,
-}
-_CORPUS: dict[str, Callable[[Sequence[Sample]], tuple[float, list[float] | None]]] = {
-    **{f"bleu{n}": _corpus_bleu(n) for n in range(1, 5)},
-    "cider": _cider,
-    "meteor": _meteor,
-}
-
-
 def rule_for(metric: Metric) -> MetricRule:
-    """The recompute rule of a declared metric (the functions behind its ``check``)."""
+    """The recompute rule of a declared metric: the very functions the task computed it with."""
     if metric.check in ("sample", "sum"):
-        recompute = _PER_SAMPLE.get(metric.name) or _vqa_metric(metric.name)
-        return MetricRule(metric.check, per_sample=recompute, mean_of_samples=metric.mean_of_samples)
+        return MetricRule(metric.check, per_sample=metric.sample_function, mean_of_samples=metric.mean_of_samples)
     if metric.check in ("corpus", "java"):
-        return MetricRule(metric.check, corpus=_CORPUS[metric.name], mean_of_samples=metric.mean_of_samples)
+        return MetricRule(metric.check, corpus=metric.corpus_function, mean_of_samples=metric.mean_of_samples)
     return MetricRule(metric.check, mean_of_samples=metric.mean_of_samples)
 
 
@@ -185,10 +121,15 @@ def _mean(values: Sequence[float]) -> float | None:
 
 @dataclass
 class MetricCheck:
-    """A verified metric: its per-sample values (aligned with the samples) and how it was checked."""
+    """A verified metric: its per-sample values (aligned with the samples) and how it was checked.
+
+    ``value`` is the recomputed task score when the metric was recomputed: the board shows it rather than the
+    submitted number, which may differ from it within the comparison tolerance.
+    """
 
     per_sample: list[float | None]
     verdict: Verdict
+    value: float | None = None
 
 
 def java_available() -> bool:
@@ -239,19 +180,21 @@ def check_metric(
         kind = "consistency"
     if kind in ("sample", "sum"):
         assert rule.per_sample is not None
+        recomputed: list[float | None] = []
         for sample, value in zip(samples, logged):
-            expected = rule.per_sample(sample)
+            expected = rule.per_sample(sample.answer)
             if _differs(expected, value):
                 raise VerificationError(
                     f"{task} {metric}: sample {sample.item_id!r} (doc_id {sample.doc_id}) logs {value} but its answer scores {expected}"
                 )
-        present = [v for v in logged if v is not None]
+            recomputed.append(expected)
+        present = [v for v in recomputed if v is not None]
         expected_total = math.fsum(present) if kind == "sum" else _mean(present)
         _compare_aggregate(task, metric, aggregate, expected_total, "the per-sample values")
-        return MetricCheck(logged, "recomputed")
+        return MetricCheck(recomputed, "recomputed", expected_total)
     if kind in ("corpus", "java"):
         assert rule.corpus is not None
-        expected_score, expected_samples = rule.corpus(samples)
+        expected_score, expected_samples = rule.corpus([sample.answer for sample in samples], metric)
         if expected_samples is not None and recompute_missing:
             logged = list(expected_samples)
         elif expected_samples is not None:
@@ -261,7 +204,9 @@ def check_metric(
                         f"{task} {metric}: sample {sample.item_id!r} (doc_id {sample.doc_id}) logs {value} but its answer scores {expected}"
                     )
         _compare_aggregate(task, metric, aggregate, expected_score, "the logged answers")
-        return MetricCheck(logged if expected_samples is not None else [None] * len(samples), "recomputed")
+        return MetricCheck(
+            list(expected_samples) if expected_samples is not None else [None] * len(samples), "recomputed", expected_score
+        )
     if kind == "consistency":
         _compare_aggregate(
             task, metric, aggregate, _mean([v for v in logged if v is not None]), "the logged per-sample values"

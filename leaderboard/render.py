@@ -16,9 +16,10 @@ import html
 import io
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from medbench.leaderboard.board import Board, Cell, Column, Row, as_records
 
@@ -98,9 +99,36 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def protocol_flags(row: Row, tasks: list[str] | None = None) -> list[str]:
+    """``non-standard`` and/or ``unknown protocol`` for the row's ``tasks`` (every task of the run by default)."""
+    tasks = list(tasks if tasks is not None else row.run.tasks)
+    flags = []
+    if any(task in row.run.nonstandard for task in tasks):
+        flags.append("non-standard")
+    if any(task in row.run.unknown_protocol for task in tasks):
+        flags.append("unknown protocol")
+    return flags
+
+
 def _display_name(row: Row, tasks: list[str] | None = None) -> str:
-    flagged = any(task in row.run.nonstandard for task in (tasks if tasks is not None else row.run.tasks))
-    return ("↳ " * row.depth) + row.run.name + (" (non-standard)" if flagged else "")
+    flags = protocol_flags(row, tasks)
+    return ("↳ " * row.depth) + row.run.name + (f" ({', '.join(flags)})" if flags else "")
+
+
+def resampling_text(board: Board) -> str:
+    """What the bootstrap and the paired tests resampled, per task (the page and the Markdown say it)."""
+    tasks = list(dict.fromkeys(column.task for column in board.columns))
+    clustered = [
+        f"{task}: {images} images for {questions} questions" for task, (images, questions) in board.clustered.items()
+    ]
+    others = [task for task in tasks if task not in board.clustered]
+    text = "Intervals and paired tests resample "
+    if clustered:
+        text += "images, not questions, where a task asks several questions about one image (" + "; ".join(clustered) + ")"
+        text += f", and the test items elsewhere ({', '.join(others)})." if others else "."
+    else:
+        text += "the test items (no task here asks several questions about one image)."
+    return text
 
 
 def render_markdown(board: Board) -> str:
@@ -114,7 +142,8 @@ def render_markdown(board: Board) -> str:
             if board.baseline
             else ""
         )
-        + "‡: checked for consistency only (not recomputable offline); †: not verified. "
+        + resampling_text(board)
+        + " ‡: checked for consistency only (not recomputable offline); †: not verified. "
         + "Task versions: "
         + ", ".join(f"{task} v{board.task_versions[task]}" for task in tasks)
         + "."
@@ -325,9 +354,12 @@ def _sortable_table(board: Board, table_id: str, columns: list[Column], tasks: l
         meta = row.run.meta
         classes = " ".join(filter(None, ["baseline" if row.is_baseline else "", "variant" if row.depth else ""]))
         departures = [d for task in tasks for d in row.run.nonstandard.get(task, [])]
+        unknown = [d for task in tasks for d in row.run.unknown_protocol.get(task, [])]
         name = e(meta.display_name) + (" <small>(baseline)</small>" if row.is_baseline else "")
         if departures:
             name += f' <small class="nonstd" title="{e("; ".join(dict.fromkeys(departures)))}">non-standard</small>'
+        if unknown:
+            name += f' <small class="nonstd" title="{e("; ".join(dict.fromkeys(unknown)))}">unknown protocol</small>'
         cells = [
             f'<td class="text name" data-value="{e(meta.display_name)}" title="{e(meta.display_name)}"><a href="#run-{index}">{name}</a></td>',
             f'<td class="text" data-value="{e(meta.backbone or "")}">{e(meta.backbone or "-")}</td>',
@@ -363,8 +395,18 @@ def _kv(pairs: list[tuple[str, Any]]) -> str:
         if value in (None, "", {}, []):
             continue
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1, default=str)
+        text = _capped(text)
         items.append(f"<dt>{e(key)}</dt><dd><pre>{e(text)}</pre></dd>")
     return f"<dl>{''.join(items)}</dl>"
+
+
+# One run's free text (prompt pieces, model arguments, decoding) is capped on the page: a submission cannot make
+# the board heavy for everyone (the full values stay in the registry and the CSV's source files).
+FIELD_CHARS = 2000
+
+
+def _capped(text: str) -> str:
+    return text if len(text) <= FIELD_CHARS else text[:FIELD_CHARS] + f" … ({len(text) - FIELD_CHARS} more characters)"
 
 
 def _provenance(board: Board) -> str:
@@ -408,6 +450,10 @@ def _provenance(board: Board) -> str:
                 if judge
                 else "-"
             )
+            unverifiable = [m for m, verdict in scores.checks.items() if m.startswith("judge_") and verdict == "unverified"]
+            if judge and unverifiable:
+                # The identity a results file claims is only shown as the judge's when its answers were logged.
+                judge_text = f"claimed: {judge_text} (no judge answers logged for {', '.join(sorted(unverifiable))})"
             checks: dict[str, list[str]] = {}
             for metric, verdict in scores.checks.items():
                 checks.setdefault(verdict, []).append(metric)
@@ -415,8 +461,8 @@ def _provenance(board: Board) -> str:
             task_rows.append(
                 "<tr>"
                 f"<td>{e(task)}</td><td>{scores.version}</td><td>{len(scores.item_ids)}</td>"
-                f"<td><pre>{e(json.dumps(scores.prompt, ensure_ascii=False, indent=1))}</pre></td>"
-                f"<td><pre>{e(json.dumps(scores.decoding, ensure_ascii=False, indent=1))}</pre></td>"
+                f"<td><pre>{e(_capped(json.dumps(scores.prompt, ensure_ascii=False, indent=1)))}</pre></td>"
+                f"<td><pre>{e(_capped(json.dumps(scores.decoding, ensure_ascii=False, indent=1)))}</pre></td>"
                 f"<td>{e(judge_text)}</td>"
                 f"<td>{e(check_text)}</td>"
                 "</tr>"
@@ -453,12 +499,15 @@ def render_html(
     legend = (
         f"Scores are task means as lmms-eval reported them, each recomputed from the per-sample logs; below each, the "
         f"bootstrap 95% confidence interval ({board.iterations} resamples of the test items; corpus-level metrics such as "
-        f"BLEU-n have none). {baseline}"
-        '<span class="check">‡</span> consistent with the per-sample values but not recomputable offline (BERTScore, LLM judge); '
-        '<span class="check">†</span> not verified. ↑/↓: higher/lower is better (from the task YAMLs). '
+        f"BLEU-n have none). {e(resampling_text(board))} {baseline}"
+        '<span class="check">‡</span> consistent with the per-sample values but not recomputable offline (BERTScore, RadGraph); '
+        '<span class="check">†</span> not verified (such as a judge score without the judge\'s answers: never marked ▲/▼). '
+        "↑/↓: higher/lower is better (from the task YAMLs). "
         "Click a column header to sort; variants are listed under the model they were trained from. "
         '<span class="nonstd">non-standard</span>: evaluated with another prompt, system instruction or decoding '
-        "than the task defines (hover for what changed; see the notes)."
+        "than the task defines (hover for what changed; see the notes). "
+        '<span class="nonstd">unknown protocol</span>: the logged prompts, decoding or system instruction are missing '
+        "or contradict each other, so the run cannot be shown as standard."
     )
     sections = [
         f"<h1>{e(title)}</h1>",

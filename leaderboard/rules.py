@@ -21,7 +21,8 @@ RULES = (
     "missing_metric",  # a metric of the task left out of the results (selective reporting)
     "failed_generations",  # model calls that failed: their error text is not an answer
     "tampered",  # scores the per-sample logs do not reproduce
-    "duplicate",  # the same run (or the same display name) twice
+    "duplicate",  # a name, or answers, an accepted run already has
+    "name",  # a display name with invisible or bidi-control characters
     "data_mismatch",  # evaluated on other items or references than the task's reference data
 )
 
@@ -41,6 +42,12 @@ class Rejected(MedbenchError):
         self.where = where
         self.reason = reason
 
+    def relabel(self, root: Path | str, label: str) -> Rejected:
+        """The same rejection with the folder ``root`` written as ``label`` (no operator paths on the page)."""
+        prefix = printable(str(root))
+        where = self.where.replace(prefix, label)
+        return Rejected(self.rule, where, self.reason.replace(prefix, label))
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -54,6 +61,7 @@ class Limits:
     results_bytes: int = 32 * 1024 * 1024
     samples_bytes: int = 512 * 1024 * 1024
     sample_line_bytes: int = 4 * 1024 * 1024
+    bytes_per_sample: int = 64 * 1024  # a logged sample's share of its log: a long report and its scores fit many times
     samples_per_task: int = 200_000
     results_files: int = 32
     json_depth: int = 32  # lmms-eval's results nest about 6 deep, a sample record about 5

@@ -42,7 +42,12 @@ class TaskScores:
         prompt: Prompt pieces (task kwargs, system instruction, chat template hash).
         decoding: Generation settings.
         nonstandard: How the run departs from the task's prompt and decoding (empty: standard).
+        unknown_protocol: Evidence of the prompt and decoding that is missing or contradictory (empty: the
+            protocol is known; otherwise the task is shown as "unknown protocol", never as standard).
         judge: Judge model, prompts and source file, when judge metrics are present.
+        normalised: The answers as the task's normaliser sees them, aligned with ``item_ids`` (copy detection).
+        clusters: The image each item asks about, aligned with ``item_ids`` (the unit the bootstrap resamples;
+            empty when the reference data does not say).
     """
 
     task: str
@@ -59,7 +64,10 @@ class TaskScores:
     prompt: dict[str, Any]
     decoding: dict[str, Any]
     nonstandard: list[str] = field(default_factory=list)
+    unknown_protocol: list[str] = field(default_factory=list)
     judge: dict[str, Any] | None = None
+    normalised: list[str] = field(default_factory=list)
+    clusters: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,3 +104,8 @@ class Run:
     def nonstandard(self) -> dict[str, list[str]]:
         """Task -> how it departs from the task's standard prompt and decoding (standard tasks left out)."""
         return {task: scores.nonstandard for task, scores in self.tasks.items() if scores.nonstandard}
+
+    @property
+    def unknown_protocol(self) -> dict[str, list[str]]:
+        """Task -> why its prompt and decoding cannot be told standard (tasks with full evidence left out)."""
+        return {task: scores.unknown_protocol for task, scores in self.tasks.items() if scores.unknown_protocol}

@@ -31,11 +31,8 @@ def inside(root: Path, path: Path, what: str) -> Path:
     """``path`` resolved (links followed), refused when it leaves ``root``."""
     resolved = path.resolve()
     if not resolved.is_relative_to(root):
-        raise Rejected(
-            "path",
-            path,
-            f"{what} resolves to {resolved}, outside the submission folder {root}; keep every file inside it",
-        )
+        # Where it points is not shown: that would put the board operator's folders on the page.
+        raise Rejected("path", path, f"{what} resolves outside the submission folder; keep every file inside it")
     return resolved
 
 
@@ -47,7 +44,11 @@ def read_bytes(root: Path, path: Path, cap: int, what: str) -> bytes:
     size = resolved.stat().st_size
     if size > cap:
         raise Rejected("oversized", path, f"{what} is {size} bytes, over the {cap}-byte limit")
-    return resolved.read_bytes()
+    with resolved.open("rb") as handle:
+        data = handle.read(cap + 1)  # bounded: a file that grew after the stat is not read past the cap
+    if len(data) > cap:
+        raise Rejected("oversized", path, f"{what} is over the {cap}-byte limit")
+    return data
 
 
 def _integer(limits: Limits):

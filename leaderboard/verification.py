@@ -25,17 +25,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from medbench.data.fingerprint import DataFingerprint, fingerprint_items, item_key, reference_data
-from medbench.data.sources import get_source
-from medbench.errors import MedbenchError
 from medbench.leaderboard import provenance
 from medbench.leaderboard.cache import VerificationCache
+from medbench.leaderboard.copies import normalised_answers
 from medbench.leaderboard.discovery import CACHE_DIR, MANIFEST_NAME
+from medbench.leaderboard.judging import verify_judge_metric
 from medbench.leaderboard.recompute import (
     REGISTRY,
     Sample,
@@ -47,6 +47,10 @@ from medbench.leaderboard.recompute import (
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.runs import Run, TaskScores
 from medbench.leaderboard.safe_io import parse, parse_lines, read_bytes, read_json, relative, schema_problem
+
+from medbench.data.fingerprint import DataFingerprint, fingerprint_items, item_key, reference_data
+from medbench.data.sources import get_source
+from medbench.errors import MedbenchError
 from medbench.metrics.registry import METRICS, Metric
 from medbench.results import (
     FAILED_GENERATION_MARK,
@@ -192,7 +196,8 @@ def load_run(
         raise Rejected("missing_samples", root, "the results files hold no medbench task")
     files: dict[str, _TaskFiles] = {}
     for task, source in sorted(sources.items()):
-        data = read_bytes(root, source.samples_path, limits.samples_bytes, f"the {task} per-sample log")
+        cap = _samples_cap(limits, references.get(task, []))
+        data = read_bytes(root, source.samples_path, cap, f"the {task} per-sample log")
         judge = _judge_files(root, source, limits)
         sidecars = _sidecar_files(root, source, limits)
         files[task] = _TaskFiles(data, judge, sidecars)
@@ -221,6 +226,17 @@ def load_run(
         "date": first.get("date"),
     }
     return Run(root=root, meta=meta, model=model, tasks=tasks, digest=key, provenance=details)
+
+
+def _samples_cap(limits: Limits, references: list[DataFingerprint]) -> int:
+    """The byte cap of a task's per-sample log: what its test set's size allows, within the global cap.
+
+    A log holds one line per test item, so a 500 MB log of a 100-item task is refused before it is read.
+    """
+    if not references:
+        return limits.samples_bytes
+    items = max(reference.size for reference in references)
+    return min(limits.samples_bytes, max(limits.sample_line_bytes, items * limits.bytes_per_sample))
 
 
 def _check_limit(path: Path, raw: dict[str, Any]) -> None:
@@ -344,6 +360,7 @@ def read_samples(path: Path, data: bytes, task: str, limits: Limits) -> list[Sam
     """
     samples: list[Sample] = []
     seen: set[str] = set()
+    doc_ids: set[int | None] = set()
     for number, line in parse_lines(path, data, limits, f"the {task} per-sample log"):
         try:
             record = parse_sample_record(line, strict=True)
@@ -355,7 +372,12 @@ def read_samples(path: Path, data: bytes, task: str, limits: Limits) -> list[Sam
             ) from None
         if record.item_id in seen:
             raise Rejected("duplicate", path, f"line {number}: sample {record.item_id!r} is logged twice")
+        if record.doc_id in doc_ids:
+            raise Rejected(
+                "schema", path, f"line {number}: doc_id {record.doc_id} is logged twice; each sample has its own doc_id"
+            )
         seen.add(record.item_id)
+        doc_ids.add(record.doc_id)
         assert record.doc_id is not None and record.prediction is not None and record.target is not None  # strict
         samples.append(
             Sample(record.doc_id, record.item_id, record.prediction, record.target, record.answer_type, record.raw)
@@ -365,11 +387,15 @@ def read_samples(path: Path, data: bytes, task: str, limits: Limits) -> list[Sam
     return samples
 
 
+_FAILED_MARK = FAILED_GENERATION_MARK.casefold()
+
+
 def _failed(sample: Sample) -> bool:
     detail = sample.record["medbench_detail"]
-    return sample.prediction.lstrip().startswith(FAILED_GENERATION_MARK) or bool(
-        detail.get("failed_generation") or detail.get("generation_failed")
-    )
+    # The marker is looked for anywhere, in any case and with invisible characters removed: an answer that
+    # hides it behind a zero-width space or lower case is still a failed call, and no real answer contains it.
+    visible = "".join(c for c in unicodedata.normalize("NFKC", sample.prediction) if unicodedata.category(c) != "Cf")
+    return _FAILED_MARK in visible.casefold() or bool(detail.get("failed_generation") or detail.get("generation_failed"))
 
 
 def _check_data(path: Path, task: str, samples: list[Sample], references: list[DataFingerprint]) -> DataFingerprint:
@@ -425,7 +451,7 @@ def _check_reported(path: Path, task: str, declared: list[Metric], reported: set
     for metric in declared:
         if metric.family:
             families.setdefault(metric.family, []).append(metric)
-    for family, members in families.items():
+    for members in families.values():
         present = [m.name for m in members if m.name in reported]
         if present and len(present) != len(members):
             absent = [m.name for m in members if m.name not in reported]
@@ -514,19 +540,30 @@ def _verify_task(
             check = check_metric(
                 task, name, REGISTRY[name], samples, value, external, metric.bounds, recompute_missing=missing_values
             )
+            if name.startswith("judge_") and name != "judge_unscored":
+                source = judge if external is not None and judge is not None and name in judge["scores"] else sidecar
+                evidence = source["verdicts"] if external is not None and source else [_inline_evidence(s) for s in samples]
+                scoring = (source or {}).get("info", {}).get("scoring") if external is not None else None
+                check.verdict = verify_judge_metric(  # type: ignore[assignment]
+                    task, name, check.per_sample, evidence, [s.item_id for s in samples], scoring
+                )
         except VerificationError as problem:
             raise Rejected("tampered", path, f"{problem}; scores must be what the logged answers give") from None
         except (ValueError, OverflowError) as problem:
             raise Rejected("tampered", path, f"{task} {name}: values cannot be added up ({problem})") from None
-        scores[name], stderr[name] = value, error
+        scores[name] = check.value if check.value is not None else value
+        stderr[name] = error
         per_sample[name], checks[name] = check.per_sample, check.verdict
     inputs = [sample.record.get("input") for sample in samples]
+    departures, unknown = provenance.departures(
+        raw, task, task_configs()[task], inputs, _expected_prompts(task, reference, [s.item_id for s in samples])
+    )
     return TaskScores(
         task=task,
         version=task_versions()[task],
         item_ids=[s.item_id for s in samples],
         fingerprint=reference.sha256,
-        data=reference.data,
+        data=_public_label(reference.data),
         data_priority=reference.priority,
         answers=_hash(json.dumps([[s.item_id, s.prediction] for s in samples], ensure_ascii=False)),
         scores=scores,
@@ -535,9 +572,83 @@ def _verify_task(
         checks=checks,
         prompt=provenance.prompt(raw, task),
         decoding=decoding,
-        nonstandard=provenance.departures(raw, task, task_configs()[task], inputs),
+        nonstandard=departures,
+        unknown_protocol=unknown,
         judge=(judge["info"] if judge else (sidecar["info"] if sidecar else _inline_judge(samples))),
+        normalised=normalised_answers(task, [s.prediction for s in samples]),
+        clusters=_clusters(task, reference, [s.item_id for s in samples]),
     )
+
+
+def _public_label(data: str) -> str:
+    """The reference data's label without the board operator's folders (``local:/srv/x/vqa.jsonl`` -> ``local:vqa.jsonl``)."""
+    origin, sep, location = data.partition(":")
+    if sep and origin in ("local", "saved", "snapshot"):
+        return f"{origin}:{Path(location).name}"
+    return data
+
+
+@cache
+def _reference_documents(task: str, data: str, priority: int) -> dict[str, dict[str, Any]] | None:
+    """The reference data's documents by id (questions included), when the board holds a copy."""
+    from medbench.data.loading import DEMO_DIR, ResolvedSource, load_task_docs, read_local_records, resolve_source
+
+    if priority == 0:
+        resolved = ResolvedSource(task, "demo", str(DEMO_DIR / get_source(task).demo_file), DEMO_DIR)
+        documents = read_local_records(resolved, check_images=False)
+    elif priority == 2:
+        resolved = resolve_source(task)
+        if resolved.origin == "local":
+            documents = read_local_records(resolved, check_images=False)
+        else:
+            import datasets
+
+            dataset = load_task_docs(task)
+            columns = [c for c in ("id", "question", "image") if c in dataset.column_names]
+            dataset = dataset.select_columns(columns)
+            if "image" in columns:  # the file name is the cluster key; the pixels are not needed
+                dataset = dataset.cast_column("image", datasets.Image(decode=False))
+            documents = list(dataset)
+    else:
+        return None  # a declared fingerprint: the board has the hash of the data, not the questions
+    return {str(document["id"]): document for document in documents}
+
+
+def _cluster_key(image: Any) -> str | None:
+    """The image a document asks about, as a cluster key (its file name, or a hash of its bytes)."""
+    if isinstance(image, dict):
+        if image.get("path"):
+            return Path(str(image["path"])).name
+        if isinstance(image.get("bytes"), bytes):
+            return hashlib.sha256(image["bytes"]).hexdigest()[:16]
+        return None
+    return Path(image).name if isinstance(image, str) and image else None
+
+
+def _clusters(task: str, reference: DataFingerprint, item_ids: list[str]) -> list[str]:
+    """Each item's image (the unit the bootstrap resamples), or ``[]`` when the board cannot tell."""
+    try:
+        documents = _reference_documents(task, reference.data, reference.priority)
+    except MedbenchError:
+        return []
+    if documents is None or any(item not in documents for item in item_ids):
+        return []
+    keys = [_cluster_key(documents[item].get("image")) for item in item_ids]
+    return [] if any(key is None for key in keys) else keys  # type: ignore[return-value]
+
+
+def _expected_prompts(task: str, reference: DataFingerprint, item_ids: list[str]) -> list[str] | None:
+    """Each item's prompt as the task builds it (its YAML's ``doc_to_text`` with the standard prompt pieces)."""
+    from medbench.lmms.common import doc_to_text
+
+    try:
+        documents = _reference_documents(task, reference.data, reference.priority)
+    except MedbenchError:
+        return None
+    if documents is None or any(item not in documents for item in item_ids):
+        return None
+    pieces = dict((task_configs()[task].get("lmms_eval_specific_kwargs") or {}).get("default") or {})
+    return [doc_to_text(documents[item], pieces) for item in item_ids]
 
 
 def _number(value: Any, where: Path, what: str) -> float | None:
@@ -588,7 +699,12 @@ def _read_judge(
     per_sample = _verdict_values(verdicts, scores)
     info = document["medbench_judge"]
     judge = info.get("judge") if isinstance(info.get("judge"), dict) else {}
-    return {"scores": scores, "per_sample": per_sample, "info": _judge_info(results_path.name, judge, info.get("date"))}
+    return {
+        "scores": scores,
+        "per_sample": per_sample,
+        "verdicts": verdicts,
+        "info": _judge_info(results_path.name, judge, info.get("date")),
+    }
 
 
 def _verdict_values(verdicts: list[dict[str, Any]], metrics: Any) -> dict[str, list[float | None]]:
@@ -630,8 +746,22 @@ def _read_sidecar(
             continue  # another run's sidecar in the same output folder
         ordered = [by_id[s.item_id] for s in samples]
         metrics = [m for m in METRICS if m.startswith("judge_")]
-        return {"per_sample": _verdict_values(ordered, metrics), "info": _judge_info(path.name, document["judge"], None)}
+        return {
+            "per_sample": _verdict_values(ordered, metrics),
+            "verdicts": ordered,
+            "info": _judge_info(path.name, document["judge"], None),
+        }
     return None
+
+
+def _inline_evidence(sample: Sample) -> dict[str, Any]:
+    """The judge's logged answers for one sample judged inside lmms-eval (spread over its judge items)."""
+    evidence: dict[str, Any] = {}
+    for metric in METRICS:
+        value = sample.record.get(metric)
+        if metric.startswith("judge_") and isinstance(value, dict):
+            evidence.update({k: v for k, v in value.items() if k not in ("score", "status", "judge", "id")})
+    return evidence
 
 
 def _inline_judge(samples: list[Sample]) -> dict[str, Any] | None:
@@ -662,8 +792,9 @@ def _hash(text: str) -> str:
 
 def _verifier_identity(references: dict[str, list[DataFingerprint]]) -> str:
     # A cached verdict is only reused by the same verifier, task versions and reference data.
-    from medbench import __version__ as medbench_version
     from medbench.leaderboard import __version__
+
+    from medbench import __version__ as medbench_version
 
     return json.dumps(
         {
@@ -688,7 +819,12 @@ def safe_load_run(root: Path, limits: Limits, cache: VerificationCache | None, r
         raise
     except MedbenchError as error:
         raise Rejected("unreadable", root, str(error)) from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError, UnicodeError, OSError) as error:
+    except (
+        ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError, UnicodeError, OSError,
+        RuntimeError, MemoryError,
+    ) as error:
+        # RuntimeError: Python 3.11's Path.resolve on a link that points to itself (ELOOP); MemoryError: a file
+        # that fits the caps but not the machine. Either is this submission's problem, never the board's.
         raise Rejected(
             "unreadable", root, f"could not be verified ({type(error).__name__}: {str(error)[:160]}); check the files against docs/leaderboard.md"
         ) from None

@@ -71,4 +71,8 @@ def dispatch(args: argparse.Namespace, prog: str = "medbench") -> int:
     except MedbenchError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # What finished stays (judge answers in the cache, batch ids, checkpoints); a traceback adds nothing.
+        print(f"{prog}: interrupted; what finished is kept: run the same command again to resume", file=sys.stderr)
+        return 130
 

@@ -7,11 +7,11 @@ Markdown, and between ``# BEGIN generated:NAME ...`` and ``# END generated:NAME`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from medbench.data.sources import SOURCES
-from medbench.metrics.registry import TaskKind, metric_list
+from medbench.metrics.registry import METRICS, TaskKind, metric_list
 from medbench.taskfiles import group_members, task_configs, tasks_dir
 
 
@@ -51,6 +51,26 @@ def yaml_metric_list(kind: TaskKind) -> Callable[[], str]:
     return generate
 
 
+def aggregation_functions() -> str:
+    """The aggregation functions the task YAMLs name, one per whole-task metric (in :mod:`medbench.lmms.report`)."""
+    import inspect
+
+    blocks = []
+    for metric in METRICS.values():
+        if metric.corpus_function is None:
+            continue
+        takes_args = "args" in inspect.signature(metric.corpus_function).parameters
+        signature = "items: list[Deferred], args: Any = None" if takes_args else "items: list[Deferred]"
+        call = f'aggregate("{metric.name}", items, args)' if takes_args else f'aggregate("{metric.name}", items)'
+        direction = "higher" if metric.higher_is_better else "lower"
+        blocks.append(
+            f"def {metric.name}({signature}) -> float | None:\n"
+            f'    """{metric.description[:1].upper()}{metric.description[1:]}, {direction} is better."""\n'
+            f"    return {call}\n"
+        )
+    return "\n\n".join(blocks).rstrip("\n")
+
+
 # YAML blocks first: the task index reads the metric lists they hold.
 GENERATORS: dict[str, tuple[Callable[[], Path], Callable[[], str]]] = {
     "metric_list:vqa": (lambda: tasks_dir() / "_templates" / "vqa_yaml", yaml_metric_list("vqa")),
@@ -60,13 +80,14 @@ GENERATORS: dict[str, tuple[Callable[[], Path], Callable[[], str]]] = {
         yaml_metric_list("chest_xray"),
     ),
     "task-index": (lambda: tasks_dir() / "README.md", task_index),
+    "aggregations": (lambda: Path(__file__).parent / "lmms" / "report.py", aggregation_functions),
 }
 
 
 def _pattern(name: str) -> re.Pattern:
     begin = rf"<!-- BEGIN generated:{re.escape(name)} -->\n|# BEGIN generated:{re.escape(name)}(?: [^\n]*)?\n"
     end = rf"<!-- END generated:{re.escape(name)} -->|# END generated:{re.escape(name)}\n"
-    return re.compile(rf"({begin})(.*?)({end})", re.S)
+    return re.compile(rf"({begin})(.*?)({end})", re.DOTALL)
 
 
 def stale_blocks() -> list[str]:
@@ -86,7 +107,8 @@ def write_blocks() -> None:
         text = path.read_text(encoding="utf-8")
         if not _pattern(name).search(text):
             raise ValueError(f"{path} has no generated:{name} block markers")
-        path.write_text(_pattern(name).sub(lambda m: m.group(1) + generate() + "\n" + m.group(3), text), encoding="utf-8")
+        block = generate()
+        path.write_text(_pattern(name).sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(3), text), encoding="utf-8")
         task_configs.cache_clear()  # later blocks read the task YAMLs just written
 
 

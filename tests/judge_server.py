@@ -9,8 +9,9 @@ it is a test double, not a judge. The test suite and ``benchmarks/bench_judge.py
 * ``"hang"``: hold the request open (until the client times out or the server stops);
 * ``"garbage"``: HTTP 200 with a body that is not JSON;
 * ``"wrong_count"``: a well-formed completion whose label list is one short (other prompts get prose);
-* ``"401"``: an authentication error, ``"400"``: OpenAI's context-length rejection (never drawn at random
-  unless listed in ``faults``; script them).
+* ``"401"``: an authentication error that quotes the key it was sent (as some proxies do), ``"400"``:
+  OpenAI's context-length rejection, ``"error200"``: HTTP 200 whose body is an OpenAI error object (never
+  drawn at random unless listed in ``faults``; script them).
 
 Faults come from a scripted queue (``script``), then from a seeded failure rate (``failure_rate``).
 Besides faults it can behave like a real endpoint in two ways, with OpenAI's exact error bodies:
@@ -19,7 +20,10 @@ Besides faults it can behave like a real endpoint in two ways, with OpenAI's exa
   and any ``temperature`` other than 1 too (400 ``unsupported_value``);
 * ``rate_limit=20``: a token bucket of that many requests per second (capacity ``burst``); above it, 429
   with OpenAI's body and ``retry-after``, ``retry-after-ms`` and ``x-ratelimit-*`` headers, which every
-  answered request carries as well.
+  answered request carries as well. With ``per_minute_headers=True`` the headers describe the budget as
+  OpenAI does (requests per minute: limit ``60 * rate``, the remaining part of that minute's budget, and
+  the time until it is full again) while the small bucket still decides - so ``remaining`` stays high
+  right up to the 429, and only ``(limit - remaining) / reset`` tells the rate.
 
 Every request is recorded (a hash of its messages, the fault applied, the request body, the time) so tests
 can check what was sent. Run it by hand with ``python tests/judge_server.py --port 8000``.
@@ -201,6 +205,8 @@ class LoopbackJudgeServer:
         whole_second_retry_after: Send ``retry-after`` rounded up to whole seconds (as OpenAI does), beside
             the precise ``retry-after-ms``.
         limit_headers: Send the ``x-ratelimit-*`` headers (``False``: only the 429's retry headers).
+        per_minute_headers: Report the budget per minute (OpenAI's RPM headers) instead of the bucket's.
+        fastapi_strict: Reject ``max_completion_tokens`` as an unknown field with FastAPI's 422 body (older vLLM).
     """
 
     def __init__(
@@ -219,6 +225,8 @@ class LoopbackJudgeServer:
         burst: float | None = None,
         whole_second_retry_after: bool = True,
         limit_headers: bool = True,
+        per_minute_headers: bool = False,
+        fastapi_strict: bool = False,
     ) -> None:
         self.port = port
         self.latency = latency
@@ -232,7 +240,10 @@ class LoopbackJudgeServer:
         self.burst = burst if burst is not None else (rate_limit or 0)
         self.whole_second_retry_after = whole_second_retry_after
         self.limit_headers = limit_headers
+        self.per_minute_headers = per_minute_headers
+        self.fastapi_strict = fastapi_strict
         self._tokens = self.burst
+        self._minute_tokens = 60.0 * (rate_limit or 0)  # the per-minute budget the headers describe
         self._refilled = time.monotonic()
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
@@ -316,16 +327,21 @@ class LoopbackJudgeServer:
         """One request's worth from the bucket; returns (allowed, x-ratelimit headers)."""
         with self._lock:
             now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate_limit)
+            minute = 60.0 * self.rate_limit
+            refill = (now - self._refilled) * self.rate_limit
+            self._tokens = min(self.burst, self._tokens + refill)
+            self._minute_tokens = min(minute, self._minute_tokens + refill)
             self._refilled = now
             allowed = self._tokens >= 1
             if allowed:
                 self._tokens -= 1
-            remaining = max(0, math.floor(self._tokens))
-            reset = (self.burst - self._tokens) / self.rate_limit
+                self._minute_tokens -= 1
             wait = 0.0 if allowed else (1 - self._tokens) / self.rate_limit
+            capacity, level = (minute, self._minute_tokens) if self.per_minute_headers else (self.burst, self._tokens)
+            remaining = max(0, math.floor(level))
+            reset = (capacity - level) / self.rate_limit
         headers = {
-            "x-ratelimit-limit-requests": str(int(self.burst)),
+            "x-ratelimit-limit-requests": str(int(capacity)),
             "x-ratelimit-remaining-requests": str(remaining),
             "x-ratelimit-reset-requests": openai_duration(reset),
             "x-ratelimit-limit-tokens": "10000000",
@@ -371,6 +387,11 @@ class LoopbackJudgeServer:
                 self._record(request, messages, "other", "reasoning", 400)
                 self._send(handler, 400, rejection)
                 return
+        if self.fastapi_strict and "max_completion_tokens" in request:
+            self._record(request, messages, "other", "fastapi", 422)
+            self._send(handler, 422, {"detail": [{"type": "extra_forbidden", "loc": ["body", "max_completion_tokens"],
+                                                  "msg": "Extra inputs are not permitted", "input": request["max_completion_tokens"]}]})
+            return
         if self.rate_limit:
             allowed, limit_headers = self._take_token()
             if not allowed:
@@ -380,6 +401,7 @@ class LoopbackJudgeServer:
         fault = self._next_fault()
         role, text = (self.answer or (lambda m: fake_judge_answer(m, wrong_count=fault == "wrong_count")))(messages)
         status = {"400": 400, "401": 401, "429": 429, "500": 500}.get(fault or "", 200)
+        key = handler.headers.get("Authorization", "").removeprefix("Bearer ")
         self._record(request, messages, role, fault, status)
         if fault == "hang":
             self._stopping.wait(self.hang_seconds)
@@ -387,7 +409,9 @@ class LoopbackJudgeServer:
         if self.latency:
             time.sleep(self.latency)
         if fault == "401":
-            self._send(handler, 401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
+            self._send(handler, 401, {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error"}})
+        elif fault == "error200":
+            self._send(handler, 200, {"error": {"message": "upstream model overloaded", "type": "server_error", "code": 503}})
         elif fault == "429":
             self._send(handler, 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}}, {"Retry-After": "0"})
         elif fault == "400":
@@ -448,7 +472,14 @@ class BatchAPI:
     * ``expire_after``: only that many lines are answered, the batch ends ``expired`` and the rest appear in
       the error file with code ``batch_expired`` (as OpenAI does);
     * ``fail_every``: every k-th line is answered 400 (OpenAI's context-length body) in the error file;
-    * ``status_after_create``: force a terminal status (e.g. ``failed`` with no output file).
+    * ``status_after_create``: force a terminal status (e.g. ``failed`` with no output file);
+    * ``create_delay``: seconds ``POST /v1/batches`` waits *after* creating the batch before it answers (a
+      client that times out and retries pays for another batch, as with OpenAI).
+
+    ``GET /v1/batches`` lists batches newest first with OpenAI's cursor pagination (``limit``, ``after``), and
+    :meth:`cancel` cancels a batch from outside (someone in the dashboard): the lines answered so far
+    (``answer_before_cancel``) land in the output file, the rest in the error file with code
+    ``batch_cancelled``.
     """
 
     def __init__(self, server: "LoopbackJudgeServer") -> None:
@@ -460,7 +491,18 @@ class BatchAPI:
         self.expire_after: int | None = None
         self.fail_every: int | None = None
         self.status_after_create: str | None = None
+        self.create_delay = 0.0
+        self.answer_before_cancel = 0
         self._lock = threading.Lock()
+
+    def cancel(self, batch_id: str) -> None:
+        """Cancel a batch from outside, as a person in OpenAI's dashboard would."""
+        with self._lock:
+            batch = self.batches[batch_id]
+            if batch["status"] in ("completed", "expired", "failed", "cancelled"):
+                return
+            self._finish(batch, answered=self.answer_before_cancel, status="cancelled", code="batch_cancelled",
+                         message="The batch was cancelled before this request was executed.")
 
     def post(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         path = handler.path.rstrip("/")
@@ -484,14 +526,19 @@ class BatchAPI:
             batch_id = f"batch_{self.created}"
             lines = [json.loads(line) for line in source.decode().splitlines() if line.strip()]
             self.batches[batch_id] = {"id": batch_id, "lines": lines, "polls": 0, "status": "validating",
-                                      "input_file_id": request["input_file_id"]}
+                                      "input_file_id": request["input_file_id"], "metadata": request.get("metadata")}
             payload = self._object(self.batches[batch_id])
+        if self.create_delay:
+            time.sleep(self.create_delay)  # created, but the answer comes late
         self.server._send(handler, 200, payload)
 
     def get(self, handler: BaseHTTPRequestHandler) -> None:
-        parts = handler.path.split("?")[0].rstrip("/").split("/")
+        path, _, query = handler.path.partition("?")
+        parts = path.rstrip("/").split("/")
         with self._lock:
-            if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in self.batches:
+            if parts[-1] == "batches":
+                payload = self._page(dict(pair.split("=", 1) for pair in query.split("&") if "=" in pair))
+            elif len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in self.batches:
                 self.retrieves += 1
                 batch = self.batches[parts[-1]]
                 self._advance(batch)
@@ -507,6 +554,16 @@ class BatchAPI:
         else:
             self.server._send(handler, 200, payload)
 
+    def _page(self, query: dict[str, str]) -> dict:
+        newest_first = sorted(self.batches.values(), key=lambda b: int(b["id"].split("_")[1]), reverse=True)
+        if "after" in query:
+            ids = [b["id"] for b in newest_first]
+            newest_first = newest_first[ids.index(query["after"]) + 1 :] if query["after"] in ids else []
+        limit = int(query.get("limit", 20))
+        page = newest_first[:limit]
+        return {"object": "list", "data": [self._object(b) for b in page], "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": len(newest_first) > limit}
+
     def _advance(self, batch: dict) -> None:
         if batch["status"] in ("completed", "expired", "failed", "cancelled"):
             return
@@ -517,12 +574,16 @@ class BatchAPI:
         if self.status_after_create:
             batch["status"] = self.status_after_create
             return
+        expired = self.expire_after is not None and self.expire_after < len(batch["lines"])
+        self._finish(batch, answered=self.expire_after, status="expired" if expired else "completed", code="batch_expired",
+                     message="This request could not be executed before the completion window expired.")
+
+    def _finish(self, batch: dict, *, answered: int | None, status: str, code: str, message: str) -> None:
         outputs, errors = [], []
         for index, line in enumerate(batch["lines"], start=1):
             ident = line["custom_id"]
-            if self.expire_after is not None and index > self.expire_after:
-                errors.append({"id": f"req_{index}", "custom_id": ident, "response": None,
-                               "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
+            if answered is not None and index > answered:
+                errors.append({"id": f"req_{index}", "custom_id": ident, "response": None, "error": {"code": code, "message": message}})
                 continue
             if self.fail_every and index % self.fail_every == 0:
                 errors.append({"id": f"req_{index}", "custom_id": ident,
@@ -536,7 +597,7 @@ class BatchAPI:
                 "body": {"id": f"chatcmpl-b{index}", "object": "chat.completion", "model": line["body"].get("model"),
                          "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                          "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10 + len(text.split())}}}})
-        batch["status"] = "expired" if self.expire_after is not None and self.expire_after < len(batch["lines"]) else "completed"
+        batch["status"] = status
         for name, rows in (("output_file_id", outputs), ("error_file_id", errors)):
             if rows:
                 file_id = f"file-{len(self.files) + 1}"
@@ -551,7 +612,7 @@ class BatchAPI:
             "id": batch["id"], "object": "batch", "endpoint": "/v1/chat/completions", "errors": None,
             "input_file_id": batch["input_file_id"], "completion_window": "24h", "status": batch["status"],
             "output_file_id": batch.get("output_file_id"), "error_file_id": batch.get("error_file_id"),
-            "created_at": int(time.time()), "request_counts": counts, "metadata": None,
+            "created_at": int(time.time()), "request_counts": counts, "metadata": batch.get("metadata"),
         }
 
 

@@ -6,7 +6,9 @@ study's. Its keys share one flat namespace, as in TRL's own ``TrlParser((ScriptA
 * medbench's own settings, the fields of :class:`RecipeConfig` (objective, loss terms, model loading, LoRA, ...);
 * any ``trl.DPOConfig`` / ``TrainingArguments`` argument (``beta``, ``learning_rate``, ``max_length``,
   ``save_steps``, ...). They are kept as stated in :attr:`RecipeConfig.dpo_args` and become a ``DPOConfig`` at
-  train time (:func:`resolve_training_args`), over :data:`TRAINING_DEFAULTS` (the study's).
+  train time (:func:`resolve_training_args`), over :data:`TRAINING_DEFAULTS` (the study's). A recipe with
+  ``objective: grpo`` (online RL, :mod:`medbench.train.grpo`) states ``trl.GRPOConfig`` arguments the same way
+  (``loss_type``, ``num_generations``, ``reward_weights``, ``multi_objective_aggregation``, ...).
 
 A backbone profile in ``trainers/backbones/`` adds the settings one model family needs (chat template, max length,
 which modules train). Settings resolve as: defaults < backbone profile < recipe file < command-line overrides (a
@@ -34,7 +36,7 @@ import yaml
 
 from medbench.errors import MedbenchError
 
-from .objectives import OBJECTIVES, TRL_LOSS_TYPES
+from .objectives import OBJECTIVES, ONLINE_OBJECTIVE, TRL_LOSS_TYPES
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 BACKBONES_DIR = Path(__file__).resolve().parent / "backbones"
@@ -75,6 +77,10 @@ _MANAGED_TRAINER_ARGS = {
     "precompute_ref_log_probs": "TRL cannot precompute reference log-probs for image data",
 }
 
+# For GRPO: loss_type / reward_weights are GRPOConfig's own settings (DPO's loss keys are no GRPOConfig arguments).
+_MANAGED_GRPO_ARGS = {key: _MANAGED_TRAINER_ARGS[key] for key in ("output_dir", "use_cpu", "bf16", "fp16")}
+_MANAGED_GRPO_ARGS["remove_unused_columns"] = "the rewards read the answer columns"
+
 # Keys that are no settings any more, with the one to use.
 _REPLACED_KEYS = {
     "warmup_ratio": "transformers 5 removed it; set `warmup_steps` (a value below 1 is a fraction of the steps)",
@@ -87,10 +93,12 @@ class RecipeError(MedbenchError):
     """A recipe file, backbone profile or override is unusable; the message names the field and the fix."""
 
 
-def _check_key(where: str, key: str) -> None:
-    """Refuse a key medbench train manages itself or one that was replaced (``where`` names the file or recipe)."""
-    if key in _MANAGED_TRAINER_ARGS:
-        raise RecipeError(f"{where}: `{key}` is managed by medbench train: {_MANAGED_TRAINER_ARGS[key]}")
+def _check_key(where: str, key: str, online: bool = False) -> None:
+    """Refuse a key medbench train manages itself or one that was replaced (``where`` names the file or recipe;
+    ``online``: the recipe trains with GRPO, whose loss settings are its own)."""
+    managed = _MANAGED_GRPO_ARGS if online else _MANAGED_TRAINER_ARGS
+    if key in managed:
+        raise RecipeError(f"{where}: `{key}` is managed by medbench train: {managed[key]}")
     if key in _REPLACED_KEYS:
         raise RecipeError(f"{where}: `{key}` is not a setting: {_REPLACED_KEYS[key]}")
 
@@ -140,6 +148,20 @@ class RecipeConfig:
     )
     trl_loss_weights: list[float] | None = field(
         default=None, metadata={"help": "For `objective: trl`: one weight per entry of `trl_loss_type`."}
+    )
+    rewards: list[str] = field(
+        default_factory=lambda: ["closed_exact"],
+        metadata={
+            "help": "For `objective: grpo`: medbench rewards (medbench.rewards: closed_exact, open_recall, token_f1, "
+            "rouge_l, judge_nli), weighted by trl.GRPOConfig's `reward_weights`."
+        },
+    )
+    prompt_of: str | None = field(
+        default=None,
+        metadata={
+            "help": "For `objective: grpo`: the medbench VQA task whose prompt (pre_prompt + question + post_prompt) "
+            "wraps each question, so the model trains on the prompt it is evaluated on; null: the question as written."
+        },
     )
 
     # Model
@@ -208,9 +230,20 @@ class RecipeConfig:
     def _fail(self, field_name: str, problem: str) -> typing.NoReturn:
         raise RecipeError(f"recipe '{self.name}': `{field_name}` {problem}")
 
+    @property
+    def online(self) -> bool:
+        """Whether the recipe trains online (GRPO: sampled answers, rewards) rather than on preference pairs."""
+        return self.objective == ONLINE_OBJECTIVE
+
     def _validate(self) -> None:
         if self.objective not in OBJECTIVES:
             self._fail("objective", f"is {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        if self.online:
+            from medbench.rewards import REWARDS
+
+            unknown = [name for name in self.rewards if name not in REWARDS]
+            if not self.rewards or unknown:
+                self._fail("rewards", f"has unknown rewards {unknown}; choose from {', '.join(REWARDS)}")
         if self.nll_weight < 0:
             self._fail("nll_weight", f"must be >= 0, got {self.nll_weight}")
         if not self.visual_error_types:
@@ -254,12 +287,22 @@ class RecipeConfig:
         Raises:
             RecipeError: naming the argument.
         """
+        if self.online:
+            from .grpo import check_grpo_args
+
+            check_grpo_args(self, args)
+            return
         if not args.beta > 0:
             self._fail("beta", f"must be > 0, got {args.beta}")
         if not 0.0 <= args.label_smoothing < 0.5:
             self._fail("label_smoothing", f"must lie in [0, 0.5), got {args.label_smoothing}")
-        if self.objective in ("robust_dpo", "cdpo") and args.label_smoothing == 0.0:
-            self._fail("label_smoothing", f"must be > 0 for objective {self.objective} (0 makes it plain DPO)")
+        if self.objective != "trl" and args.label_smoothing == 0.0:
+            from .objectives import TERMS
+
+            terms = self.terms if self.terms is not None else OBJECTIVES[self.objective].default_terms()
+            smoothed = [name for name in terms if TERMS[name].label_smoothing]
+            if smoothed:
+                self._fail("label_smoothing", f"must be > 0 for term {', '.join(smoothed)} of objective {self.objective} (0 makes it plain DPO)")
         if self.objective == "trl" and "exo_pair" in self.trl_loss_type and args.label_smoothing == 0.0:
             self._fail("label_smoothing", "must be > 0 for TRL's exo_pair loss (the EXO paper suggests 1e-3)")
         if args.max_length is not None and args.max_length < 8:
@@ -408,16 +451,28 @@ def load_recipe(
     if backbone:
         merged["backbone"] = str(backbone)
     name = str(merged["name"])
+    online = merged.get("objective") == ONLINE_OBJECTIVE
     for key in merged:
-        _check_key(f"recipe '{name}'", key)
+        _check_key(f"recipe '{name}'", key, online)
     own = recipe_fields()
     recipe = parse_dataclass(RecipeConfig, {key: value for key, value in merged.items() if key in own}, name)
     recipe.dpo_args = {key: value for key, value in merged.items() if key not in own}
     return recipe
 
 
+def training_defaults(recipe: RecipeConfig) -> dict[str, Any]:
+    """The settings under the recipe's own: :data:`TRAINING_DEFAULTS`, or for GRPO those ``trl.GRPOConfig`` has, under
+    :data:`medbench.train.grpo.GRPO_DEFAULTS`."""
+    if not recipe.online:
+        return dict(TRAINING_DEFAULTS)
+    from .grpo import GRPO_DEFAULTS
+
+    return {**{key: value for key, value in TRAINING_DEFAULTS.items() if key != "max_length"}, **GRPO_DEFAULTS}
+
+
 def resolve_training_args(recipe: RecipeConfig, managed: Mapping[str, Any]):
-    """The recipe's ``trl.DPOConfig``: :data:`TRAINING_DEFAULTS` < ``recipe.dpo_args`` < ``managed`` (imports TRL).
+    """The recipe's ``trl.DPOConfig`` (``trl.GRPOConfig`` for GRPO): :func:`training_defaults` < ``recipe.dpo_args`` <
+    ``managed`` (imports TRL).
 
     Args:
         recipe: The loaded recipe.
@@ -427,22 +482,25 @@ def resolve_training_args(recipe: RecipeConfig, managed: Mapping[str, Any]):
         RecipeError: an unknown setting (with the closest known name), a value of the wrong type, or settings
             ``trl.DPOConfig`` or the objective reject.
     """
-    from trl import DPOConfig
+    from trl import DPOConfig, GRPOConfig
 
-    known = {f.name for f in dataclasses.fields(DPOConfig) if f.init}
-    for key in recipe.dpo_args:
+    config_class = GRPOConfig if recipe.online else DPOConfig
+    known = {f.name for f in dataclasses.fields(config_class) if f.init}
+    # A null un-states a setting the trainer does not have (a study-wide DPO `max_length` under a GRPO recipe).
+    stated = {key: value for key, value in recipe.dpo_args.items() if key in known or value not in (None, "null")}
+    for key in stated:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known | recipe_fields()), n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
             raise RecipeError(
-                f"recipe '{recipe.name}': unknown setting `{key}` (not a recipe field nor a trl.DPOConfig "
+                f"recipe '{recipe.name}': unknown setting `{key}` (not a recipe field nor a trl.{config_class.__name__} "
                 f"argument){hint}"
             )
     try:
-        args = parse_dataclass(DPOConfig, {**TRAINING_DEFAULTS, **recipe.dpo_args, **managed}, recipe.name)
+        args = parse_dataclass(config_class, {**training_defaults(recipe), **stated, **managed}, recipe.name)
     except (TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RecipeError(f"recipe '{recipe.name}': trl.DPOConfig rejected the settings: {first}") from None
+        raise RecipeError(f"recipe '{recipe.name}': trl.{config_class.__name__} rejected the settings: {first}") from None
     recipe.check_training_args(args)
     return args
 

@@ -1,8 +1,10 @@
 """The objectives a recipe can name, with what each needs from the data and which sequences it scores.
 
 This module is import-light (no torch): the CLI lists recipes and validates data with it before any model is
-loaded. The arithmetic lives in :mod:`medbench.train.losses`; the trainer maps an objective's scored sequences
-("rows") to those functions.
+loaded. The arithmetic lives in :mod:`medbench.train.losses`; each loss term's declaration (:data:`TERMS`) names
+its pure function and holds the adapter that feeds it the scored sequences ("rows") and hyperparameters, and the
+trainer sums the recipe's terms with their weights (TRL's ``zip(loss_types, loss_weights, strict=True)`` loop).
+Adding a term: one :class:`Term` entry, one pure function in ``losses.py`` and its hand-computed-value test.
 
 A *row* is one sequence the model scores per record: an answer field paired with an image field, e.g.
 ``("chosen", "rejected_image")`` is the chosen answer under the corrupted image. The collator lays rows out
@@ -11,8 +13,9 @@ block by block (all records' first row, then all records' second row, ...), so o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # Record fields, as produced by ``medbench.train.data`` from either accepted file schema.
 RECORD_FIELDS: dict[str, str] = {
@@ -29,6 +32,9 @@ RECORD_FIELDS: dict[str, str] = {
 }
 
 Row = tuple[str, str]
+
+# The objective that trains online (medbench.train.grpo) instead of on preference records.
+ONLINE_OBJECTIVE = "grpo"
 
 TRL_LOSS_TYPES: tuple[str, ...] = (
     "sigmoid",
@@ -49,42 +55,101 @@ TRL_LOSS_TYPES: tuple[str, ...] = (
 )
 
 
+# A term's adapter: (the pure loss function, the scored rows, the recipe (α, γ, δ), the run's trl.DPOConfig (β, ε),
+# the batch) -> per-sample losses. Rows are medbench.train.trainer.ScoredRows: p(row), r(row), n(row) give the
+# policy log-probs, reference log-probs and answer-token counts of a row.
+Adapter = Callable[[Callable[..., Any], Any, Any, Any, Mapping[str, Any]], Any]
+
+
 @dataclass(frozen=True)
 class Term:
-    """One loss term a recipe can list (``terms: [dpo, copo, anchor]``), computed by one pure function.
+    """One loss term a recipe can list (``terms: [dpo, copo, anchor]``): its pure function and how to feed it.
 
     Attributes:
         name: Identifier in recipe files.
-        function: The :mod:`medbench.train.losses` function that computes it (the code that trains).
+        function: The :mod:`medbench.train.losses` function that computes it (the tested code that trains).
         rows: The scored sequences it reads, as ``(answer field, image field)`` pairs.
+        adapter: Feeds ``function`` the rows, hyperparameters and batch fields it reads (see :data:`Adapter`).
         reference_free: True when it reads no reference log-probs.
         needs: Extra batch fields it reads (``weight``, ``is_visual``).
+        label_smoothing: Reads ε (``trl.DPOConfig.label_smoothing``) as an assumed label-flip rate; ε = 0 would
+            reduce it to plain DPO, so a run with this term needs ε > 0.
     """
 
     name: str
     function: str
     rows: tuple[Row, ...]
+    adapter: Adapter
     reference_free: bool = False
     needs: tuple[str, ...] = ()
+    label_smoothing: bool = False
+
+    def pure_function(self) -> Callable[..., Any]:
+        """The :mod:`medbench.train.losses` function (imports torch on first use)."""
+        from . import losses
+
+        return getattr(losses, self.function)
+
+    def __call__(self, rows: Any, recipe: Any, args: Any, batch: Mapping[str, Any]) -> Any:
+        """Per-sample losses of this term for one batch (``rows``: the trainer's ``ScoredRows``)."""
+        return self.adapter(self.pure_function(), rows, recipe, args, batch)
 
 
 _W, _L, _WC, _LC = ("chosen", "image"), ("rejected", "image"), ("chosen", "rejected_image"), ("rejected", "rejected_image")
 
+
+def _on(batch: Mapping[str, Any], key: str, like: Any) -> Any:
+    return batch[key].to(like.device)
+
+
 TERMS: dict[str, Term] = {
     t.name: t
     for t in (
-        Term("dpo", "dpo_loss", (_W, _L)),
-        Term("dpo_nll", "dpo_nll_loss", (_W, _L)),
-        Term("ipo", "ipo_loss", (_W, _L)),
-        Term("robust_dpo", "robust_dpo_loss", (_W, _L)),
-        Term("cdpo", "conservative_dpo_loss", (_W, _L)),
-        Term("simpo", "simpo_loss", (_W, _L), reference_free=True),
-        Term("orpo", "orpo_loss", (_W, _L), reference_free=True),
-        Term("copo", "copo_loss", (_W, _WC)),
-        Term("anchor", "anchor_loss", (_W,)),
-        Term("mmedpo", "mmedpo_loss", (_W, _LC), needs=("weight",)),
-        Term("error_targeted", "error_targeted_loss", (_W, _L), needs=("is_visual",)),
-        Term("sft", "sft_loss", (_W,), reference_free=True),
+        Term("dpo", "dpo_loss", (_W, _L), lambda f, x, c, t, b: f(x.p(_W), x.p(_L), x.r(_W), x.r(_L), t.beta)),
+        Term(
+            "dpo_nll", "dpo_nll_loss", (_W, _L),
+            lambda f, x, c, t, b: f(x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), beta=t.beta, alpha=c.nll_weight),
+        ),
+        Term(
+            "ipo", "ipo_loss", (_W, _L),
+            lambda f, x, c, t, b: f(x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), x.n(_L), beta=t.beta),
+        ),
+        Term(
+            "robust_dpo", "robust_dpo_loss", (_W, _L),
+            lambda f, x, c, t, b: f(x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=t.beta, label_smoothing=t.label_smoothing),
+            label_smoothing=True,
+        ),
+        Term(
+            "cdpo", "conservative_dpo_loss", (_W, _L),
+            lambda f, x, c, t, b: f(x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=t.beta, label_smoothing=t.label_smoothing),
+            label_smoothing=True,
+        ),
+        Term(
+            "simpo", "simpo_loss", (_W, _L),
+            lambda f, x, c, t, b: f(x.p(_W), x.p(_L), x.n(_W), x.n(_L), beta=t.beta, gamma=c.simpo_gamma),
+            reference_free=True,
+        ),
+        Term(
+            "orpo", "orpo_loss", (_W, _L), lambda f, x, c, t, b: f(x.p(_W), x.p(_L), x.n(_W), x.n(_L), lam=t.beta),
+            reference_free=True,
+        ),
+        Term("copo", "copo_loss", (_W, _WC), lambda f, x, c, t, b: f(x.p(_W), x.p(_WC), x.r(_W), x.r(_WC), t.beta)),
+        Term("anchor", "anchor_loss", (_W,), lambda f, x, c, t, b: f(x.p(_W), x.r(_W), t.beta, delta=c.anchor_delta)),
+        Term(
+            "mmedpo", "mmedpo_loss", (_W, _LC),
+            lambda f, x, c, t, b: f(x.p(_W), x.p(_LC), x.r(_W), x.r(_LC), _on(b, "weight", x.p(_W)), t.beta),
+            needs=("weight",),
+        ),
+        # The collator put each record's losing sequence in block 1: (y_l, m) for text-side records and (y_w, m')
+        # for visual ones, so it serves as both the rejected and the corrupted input.
+        Term(
+            "error_targeted", "error_targeted_loss", (_W, _L),
+            lambda f, x, c, t, b: f(
+                x.p(_W), x.p(_L), x.p(_L), x.r(_W), x.r(_L), x.r(_L), _on(b, "is_visual", x.p(_W)), t.beta
+            ),
+            needs=("is_visual",),
+        ),
+        Term("sft", "sft_loss", (_W,), lambda f, x, c, t, b: f(x.p(_W), x.n(_W)), reference_free=True),
     )
 }
 
@@ -221,6 +286,17 @@ OBJECTIVES: dict[str, Objective] = {
             "any TRL 1.16 DPOTrainer loss_type, computed by TRL itself",
             (*_BASE, "rejected"),
             _PAIR,
+        ),
+        # Online RL: no scored rows, no pairs; TRL's GRPOTrainer samples answers and medbench's rewards score them.
+        Objective(
+            ONLINE_OBJECTIVE,
+            "GRPO (TRL 1.16 GRPOTrainer, loss_type dapo/grpo/dr_grpo): group-relative advantage of sampled answers "
+            "scored by medbench rewards",
+            _BASE,
+            (),
+            reference_free=True,
+            needs_note="(chosen is the reference answer: any supervised file `prefs build` reads, `answer` or `chosen`, "
+            "optional answer_type; no rejected answers)",
         ),
     )
 }

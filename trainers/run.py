@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TRAINING_DEFAULTS, RecipeConfig, RecipeError, resolve_training_args
+from .config import RecipeConfig, RecipeError, resolve_training_args, training_defaults
 from .data import describe_error_types, file_sha256, load_preference_file, records_to_dataset, validate_records
 from .objectives import get_objective
 from .outputs import LOG_FILE, METADATA_FILE, PLOT_FILE, plot_training_curves, write_log_history, write_metadata
@@ -22,17 +25,21 @@ FINGERPRINT_FILE = "medbench_fingerprint.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def run_fingerprint(recipe: RecipeConfig, args: Any, data: Path) -> dict[str, str]:
-    """What must match for a checkpoint to be resumed: the recipe's settings and the data file's bytes.
+def run_fingerprint(recipe: RecipeConfig, args: Any, data: Path, model: str | Path) -> dict[str, str]:
+    """What must match for a checkpoint to be resumed: the recipe's settings, the data file's bytes, the model.
 
     The settings are medbench's own and the resolved value of every ``trl.DPOConfig`` argument the study or the
-    recipe sets (``args``: the run's ``DPOConfig``), so ``--beta 0.2`` and ``beta: 0.2`` fingerprint alike.
+    recipe sets (``args``: the run's ``DPOConfig``), so ``--beta 0.2`` and ``beta: 0.2`` fingerprint alike. The
+    model is the starting checkpoint (a folder's absolute path, or a hub id): TRL rebuilds the reference model
+    from it, so a resume from another ``--model`` would silently change the reference mid-run.
     """
     resolved = args.to_dict()
-    training = {key: resolved[key] for key in sorted({*TRAINING_DEFAULTS, *recipe.dpo_args})}
+    # (a key the trainer lacks was stated as null, i.e. not set: see resolve_training_args)
+    training = {key: resolved[key] for key in sorted({*training_defaults(recipe), *recipe.dpo_args}) if key in resolved}
     settings = json.dumps({**recipe.to_dict(), "dpo_args": training}, sort_keys=True, default=str)
+    folder = Path(model)
     return {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(settings.encode()).hexdigest(),
-            "data_sha256": file_sha256(data)}
+            "data_sha256": file_sha256(data), "model": str(folder.resolve()) if folder.exists() else str(model)}
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -76,6 +83,11 @@ def resolve_resume(resume: str | bool | None, output_dir: Path, fingerprint: dic
             raise RecipeError(f"--resume {checkpoint}: not a complete medbench checkpoint (no trainer_state.json or "
                               f"{FINGERPRINT_FILE})")
     saved = json.loads((checkpoint / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    if "model" in saved and saved["model"] != fingerprint["model"]:  # checkpoints before the model was recorded lack it
+        raise RecipeError(
+            f"cannot resume {checkpoint}: it was trained from --model {saved['model']}, this run names "
+            f"{fingerprint['model']}; pass the same --model, another --output_dir, or --resume never to start over"
+        )
     for key, what in (("recipe_sha256", "recipe settings"), ("data_sha256", "data file")):
         if saved.get(key) != fingerprint[key]:
             raise RecipeError(
@@ -145,6 +157,10 @@ def build_training_args(recipe: RecipeConfig, output_dir: str | Path):
 
     cuda = torch.cuda.is_available()
     use_cpu, bf16 = precision_flags(recipe, cuda, cuda and torch.cuda.is_bf16_supported())
+    if recipe.online:  # GRPO (medbench.train.grpo): its loss settings are trl.GRPOConfig's own
+        managed = {"output_dir": str(output_dir), "use_cpu": use_cpu, "bf16": bf16, "fp16": False,
+                   "remove_unused_columns": False}
+        return resolve_training_args(recipe, managed)
     trl_loss = recipe.objective == "trl"
     managed = {
         "output_dir": str(output_dir),
@@ -197,12 +213,23 @@ def build_trainer(
     # Settings first, then data: a typo or a missing field should stop the run before minutes of model loading.
     # (DPOConfig also comes before the model: under DeepSpeed ZeRO-3 it must exist for from_pretrained to shard.)
     args = build_training_args(recipe, output_dir) if args is None else args
+    if recipe.online:  # GRPO: prompts and rewards instead of preference records (medbench.train.grpo)
+        from .grpo import build_grpo_trainer
+
+        return build_grpo_trainer(recipe, model, data, args, image_root=image_root, callbacks=callbacks,
+                                  resume_from=resume_from)
     objective = get_objective(recipe.objective)
     visual_types = frozenset(recipe.visual_error_types)
     data = Path(data)
     records = load_preference_file(data, image_root=image_root, rejected_image_root=rejected_image_root)
     validate_records(records, recipe.name, objective, visual_types, data)
-    error_types = describe_error_types(records, visual_types) if any(r["error_type"] for r in records) else None
+    error_types = None
+    if any(r["error_type"] for r in records):
+        if objective.per_record_rows:  # only an error-routed objective trains some records with the image-side term
+            error_types = describe_error_types(records, visual_types)
+        else:
+            error_types = dict(Counter(str(r.get("error_type") or "<none>") for r in records))
+            logger.info("error types: %s", error_types)
     dataset = records_to_dataset(records)
 
     policy, processor = load_model_and_processor(model, recipe, trust_remote_code=args.trust_remote_code)
@@ -247,6 +274,30 @@ def _load_checkpoint_weights(policy: Any, checkpoint: Path) -> None:
     del saved
 
 
+class _CheckpointKeyWarnings(logging.Filter):
+    """Drops the trainer's "missing/unexpected keys in the checkpoint model loaded" warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("There were missing keys in the checkpoint", "There were unexpected keys in the checkpoint"))
+
+
+@contextlib.contextmanager
+def _checkpoint_key_warnings_silenced(active: bool) -> Iterator[None]:
+    """While resuming a full fine-tune: transformers' own (non-strict, unconverted) checkpoint load lists every
+    weight as missing, although :func:`_load_checkpoint_weights` already loaded them all strictly."""
+    if not active:
+        yield
+        return
+    trainer_logger = logging.getLogger("transformers.trainer")
+    quiet = _CheckpointKeyWarnings()
+    trainer_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        trainer_logger.removeFilter(quiet)
+
+
 def train(
     recipe: RecipeConfig,
     model: str | Path,
@@ -287,7 +338,7 @@ def train(
         from medbench.errors import DataError
 
         raise DataError(f"preference data file not found: {data}")
-    fingerprint = run_fingerprint(recipe, args, data)
+    fingerprint = run_fingerprint(recipe, args, data, model)
     checkpoint = resolve_resume(resume, output_dir, fingerprint)
     run = build_trainer(
         recipe,
@@ -312,7 +363,8 @@ def train(
     )
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    with _checkpoint_key_warnings_silenced(checkpoint is not None and not recipe.use_lora):
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     trainer.save_model(str(output_dir))
 
     accelerator = trainer.accelerator
@@ -351,7 +403,7 @@ def _metadata(recipe, model, data, run, train_output, model_dir) -> dict[str, An
         "training_args": training_args,
         # The settings the study fixes, resolved, and what they add up to on this run.
         "hyperparameters": {
-            **{key: training_args[key] for key in TRAINING_DEFAULTS},
+            **{key: training_args[key] for key in training_defaults(recipe)},
             "num_processes": world,
             "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
             "precision": "bf16" if args.bf16 else "fp32",

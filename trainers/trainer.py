@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,9 +25,8 @@ from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from . import losses as L
 from .config import RecipeConfig
-from .objectives import Objective, Row, get_objective
+from .objectives import TERMS, Objective, Row, get_objective
 
 # The trainer relies on TRL 1.16 internals reached through public names (the fused log-prob head TRL patches onto
 # the model, `use_adapter`, `disable_gradient_checkpointing`); pyproject pins trl>=1.16,<1.17.
@@ -72,37 +70,7 @@ class ScoredRows:
         return self._lengths[self._index[row]]
 
 
-_W, _L, _WC, _LC = ("chosen", "image"), ("rejected", "image"), ("chosen", "rejected_image"), ("rejected", "rejected_image")
-
-# One entry per term of medbench.train.objectives.TERMS: the tested pure function, fed the rows it reads. Each gets
-# the scored rows, the recipe (α, γ, δ), the run's trl.DPOConfig (β, ε) and the batch.
-TermFunction = Callable[[ScoredRows, RecipeConfig, Any, dict[str, torch.Tensor]], torch.Tensor]
-TERM_FUNCTIONS: dict[str, TermFunction] = {
-    "dpo": lambda x, c, t, b: L.dpo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), t.beta),
-    "dpo_nll": lambda x, c, t, b: L.dpo_nll_loss(
-        x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), beta=t.beta, alpha=c.nll_weight
-    ),
-    "ipo": lambda x, c, t, b: L.ipo_loss(x.p(_W), x.p(_L), x.r(_W), x.r(_L), x.n(_W), x.n(_L), beta=t.beta),
-    "robust_dpo": lambda x, c, t, b: L.robust_dpo_loss(
-        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=t.beta, label_smoothing=t.label_smoothing
-    ),
-    "cdpo": lambda x, c, t, b: L.conservative_dpo_loss(
-        x.p(_W), x.p(_L), x.r(_W), x.r(_L), beta=t.beta, label_smoothing=t.label_smoothing
-    ),
-    "simpo": lambda x, c, t, b: L.simpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), beta=t.beta, gamma=c.simpo_gamma),
-    "orpo": lambda x, c, t, b: L.orpo_loss(x.p(_W), x.p(_L), x.n(_W), x.n(_L), lam=t.beta),
-    "copo": lambda x, c, t, b: L.copo_loss(x.p(_W), x.p(_WC), x.r(_W), x.r(_WC), t.beta),
-    "anchor": lambda x, c, t, b: L.anchor_loss(x.p(_W), x.r(_W), t.beta, delta=c.anchor_delta),
-    "mmedpo": lambda x, c, t, b: L.mmedpo_loss(
-        x.p(_W), x.p(_LC), x.r(_W), x.r(_LC), b["weight"].to(x.p(_W).device), t.beta
-    ),
-    # The collator put each record's losing sequence in block 1: (y_l, m) for text-side records and (y_w, m') for
-    # visual ones, so it serves as both the rejected and the corrupted input.
-    "error_targeted": lambda x, c, t, b: L.error_targeted_loss(
-        x.p(_W), x.p(_L), x.p(_L), x.r(_W), x.r(_L), x.r(_L), b["is_visual"].to(x.p(_W).device), t.beta
-    ),
-    "sft": lambda x, c, t, b: L.sft_loss(x.p(_W), x.n(_W)),
-}
+_W, _WC = ("chosen", "image"), ("chosen", "rejected_image")
 
 
 def objective_terms(
@@ -135,8 +103,9 @@ def objective_terms(
     weights = list(recipe.term_weights) if recipe.term_weights is not None else [1.0] * len(names)
     metrics: dict[str, torch.Tensor] = {}
     losses = None
-    for name, weight in zip(names, weights):
-        term = TERM_FUNCTIONS[name](rows, recipe, args, batch)
+    # TRL's loss_types/loss_weights loop: each term's declaration feeds its own pure function.
+    for name, weight in zip(names, weights, strict=True):
+        term = TERMS[name](rows, recipe, args, batch)
         losses = weight * term if losses is None else losses + weight * term
         if len(names) > 1:
             metrics[f"loss/{name}"] = term.detach().mean()

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imports.add_argument("--key", type=Path, required=True, help="the key.json of the export")
     imports.add_argument("--out", type=Path, help="output folder (default: results/ beside the key)")
     imports.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    imports.add_argument(
+        "--allow-partial", action="store_true",
+        help="import files that lack some of the export's rows (reported); by default such a file is refused",
+    )
     imports.set_defaults(func=run_import)
 
 
@@ -71,11 +75,13 @@ def run_import(args: argparse.Namespace) -> int:
 
     key = load_key(args.key)
     try:
-        annotations = read_annotations(args.files, key)
+        annotations = read_annotations(args.files, key, allow_partial=args.allow_partial)
     except AnnotationProblems as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         raise
+    for path, absent in annotations.missing.items():
+        print(f"{path}: imported without its {len(absent)} missing row(s) ({', '.join(absent[:8])}{', ...' if len(absent) > 8 else ''})")
     summary = summarise(annotations, key, seed=args.seed)
     out = args.out or args.key.parent / "results"
     out.mkdir(parents=True, exist_ok=True)

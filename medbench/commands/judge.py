@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="use the OpenAI Batch API (half price, answers within 24 h; resumable: re-run the same command)",
     )
     parser.add_argument("--batch-poll", type=float, default=30.0, help="seconds between Batch API status checks (default 30)")
+    parser.add_argument(
+        "--retry-failed", action="store_true",
+        help="with --batch: send again the requests an earlier batch reported as failed (they are kept as failures by default)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -118,19 +122,31 @@ def run(args: argparse.Namespace) -> int:
         for samples in files:
             samples.items, samples.doc_ids = samples.items[: args.limit], samples.doc_ids[: args.limit]
     batches = [samples.items for samples in files]
-    if args.batch:
-        from medbench.judge.batch import BatchDriver, state_folder_for
-        from medbench.judge.cache import JudgeCache
+    driver = None
+    try:
+        if args.batch:
+            from medbench.judge.batch import BatchDriver, state_folder_for
+            from medbench.judge.cache import JudgeCache
 
-        cache = JudgeCache(config.cache_path)
-        driver = BatchDriver(config, state_folder_for(args.paths), poll_seconds=args.batch_poll)
-        reports = driver.run(lambda transport: JudgeRunner(config, cache=cache, transport=transport).judge_many(batches, parts))
-        usage = reports[0].usage  # one dict, shared by the reports of one run
-        usage["batch_api"] = True
-        if usage["cost_usd"] is not None:
-            usage["cost_usd"] *= 0.5  # Batch API price: half the live price
-    else:
-        reports = JudgeRunner(config).judge_many(batches, parts)
+            cache = JudgeCache(config.cache_path)
+            driver = BatchDriver(config, state_folder_for(args.paths), poll_seconds=args.batch_poll, retry_failed=args.retry_failed)
+            reports = driver.run(lambda transport: JudgeRunner(config, cache=cache, transport=transport).judge_many(batches, parts))
+            reports[0].usage.update(driver.billing())  # one dict, shared by the reports of one run
+        else:
+            reports = JudgeRunner(config).judge_many(batches, parts)
+    except MedbenchError as stop:
+        # A stop keeps what was done: answered samples scored, the rest unscored with the stop's reason.
+        partial = getattr(stop, "partial", None)
+        # Nothing answered (a bad key, a dead URL): nothing to write, and an earlier run's results stay as they are.
+        if partial and any(verdict.scores for report in partial for verdict in report.samples):
+            if driver is not None:
+                partial[0].usage.update(driver.billing())
+            for samples, report in zip(files, partial):
+                report.usage["stopped"] = str(stop)
+                write_outputs(samples, report, parts)
+                print(f"{samples.task}: run stopped; wrote {sum(not v.failures for v in report.samples)} scored and "
+                      f"{sum(bool(v.failures) for v in report.samples)} unscored sample(s) to {samples.results_path}")
+        raise
     incomplete = 0
     for samples, report in zip(files, reports):
         write_outputs(samples, report, parts)

@@ -401,6 +401,9 @@ def _llava_config(plan: Plan, vision_config, image_token_id: int, vocab_rows: in
         image_seq_length=patches if strategy == "default" else patches + 1,
         multimodal_projector_bias=True,
         tie_word_embeddings=tie,
+        # transformers' own save_pretrained writes this from the model class; a config saved on its own does
+        # not, and TRL (reloading the reference model for full fine-tuning) reads the class from it.
+        architectures=["LlavaForConditionalGeneration"],
     )
     dtype = plan.original.get("torch_dtype") or plan.original.get("dtype")
     if dtype:

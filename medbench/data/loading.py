@@ -186,6 +186,9 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}: line {number} is not valid JSON ({error.msg}); fix or remove that line") from None
 
 
+ANSWER_TYPES = ("CLOSED", "OPEN")
+
+
 def _pick(record: dict, names: tuple[str, ...]) -> Any:
     for name in names:
         if name in record and record[name] is not None:
@@ -269,12 +272,17 @@ def read_local_records(resolved: ResolvedSource, *, check_images: bool = True) -
         if source.kind == "vqa" and str(record.get("q_lang", "en")).lower() != "en":
             continue  # SLAKE carries Chinese questions too; the benchmark uses the English ones
         values = {name: _pick(record, aliases) for name, aliases in fields.items()}
-        missing = [name for name, value in values.items() if name != _OPTIONAL_ID and value in (None, "")]
+        # A blank answer ("   ") is as missing as an absent one: it would be scored against every prediction.
+        missing = [name for name, value in values.items() if name != _OPTIONAL_ID and (value is None or not str(value).strip())]
         if missing:
             name = missing[0]
             problems.append(
                 f"row {number}: missing field '{name}' (accepted names: {', '.join(fields[name])})"
             )
+            continue
+        label = record.get("answer_type")
+        if source.kind == "vqa" and label is not None and str(label).strip() and str(label).strip().upper() not in ANSWER_TYPES:
+            problems.append(f"row {number}: answer_type {label!r} is not one of {', '.join(ANSWER_TYPES)}; fix it or leave it out")
             continue
         image_value, problem = _pick_image(values, record, fields["image"])
         if problem:

@@ -7,7 +7,9 @@ before failing, so an annotator's file is fixed in one round.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +37,7 @@ class AnnotationSet:
     preferences: list[tuple[str, str, str]] = field(default_factory=list)  # (annotator, item, code or "tie")
     annotators: dict[str, Path] = field(default_factory=dict)
     blank: int = 0
+    missing: dict[Path, list[str]] = field(default_factory=dict)  # file -> "item code" rows it lacks (--allow-partial)
 
 
 class AnnotationProblems(MedbenchError):
@@ -109,14 +112,35 @@ def _records_from_json(path: Path, problems: list[str]) -> tuple[dict[str, Any],
     return document, rows
 
 
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
 def _records_from_csv(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            problems.append(f"{path}: missing column(s) {', '.join(missing)}; start from the items.csv of the export")
-            return []
-        return list(reader)
+    """Rows of a CSV as a spreadsheet saved it: UTF-8 with or without BOM, CRLF or LF, ``,`` ``;`` or tab.
+
+    Excel and LibreOffice in many locales save with ``;`` (the comma is their decimal mark), so the separator
+    is the one that makes the header hold the export's columns.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        problems.append(
+            f"{path}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); save it as "
+            "'CSV UTF-8' (Excel) or with character set 'Unicode (UTF-8)' (LibreOffice)"
+        )
+        return []
+    first_line = text.splitlines()[0] if text.strip() else ""
+    headers = {separator: next(csv.reader([first_line], delimiter=separator), []) for separator in SEPARATORS}
+    separator = max(SEPARATORS, key=lambda candidate: sum(column in CSV_COLUMNS for column in headers[candidate]))
+    missing = [column for column in CSV_COLUMNS if column not in headers[separator]]
+    if missing:
+        problems.append(
+            f"{path}: missing column(s) {', '.join(missing)} (read with {SEPARATORS[separator]} separators); "
+            "start from the items.csv of the export"
+        )
+        return []
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=separator))
 
 
 def _records_from_xlsx(path: Path, problems: list[str]) -> list[dict[str, Any]]:
@@ -125,7 +149,11 @@ def _records_from_xlsx(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     except ImportError:
         problems.append(f"{path}: reading .xlsx needs openpyxl (pip install openpyxl), or save the sheet as CSV")
         return []
-    sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
+    try:
+        sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        problems.append(f"{path}: not a readable .xlsx ({type(error).__name__}: {error}); save the sheet again, or as CSV")
+        return []
     rows = sheet.iter_rows(values_only=True)
     header = [str(cell) if cell is not None else "" for cell in next(rows, [])]
     missing = [column for column in CSV_COLUMNS if column not in header]
@@ -149,17 +177,30 @@ def _rubric_matches(document: dict[str, Any], rubric: Rubric, path: Path, proble
         )
 
 
-def read_annotations(paths: Iterable[Path], key: dict[str, Any], rubric: Rubric | None = None) -> AnnotationSet:
+def read_annotations(
+    paths: Iterable[Path], key: dict[str, Any], rubric: Rubric | None = None, *, allow_partial: bool = False
+) -> AnnotationSet:
     """Read, validate and collect annotation files.
+
+    Every file is checked against the export key: a file that lacks rows of the export (a truncated sheet, or
+    rows deleted) is a problem unless ``allow_partial``, when the missing rows are recorded in ``missing``.
 
     Raises:
         AnnotationProblems: Any problem (unknown items or codes, missing fields, bad values, duplicate
-            annotators, files from another export, wrong rubric version), one line each.
+            annotators, files from another export, wrong rubric version, missing rows), one line each.
     """
     rubric = rubric or load_rubric()
     problems: list[str] = []
     result = AnnotationSet()
     export_id = key["export_id"]
+    exported_with = key.get("rubric") or {}
+    if exported_with and (exported_with.get("name") != rubric.name or str(exported_with.get("version")) != str(rubric.version)):
+        raise AnnotationProblems([
+            (
+                f"--key: export {export_id} was made with rubric {exported_with.get('name')} v{exported_with.get('version')}, "
+                f"this medbench uses {rubric.name} v{rubric.version}; import with the medbench version that exported it"
+            )
+        ])
     for path in paths:
         if not path.is_file():
             problems.append(f"{path}: no such file; pass the annotation files (.json from the form, .csv, .xlsx)")
@@ -177,14 +218,21 @@ def read_annotations(paths: Iterable[Path], key: dict[str, Any], rubric: Rubric 
         else:
             problems.append(f"{path}: unknown file type {suffix!r}; pass .json (from the form), .csv or .xlsx")
             continue
-        _check_rows(path, rows, key, rubric, export_id, result, problems)
+        _check_rows(path, rows, key, rubric, export_id, result, problems, allow_partial)
     if problems:
         raise AnnotationProblems(problems)
     return result
 
 
 def _check_rows(
-    path: Path, rows: list[dict[str, Any]], key: dict[str, Any], rubric: Rubric, export_id: str, result: AnnotationSet, problems: list[str]
+    path: Path,
+    rows: list[dict[str, Any]],
+    key: dict[str, Any],
+    rubric: Rubric,
+    export_id: str,
+    result: AnnotationSet,
+    problems: list[str],
+    allow_partial: bool = False,
 ) -> None:
     exports = {str(row.get("export_id") or "").strip() for row in rows} - {""}
     if exports and exports != {export_id}:
@@ -193,7 +241,8 @@ def _check_rows(
         return
     graded: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: set[tuple[str, str]] = set()
-    annotators: set[str] = set()
+    annotators: dict[str, str] = {}  # identity (case and spacing ignored) -> the name as first written
+    unnamed: list[str] = []  # graded rows without a name, reported once
     preferences: dict[str, str] = {}
     for number, row in enumerate(rows, start=2):
         item_id = str(row.get("item_id") or "").strip()
@@ -223,28 +272,50 @@ def _check_rows(
                 preferences[item_id] = preference
         clean, found = rubric.check_output(row, where)
         problems += found
+        annotator = " ".join(str(row.get("annotator") or "").split())
+        if annotator:
+            annotators.setdefault(annotator.casefold(), annotator)
         if clean is None:
             result.blank += 1
             continue
-        annotator = str(row.get("annotator") or "").strip()
         if not annotator:
-            problems.append(f"{where}: missing field 'annotator'; write the annotator's name on every graded row")
+            unnamed.append(f"item {item_id} output {code}")
             continue
-        annotators.add(annotator)
         if not found:
             graded.append((row, {"item_id": item_id, "code": code, "values": clean, "annotator": annotator}))
+    if unnamed:
+        problems.append(
+            f"{path}: {len(unnamed)} graded row(s) have no 'annotator' (first: {unnamed[0]}); write the annotator's "
+            "name on every graded row"
+        )
+    expected = [(item_id, code) for item_id, item in key["items"].items() for code in item["codes"]]
+    if rows and len(rows) < len(expected):  # a full-length file with a wrong row has that row reported above
+        absent = [f"{item_id} {code}" for item_id, code in expected if (item_id, code) not in seen]
+        if absent and allow_partial:
+            result.missing[path] = absent
+        elif absent:
+            shown = ", ".join(absent[:8]) + (", ..." if len(absent) > 8 else "")
+            problems.append(
+                f"{path}: {len(absent)} of the export's {len(expected)} rows are missing ({shown}); the file looks "
+                "truncated or rows were deleted: send the whole sheet, or import with --allow-partial"
+            )
     if not graded and not preferences and not problems:
         problems.append(f"{path}: no graded output; fill correctness and severity for the outputs you reviewed")
         return
     if len(annotators) > 1:
-        problems.append(f"{path}: several annotators ({', '.join(sorted(annotators))}); send one file per annotator")
+        problems.append(f"{path}: several annotators ({', '.join(sorted(annotators.values()))}); send one file per annotator")
         return
     if not annotators:
+        if preferences and not unnamed:  # preferences alone are a contribution too: they need a name
+            problems.append(f"{path}: preferences but no annotator name; write the annotator's name on the rows with a preference")
         return
-    annotator = annotators.pop()
-    if annotator in result.annotators:
+    annotator = next(iter(annotators.values()))
+    known = {name.casefold(): name for name in result.annotators}
+    if annotator.casefold() in known:
+        earlier = known[annotator.casefold()]
         problems.append(
-            f"{path}: annotator {annotator!r} already came from {result.annotators[annotator]}; "
+            f"{path}: annotator {annotator!r} already came from {result.annotators[earlier]}"
+            f"{f' (as {earlier!r})' if earlier != annotator else ''}; "
             "each annotator sends one file (merge them, or give each person a distinct name)"
         )
         return

@@ -66,9 +66,13 @@ class ExportItem:
         return self.codes[:2] if len(self.codes) >= 2 else None
 
 
+# A code starts with a letter: "3E45" or "2345" would be read as numbers by a spreadsheet and mangled.
+CODE_LETTERS = "".join(c for c in CODE_ALPHABET if c.isalpha())
+
+
 def _new_code(taken: set[str]) -> str:
     while True:
-        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(4))
+        code = secrets.choice(CODE_LETTERS) + "".join(secrets.choice(CODE_ALPHABET) for _ in range(3))
         if code not in taken:
             return code
 
@@ -293,6 +297,9 @@ def write_xlsx(path: Path, rows: Sequence[dict[str, str]], rubric: Rubric) -> bo
     sheet.append(list(CSV_COLUMNS))
     for row in rows:
         sheet.append([row[column] for column in CSV_COLUMNS])
+        for cell in sheet[sheet.max_row]:
+            if isinstance(cell.value, str) and cell.value.startswith("="):
+                cell.data_type = "s"  # model text, not a formula: "=5 cm" must not become a live cell
     last = len(rows) + 1
     for column, values in (
         ("correctness", [str(value) for value in rubric.levels("correctness")]),

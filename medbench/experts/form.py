@@ -1,8 +1,10 @@
 """The offline HTML annotation form: one file, no network, the export's data embedded as JSON.
 
 Every text from a model or a dataset is put on the page with ``textContent`` (never parsed as HTML), the
-work is written to ``localStorage`` (key ``medbench-experts:<export id>``) on every change and restored on load,
-and "Save annotations" downloads the annotations file that ``medbench experts import`` reads.
+work is written to ``localStorage`` (key ``medbench-experts:<export id>``) on every change and restored on load
+with the name of whose work it is and a button that sets it aside (kept under ``<key>:<name>``) for the next
+annotator on a shared computer, and "Save annotations" downloads the annotations file that
+``medbench experts import`` reads.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ _SCRIPT = r"""
     for (const [name, spec] of Object.entries(rubric.fields)) {
       box.append($("p", {class: "label"}, spec.question));
       const list = $("ul");
-      for (const level of spec.levels || []) list.append($("li", {}, level.value + " (" + level.label + "): " + (level.help || "")));
+      for (const level of spec.levels || []) list.append($("li", {}, (String(level.value) === level.label ? level.label : level.value + " (" + level.label + ")") + ": " + (level.help || "")));
       if (spec.kind === "taxonomy") for (const entry of rubric.error_types) list.append($("li", {}, entry.key + ": " + entry.description));
       box.append(list);
     }
@@ -79,7 +81,7 @@ _SCRIPT = r"""
       const spec = rubric.fields[field];
       const set = $("fieldset", {"data-field": field});
       set.append($("legend", {}, spec.question));
-      for (const level of spec.levels) set.append(choice("radio", field + ":" + base, level.value, level.value + " " + level.label, level.help));
+      for (const level of spec.levels) set.append(choice("radio", field + ":" + base, level.value, String(level.value) === level.label ? level.label : level.value + " " + level.label, level.help));
       box.append(set);
     }
     const types = $("fieldset", {"data-field": "error_types", class: "types"});
@@ -229,17 +231,44 @@ _SCRIPT = r"""
     return name;
   }
 
+  // On a shared computer the next annotator must not grade on top of (or under the name of) the previous one:
+  // restored work says whose it is, and one click sets it aside (kept under that name) for an empty form.
+  function slug(name) {
+    return name.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "") || "annotator";
+  }
+
+  function startNew() {
+    persist();
+    const previous = localStorage.getItem(storageKey);
+    const name = document.getElementById("annotator").value.trim();
+    if (previous !== null) localStorage.setItem(storageKey + ":" + slug(name), previous);
+    localStorage.removeItem(storageKey);
+    for (const node of document.querySelectorAll("#items input")) node.checked = false;
+    for (const node of document.querySelectorAll("#items textarea")) node.value = "";
+    document.getElementById("annotator").value = "";
+    document.getElementById("previous").hidden = true;
+    document.getElementById("stored").textContent = name ? "the work of " + name + " is kept in this browser" : "";
+    collect();
+    document.getElementById("annotator").focus();
+  }
+
   renderRubric();
   const main = document.getElementById("items");
   data.items.forEach((item, index) => main.append(renderItem(item, index)));
   const restored = restore();
+  const restoredName = document.getElementById("annotator").value.trim();
+  if (restored && restoredName) {
+    document.getElementById("previous-name").textContent = restoredName;
+    document.getElementById("previous").hidden = false;
+  }
+  document.getElementById("start-new").addEventListener("click", startNew);
   collect();
   document.body.addEventListener("input", schedule);
   document.body.addEventListener("change", schedule);
   window.addEventListener("pagehide", persist);
   document.addEventListener("visibilitychange", () => { if (document.visibilityState === "hidden") persist(); });
   document.getElementById("save").addEventListener("click", save);
-  window.medbenchExperts = {collect: collect, persist: persist, annotationsDocument: annotationsDocument, save: save, restored: restored, storageKey: storageKey};
+  window.medbenchExperts = {collect: collect, persist: persist, annotationsDocument: annotationsDocument, save: save, restored: restored, storageKey: storageKey, startNew: startNew};
 })();
 """
 
@@ -254,7 +283,9 @@ def render_form(payload: dict[str, Any]) -> str:
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<header><h1>{html.escape(title)}</h1>"
-        "<label>Annotator <input id=\"annotator\" autocomplete=\"name\" placeholder=\"your name\"></label>"
+        "<label>Annotator <input id=\"annotator\" autocomplete=\"off\" placeholder=\"your name\"></label>"
+        "<span id=\"previous\" hidden>Restored the work of <b id=\"previous-name\"></b> from this browser. "
+        "<button id=\"start-new\" type=\"button\">Not you? Start an empty form</button></span>"
         "<span id=\"progress\"></span><button id=\"save\" type=\"button\">Save annotations</button>"
         "<span id=\"stored\"></span><span id=\"message\" role=\"alert\"></span></header>"
         "<main><details id=\"rubric\"></details><div id=\"items\"></div></main>"

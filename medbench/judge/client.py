@@ -56,7 +56,14 @@ class Queued(JudgeFailure):
 
 
 class JudgeAbort(MedbenchError):
-    """The run cannot continue (bad key, unreachable URL, every request rejected, unparseable judge)."""
+    """The run cannot continue (bad key, unreachable URL, every request rejected, unparseable judge).
+
+    Attributes:
+        partial: The reports of the stopped run (answered samples scored, the rest unscored with the
+            stop's reason), set by the runner so the caller can write what exists before exiting.
+    """
+
+    partial: list[Any] | None = None
 
 
 class JudgeConfigError(JudgeAbort):
@@ -186,7 +193,9 @@ class RequestParams:
         param = str(getattr(error, "param", "") or "")
         code = str(getattr(error, "code", "") or "")
         lowered = message.lower()
-        unsupported = code in ("unsupported_parameter", "unsupported_value") or "unsupported" in lowered or "not supported" in lowered
+        unsupported = code in ("unsupported_parameter", "unsupported_value") or any(
+            phrase in lowered for phrase in ("unsupported", "not supported", "not permitted", "extra_forbidden")
+        )
         with self._lock:
             if self.token_param not in sent or ("temperature" in sent) != self.send_temperature:
                 return True  # someone else learnt it while this request was in flight
@@ -250,6 +259,7 @@ class OpenAITransport:
         self.config = config
         self.params = request_params(config)
         self._client: Any = None
+        self._secret: str | None = None
 
     def prepare(self) -> None:
         """Import ``openai`` and build the HTTP client now, so that this is not timed as a request."""
@@ -267,8 +277,9 @@ class OpenAITransport:
             for name in ("httpx", "httpx2"):
                 logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
+            self._secret = self.config.resolved_api_key()
             self._client = AsyncOpenAI(
-                api_key=self.config.resolved_api_key(),
+                api_key=self._secret,
                 base_url=self.config.base_url,
                 max_retries=0,
                 timeout=self.config.timeout,
@@ -287,30 +298,31 @@ class OpenAITransport:
                 raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages, **arguments)
                 response = raw.parse()
             except openai.AuthenticationError as error:
-                raise JudgeConfigError(f"the judge endpoint {where} rejected the API key (401: {_message(error)}): set a valid MEDBENCH_JUDGE_API_KEY") from None
+                raise JudgeConfigError(f"the judge endpoint {where} rejected the API key (401: {_message(error, self._secret)}): set a valid MEDBENCH_JUDGE_API_KEY") from None
             except openai.PermissionDeniedError as error:
-                raise JudgeConfigError(f"the judge endpoint {where} denied access to model {model!r} (403: {_message(error)}): check the key's permissions") from None
+                raise JudgeConfigError(f"the judge endpoint {where} denied access to model {model!r} (403: {_message(error, self._secret)}): check the key's permissions") from None
             except openai.NotFoundError as error:
-                raise JudgeConfigError(f"the judge endpoint {where} has no model {model!r} or no chat API (404: {_message(error)}): fix MEDBENCH_JUDGE_MODEL / MEDBENCH_JUDGE_BASE_URL") from None
+                raise JudgeConfigError(f"the judge endpoint {where} has no model {model!r} or no chat API (404: {_message(error, self._secret)}): fix MEDBENCH_JUDGE_MODEL / MEDBENCH_JUDGE_BASE_URL") from None
             except openai.RateLimitError as error:
                 headers = _headers(error)
                 if getattr(error, "code", None) == "insufficient_quota":
-                    raise JudgeConfigError(f"the judge endpoint {where} says the account has no quota left (429: {_message(error)}): add credit or use another key") from None
+                    raise JudgeConfigError(f"the judge endpoint {where} says the account has no quota left (429: {_message(error, self._secret)}): add credit or use another key") from None
                 raise RetryableError("429 rate limited", retry_delay(headers), kind="rate_limit", headers=headers) from None
             except openai.APITimeoutError:
                 raise RetryableError("timeout", kind="timeout") from None
             except openai.APIConnectionError:
                 raise RetryableError("connection error", kind="connection") from None
-            except openai.BadRequestError as error:
-                if self.params.adapt(error, arguments):
-                    logger.info("judge model %s: adapting request parameters (%s)", model, _message(error))
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
+                # FastAPI-based servers (vLLM, TGI) reject an unknown parameter with 422 rather than 400.
+                if self.params.adapt(_Rejection(_message(error, self._secret), error), arguments):
+                    logger.info("judge model %s: adapting request parameters (%s)", model, _message(error, self._secret))
                     continue
-                raise JudgeFailure(f"request rejected (400: {_message(error)})") from None
+                raise JudgeFailure(f"request rejected ({error.status_code}: {_message(error, self._secret)})") from None
             except openai.APIStatusError as error:
                 if error.status_code >= 500 or error.status_code in (408, 409):
                     headers = _headers(error)
                     raise RetryableError(f"{error.status_code} server error", retry_delay(headers), kind="server", headers=headers) from None
-                raise JudgeFailure(f"request rejected ({error.status_code}: {_message(error)})") from None
+                raise JudgeFailure(f"request rejected ({error.status_code}: {_message(error, self._secret)})") from None
             except (openai.APIResponseValidationError, ValueError, TypeError):
                 raise RetryableError("malformed response body", kind="malformed") from None
             return _completion_from(response, dict(raw.headers))
@@ -323,13 +335,54 @@ class OpenAITransport:
             self._client = None
 
 
-def _message(error: Any) -> str:
-    """The server's own error message, on one line and bounded."""
+@dataclass(frozen=True)
+class _Rejection:
+    """A 400/422 as :meth:`RequestParams.adapt` reads it: the readable message, and OpenAI's param and code."""
+
+    message: str
+    error: Any
+
+    @property
+    def param(self) -> str:
+        return str(getattr(self.error, "param", "") or "")
+
+    @property
+    def code(self) -> str:
+        return str(getattr(self.error, "code", "") or "")
+
+
+def _message(error: Any, secret: str | None = None) -> str:
+    """The server's own error message, on one line, bounded, and without the API key (servers echo it).
+
+    Reads OpenAI's ``{"error": {"message"}}`` and FastAPI's ``{"detail": [{"loc", "msg"}]}`` (vLLM, TGI, ...).
+    """
     body = getattr(error, "body", None)
     message = body.get("message") if isinstance(body, dict) else None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if message is None and isinstance(detail, list):
+        parts = [
+            f"{'.'.join(str(p) for p in entry.get('loc', []) if p != 'body')}: {entry.get('msg')}".lstrip(": ")
+            for entry in detail if isinstance(entry, dict)
+        ]
+        message = "; ".join(parts) or None
+    elif message is None and isinstance(detail, str):
+        message = detail
     text = str(message or getattr(error, "message", "") or error)
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()), secret)
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with the API key (or a 12+ character prefix or suffix of it a server echoed) replaced by ``***``."""
+    if not secret or len(secret) < 12:
+        return text
+    if secret in text:
+        return text.replace(secret, "***")
+    for width in range(len(secret) - 1, 11, -1):  # a server that quotes a prefix or suffix of the key
+        for piece in {secret[:width], secret[-width:]}:
+            if piece in text:
+                return text.replace(piece, "***")
+    return text
 
 
 def _headers(error: Any) -> dict[str, str]:
@@ -339,6 +392,10 @@ def _headers(error: Any) -> dict[str, str]:
 
 
 def _completion_from(response: Any, headers: Mapping[str, str] | None = None) -> Completion:
+    error = getattr(response, "error", None)  # some proxies answer 200 with OpenAI's error object
+    if error is not None and not getattr(response, "choices", None):
+        message = error.get("message") if isinstance(error, dict) else getattr(error, "message", error)
+        raise RetryableError(f"200 with an error body ({' '.join(str(message).split())[:200]})", kind="server")
     try:
         choice = response.choices[0]
         text = choice.message.content
@@ -363,12 +420,17 @@ def _completion_from(response: Any, headers: Mapping[str, str] | None = None) ->
 # Run health: the circuit breakers
 
 
+SERVER_ERROR_STREAK = 40  # twice the in-flight maximum of a default run: an outage, not bad luck
+
+
 class RunHealth:
     """Stops a run that cannot work, instead of retrying it sample by sample.
 
     * no request has succeeded and ``fail_fast_after`` connection errors / timeouts happened;
     * no request has succeeded and the last ``fail_fast_after`` rejections (400) carry the same message;
-    * more than ``parse_failure_threshold`` of the last ``parse_check_window`` answers did not parse.
+    * more than ``parse_failure_threshold`` of the last ``parse_check_window`` answers did not parse;
+    * :data:`SERVER_ERROR_STREAK` server errors (5xx, a 200 with an error body, malformed bodies) in a row
+      with no answer in between: a server failing everything is not retried sample by sample.
     """
 
     def __init__(self, config: JudgeConfig) -> None:
@@ -379,11 +441,22 @@ class RunHealth:
         self.answers: deque[bool] = deque(maxlen=max(1, config.parse_check_window))
         self.example: str | None = None
         self.example_reason: str | None = None
+        self.server_errors: dict[str, int] = {}  # the current streak of server errors, by reason
 
     def success(self) -> None:
         self.succeeded += 1
+        self.server_errors.clear()
 
     def transport_failure(self, error: RetryableError) -> None:
+        if error.kind in ("server", "malformed"):
+            self.server_errors[str(error)] = self.server_errors.get(str(error), 0) + 1
+            streak = sum(self.server_errors.values())
+            if streak >= SERVER_ERROR_STREAK:
+                seen = ", ".join(f"{reason} ×{count}" for reason, count in self.server_errors.items())
+                raise JudgeAbort(
+                    f"the judge at {self.config.public_base_url} failed {streak} requests in a row ({seen}) with no answer "
+                    "in between: check the server, then run the same command again to resume"
+                )
         if self.succeeded or error.kind not in ("connection", "timeout"):
             return
         self.unreachable[str(error)] = self.unreachable.get(str(error), 0) + 1

@@ -7,12 +7,16 @@ long-form tasks' metrics or recomputes them - :data:`COLUMNS` and :data:`UNSCORE
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from medbench.errors import MedbenchError
 
 PREFIX = "judge_"
 UNSCORED = "judge_unscored"
+# Which parts the lmms-eval tasks run (comma-separated; default: every part).
+ENV_PARTS = "MEDBENCH_JUDGE_PARTS"
 
 
 @dataclass(frozen=True)
@@ -24,12 +28,14 @@ class JudgeMetric:
         part: The judge part that computes it (``nli``, ``fabrication``, ``severity``).
         higher_is_better: Direction.
         description: One line for tables and docs.
+        details: The verdict details logged with each sample's score (lmms-eval's per-sample log).
     """
 
     name: str
     part: str
     higher_is_better: bool
     description: str
+    details: tuple[str, ...] = ()
 
     @property
     def column(self) -> str:
@@ -38,10 +44,16 @@ class JudgeMetric:
 
 
 METRIC_LIST: tuple[JudgeMetric, ...] = (
-    JudgeMetric("completeness", "nli", True, "(E + 0.5 PE) / n over the reference's atomic facts"),
-    JudgeMetric("hallucination", "nli", False, "C / n: reference facts the output contradicts"),
-    JudgeMetric("fabrication", "fabrication", False, "(N + C) / m: the output's own claims the reference does not support"),
-    JudgeMetric("severe", "severity", False, "1 when the worst error is graded severe, else 0"),
+    JudgeMetric(
+        "completeness", "nli", True, "share of reference facts the output states: (E + 0.5 PE) / n",
+        ("facts_source", "facts", "labels"),
+    ),
+    JudgeMetric("hallucination", "nli", False, "share of reference facts the output contradicts: C / n"),
+    JudgeMetric(
+        "fabrication", "fabrication", False, "share of output claims the reference does not support: (N + C) / m",
+        ("claims", "claim_labels"),
+    ),
+    JudgeMetric("severe", "severity", False, "share of outputs whose worst error is severe", ("severity", "severity_reason")),
 )
 PARTS: tuple[str, ...] = tuple(dict.fromkeys(metric.part for metric in METRIC_LIST))
 PART_METRICS: dict[str, tuple[str, ...]] = {part: tuple(m.name for m in METRIC_LIST if m.part == part) for part in PARTS}
@@ -63,3 +75,13 @@ def parse_parts(raw: str, where: str = "--parts") -> tuple[str, ...]:
     if unknown or not parts:
         raise MedbenchError(f"{where} {raw!r}: unknown part(s) {unknown}; use a subset of {','.join(PARTS)}")
     return parts
+
+
+def enabled_parts(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The parts the lmms-eval tasks run: ``MEDBENCH_JUDGE_PARTS`` (default: all of :data:`PARTS`).
+
+    Raises:
+        MedbenchError: Unknown part names.
+    """
+    raw = (os.environ if env is None else env).get(ENV_PARTS, "").strip()
+    return parse_parts(raw, ENV_PARTS) if raw else PARTS

@@ -6,11 +6,15 @@ Two mechanisms share one :class:`RateController`:
   ``x-ratelimit-remaining-requests`` and ``x-ratelimit-reset-requests`` (the time until the remaining
   budget is full again) on every response, and the same trio for tokens. For a budget that refills at a
   steady rate ``R``, ``reset = (limit - remaining) / R``, so each response tells the refill rate whatever the
-  window (per second or per minute). Once the remaining budget is low, request starts are spaced
-  ``1/R`` apart, so the client stays just under the limit instead of discovering it through 429s.
-* **AIMD concurrency.** The in-flight limit starts at the configured concurrency; every 429 halves it (at
-  most once per round of requests: a wave of 429s sent together counts once), every success adds
-  ``1/limit`` (about one more request per round), up to the configured maximum.
+  window (per second or per minute). Once the rate is known, request starts are always spaced ``1/R``
+  apart: OpenAI states its budget per minute, but enforces it over much shorter intervals, so a high
+  ``remaining`` says nothing about how many requests may go at once (pacing only when it ran low let the
+  client climb back into the limit about once a second).
+* **AIMD concurrency.** Until the first response arrives only one request is in flight (a server's limits
+  are unknown before its first headers; 16 requests sent blind into a bucket of 5 are 11 429s). Then the
+  in-flight limit is the configured concurrency; every 429 halves it (at most once per round of requests:
+  a wave of 429s sent together counts once), every success adds ``1/limit`` (about one more request per
+  round), up to the configured maximum.
 
 A 429's own delay (``retry-after-ms``, ``retry-after`` in seconds or as an HTTP date, or the relevant
 ``x-ratelimit-reset-*``) pauses every new request, not only the refused one, with jitter so the waiting
@@ -189,7 +193,7 @@ class RateController:
         self._last_decrease = -1.0
         self._interval: float | None = None  # seconds per request of refill, once measured
         self._bounds: deque[float] = deque(maxlen=64)  # recent upper bounds of the refill rate
-        self._pacing = False  # the request budget is low: space requests out
+        self._opened = not adaptive  # a first response has come back: its headers say what the server allows
         self._capacity = 1.0  # the request budget's size (x-ratelimit-limit-requests)
         self._token_rate: float | None = None  # requests/s the token budget allows, when it runs low
         self._tokens_per_request: float | None = None
@@ -199,13 +203,13 @@ class RateController:
     @property
     def rate(self) -> float | None:
         """Requests per second the pacer spaces starts at (``None``: not pacing)."""
-        rates = [self._headroom / self._interval if (self._pacing and self._interval) else None, self._token_rate]
+        rates = [self._headroom / self._interval if self._interval else None, self._token_rate]
         known = [rate for rate in rates if rate]
         return min(known) if known else None
 
     async def acquire(self) -> Ticket:
         """Wait for a free slot, the pacer and any pause; returns the ticket to pass to :meth:`release`."""
-        while self.in_flight >= max(1, int(self.limit)):
+        while self.in_flight >= (max(1, int(self.limit)) if self._opened else 1):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -239,6 +243,7 @@ class RateController:
 
     def release(self, ticket: Ticket, *, rate_limited: bool = False, succeeded: bool = False) -> None:
         """Free the slot and adapt: halve on a 429 (once per round), grow gently on success."""
+        self._opened = True
         if self.adaptive:
             if rate_limited and ticket.started >= self._last_decrease:
                 self.limit = max(1.0, self.limit / 2)
@@ -260,12 +265,10 @@ class RateController:
             return 0.0
         pause = seconds * (1.0 + 0.5 * self._rng())
         self._pause_until = max(self._pause_until, self._clock() + pause)
-        if self._interval:
-            self._pacing = True  # a 429 means the budget ran out, whatever the last header said
         return pause
 
     def observe(self, headers: Mapping[str, str] | None, tokens_used: int = 0, ticket: Ticket | None = None) -> None:
-        """Learn the refill rate from a response's ``x-ratelimit-*`` headers; pace while the budget is low."""
+        """Learn the refill rate from a response's ``x-ratelimit-*`` headers (requests are paced at it from then on)."""
         del ticket  # kept in the signature: which request the headers belong to
         if not self.adaptive or not headers:
             return
@@ -277,7 +280,6 @@ class RateController:
                 # used / reset is an upper bound of the refill rate, and the lowest recent bound the estimate.
                 self._bounds.append(used / requests.reset)
                 self._interval = 1.0 / min(self._bounds)
-            self._pacing = requests.remaining < 2 * self.max_concurrency
             self._capacity = requests.limit
         if tokens_used > 0:
             previous = self._tokens_per_request

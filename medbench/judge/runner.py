@@ -27,11 +27,18 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from medbench import __version__
 from medbench.judge.cache import JudgeCache
-from medbench.judge.client import JudgeClient, JudgeFailure, Transport, gather_or_cancel
+from medbench.judge.client import JudgeAbort, JudgeClient, JudgeFailure, Transport, gather_or_cancel
 from medbench.judge.config import JudgeConfig
 from medbench.judge.parts import HIGHER_IS_BETTER, METRICS, PART_METRICS, PART_ROLES
 from medbench.judge.prompts import PromptSpec, load_prompt
-from medbench.metrics.facts import CONTRADICTION, NEUTRAL, extract_json_list, fact_scores, parse_labels
+from medbench.metrics.facts import (
+    NEUTRAL,
+    extract_json_list,
+    fabrication_from_labels,
+    fact_scores,
+    parse_labels,
+    severe_from_grade,
+)
 from medbench.progress import progress_bar
 
 logger = logging.getLogger("medbench.judge")
@@ -227,21 +234,29 @@ class JudgeRunner:
             kwargs["sleep"] = self._sleep
         self.client = JudgeClient(self.config, self.cache, self._transport, **kwargs)
         items = [item for batch in batches for item in batch]
+        samples = [SampleJudgement(id=item.id) for item in items]
+        requested = [m for part in parts for m in PART_METRICS[part]]
         progress = progress_bar(len(items), self.config.progress, "judge", "sample")
+        stop: JudgeAbort | None = None
         try:
 
-            async def one(item: JudgeItem) -> SampleJudgement:
-                verdict = await self._judge_one(item, parts)
+            async def one(item: JudgeItem, verdict: SampleJudgement) -> None:
+                await self._judge_one(item, parts, verdict)
                 progress.update(1)
-                return verdict
 
             # On an abort (bad key, dead URL, ...) every other sample is cancelled and awaited before the
             # client closes, so nothing runs against a closed HTTP client and no traceback escapes.
-            samples = await gather_or_cancel(one(item) for item in items)
+            await gather_or_cancel(one(item, verdict) for item, verdict in zip(items, samples))
+        except JudgeAbort as abort:
+            stop = abort
+            # What was answered is kept; every metric the stop left open says why it has no value.
+            for verdict in samples:
+                for metric in requested:
+                    if metric not in verdict.scores and metric not in verdict.failures:
+                        verdict.failures[metric] = f"not judged: the run stopped ({abort})"
         finally:
             progress.close()
             await self.client.aclose()
-        requested = [m for part in parts for m in PART_METRICS[part]]
         usage = {**self.client.stats.as_dict(self.config), "batches": len(batches), "samples": len(items)}
         info = self.judge_info(parts)
         reports, start = [], 0
@@ -252,12 +267,14 @@ class JudgeRunner:
             reports.append(JudgeReport(samples=chunk, summary=summary, judge=info, usage=usage))
         for metric in requested:
             failed = sum(metric in v.failures and "queued for the Batch API" not in v.failures[metric] for v in samples)
-            if failed:
+            if failed and stop is None:
                 logger.warning("judge metric %s: %d of %d samples unscored (see failures)", metric, failed, len(samples))
+        if stop is not None:
+            stop.partial = reports
+            raise stop
         return reports
 
-    async def _judge_one(self, item: JudgeItem, parts: tuple[str, ...]) -> SampleJudgement:
-        verdict = SampleJudgement(id=item.id)
+    async def _judge_one(self, item: JudgeItem, parts: tuple[str, ...], verdict: SampleJudgement) -> None:
         tasks = []
         if "nli" in parts:
             tasks.append(self._forward(item, verdict))
@@ -266,7 +283,6 @@ class JudgeRunner:
         if "severity" in parts:
             tasks.append(self._severity(item, verdict))
         await gather_or_cancel(tasks)
-        return verdict
 
     async def _forward(self, item: JudgeItem, verdict: SampleJudgement) -> None:
         metrics = PART_METRICS["nli"]
@@ -343,7 +359,7 @@ class JudgeRunner:
             _fail(verdict, ("fabrication",), f"claim labelling failed: {error}")
             return
         verdict.details["claim_labels"] = labels
-        verdict.scores["fabrication"] = sum(label in (NEUTRAL, CONTRADICTION) for label in labels) / m
+        verdict.scores["fabrication"] = fabrication_from_labels(labels)
 
     async def _severity(self, item: JudgeItem, verdict: SampleJudgement) -> None:
         assert self.client is not None
@@ -355,7 +371,7 @@ class JudgeRunner:
             return
         verdict.details["severity"] = grade
         verdict.details["severity_reason"] = reason
-        verdict.scores["severe"] = 1.0 if grade == "severe" else 0.0
+        verdict.scores["severe"] = severe_from_grade(grade)
 
 
 def summarize(samples: Sequence[SampleJudgement], metrics: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -9,13 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from medbench.data.loading import load_task_docs
+from medbench.errors import DataError
 
 
 def _docs_loader(task: str):
     def process_docs(placeholder: Any):
         # lmms-eval hands over the placeholder split it loaded from the YAML's data file; the real
         # documents come from the source configured for this task (local copy, demo set or hub).
-        return load_task_docs(task)
+        try:
+            return load_task_docs(task)
+        except DataError as error:
+            # lmms-eval 0.7.3 catches every Exception of a run, prints its traceback and exits 0; SystemExit
+            # is not an Exception, so a bad data file ends the run with medbench's one line and status 1.
+            raise SystemExit(f"medbench: error: {task}: {error}") from None
 
     process_docs.__name__ = process_docs.__qualname__ = f"process_docs_{task}"
     process_docs.__doc__ = f"Load the documents of ``{task}`` from its configured source."

@@ -8,6 +8,10 @@ a failed generation gets no score metric at all (so it is left out of every scor
 * ``failed_generations``: 1 (0 for a real answer), summed per task by :func:`medbench.lmms.common.total`;
 * ``medbench_detail``: ``{"id", "source", "failed_generation": true, "failure": "<first 200 characters>"}``.
 
+A real answer in reasoning format (``<think>...</think>`` then the answer) is scored on its answer part, by
+:func:`medbench.reasoning.strip_reasoning` - the function the GRPO rewards use - whether or not lmms-eval's own
+``--reasoning_tags`` stripping ran first (the rule is the same, and idempotent).
+
 Real answers carry ``medbench_detail.failed_generation == false``. ``medbench eval`` reads the per-task total
 from the results file and exits non-zero when it is above zero (:func:`failed_generation_summary`).
 """
@@ -18,6 +22,8 @@ import functools
 import json
 from pathlib import Path
 from typing import Any, Callable
+
+from medbench.reasoning import strip_reasoning
 
 FAILURE_MARKER = "[LMMS_EVAL_REQUEST_FAILED"
 FAILED_METRIC = "failed_generations"
@@ -43,7 +49,8 @@ def unless_failed(process_results: Callable[[dict, list], dict]) -> Callable[[di
         if failure is not None:
             detail = {"id": doc["id"], "source": doc.get("source"), DETAIL_FLAG: True, "failure": failure[:_PREVIEW]}
             return {FAILED_METRIC: 1.0, "medbench_detail": detail}
-        record = process_results(doc, results)
+        answers = [strip_reasoning(answer) if isinstance(answer, str) else answer for answer in results or []]
+        record = process_results(doc, answers)
         record[FAILED_METRIC] = 0.0
         record["medbench_detail"] = {**record.get("medbench_detail", {}), DETAIL_FLAG: False}
         return record

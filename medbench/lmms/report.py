@@ -1,6 +1,8 @@
 """Scoring of the long-form tasks (MIMIC-CXR findings, AMBOSS descriptions) inside lmms-eval.
 
-Two kinds of metric, because lmms-eval gives ``process_results`` one document at a time:
+The record of each document is a loop over the kind's metrics in the catalogue
+(:func:`medbench.lmms.records.score`). Two kinds of metric, because lmms-eval gives ``process_results`` one
+document at a time:
 
 * **Per-sample metrics** (``rouge_l``, ``bleu4_sentence``) are computed in :func:`process_results` and
   mean-aggregated, so lmms-eval reports a standard error for each.
@@ -8,7 +10,8 @@ Two kinds of metric, because lmms-eval gives ``process_results`` one document at
   over the references), METEOR (one Java process), BERTScore (batched forward passes) and the LLM judge
   (hundreds of API calls that must run concurrently, not one blocking call per document).
   :func:`process_results` returns a :class:`Deferred` item for each; the metric's aggregation function
-  receives all items of the task and computes the score over them at once. The judge's aggregation runs
+  (generated below from the catalogue, one ``def`` per metric) receives all items of the task and runs the
+  metric's declared corpus function over them (:func:`aggregate`). The judge's aggregation runs
   *every* enabled judge part for all samples in one concurrent batch (bounded by
   ``MEDBENCH_JUDGE_CONCURRENCY``) and memoises the report, so the sibling judge metrics cost nothing; the
   on-disk cache makes a re-run free as well.
@@ -35,56 +38,20 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from medbench.errors import MedbenchError
+from medbench.judge import parts as judge_parts
+from medbench.lmms.records import Deferred, score, warn_once
 from medbench.metrics import clinical, text
-from medbench.metrics.registry import METRICS, REPORT_METRICS, Metric
-from medbench.metrics.text import MetricUnavailable, rouge_l, sentence_bleu4
+from medbench.metrics.registry import METRICS, Answer, CorpusResult
+from medbench.metrics.text import MetricUnavailable
 
 logger = logging.getLogger("medbench.report")
-
-ENV_JUDGE_PARTS = "MEDBENCH_JUDGE_PARTS"
-# METEOR's Java start-up costs seconds once per process: worth it on a real run, not on a quick check.
-ENV_METEOR = "MEDBENCH_METEOR"
-JUDGE_PARTS_DEFAULT = ("nli", "fabrication", "severity")
-# From the declarations: a judge metric's family is "judge:<part>"; the always-on corpus metrics have none.
-JUDGE_METRIC_PART = {
-    m.name: m.family.split(":", 1)[1] for m in REPORT_METRICS if m.family and m.family.startswith("judge:")
-}
-JUDGE_UNSCORED = "judge_unscored"
-CORPUS_METRICS = tuple(m.name for m in REPORT_METRICS if m.aggregation == "function" and m.family is None)
-
-
-class Deferred(dict):
-    """A per-sample placeholder for a metric computed over the whole task in its aggregation.
-
-    The dict content is what lmms-eval logs per sample (``id``, later ``score``/``status``/details); the
-    texts ride along as attributes so they are not duplicated into the sample logs once per metric.
-    """
-
-    def __init__(self, sample_id: str, prediction: str, reference: str, facts: Sequence[str] | None = None, task: str | None = None) -> None:
-        super().__init__(id=sample_id)
-        self.prediction = prediction
-        self.reference = reference
-        self.facts = tuple(facts) if facts is not None else None
-        self.task = task
-
-
-_warned: set[str] = set()
-_warn_lock = threading.Lock()
-
-
-def _warn_once(key: str, message: str) -> None:
-    with _warn_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    logger.warning("medbench: %s", message)
 
 
 def _current_task() -> str | None:
@@ -96,74 +63,37 @@ def _current_task() -> str | None:
     return getattr(usage_metrics, "_CURRENT_TASK_CONTEXT", None)
 
 
-def judge_parts(env: dict[str, str] | None = None) -> tuple[str, ...]:
-    """Judge parts enabled for the long-form tasks (``MEDBENCH_JUDGE_PARTS``, default all three).
+def judge_unavailable(family: str) -> str | None:
+    """Why the judge family ``judge`` or ``judge:<part>`` cannot run here (``None``: it can).
 
-    Raises:
-        MedbenchError: An unknown part name.
+    The judge runs when it is configured (``MEDBENCH_JUDGE_MODEL`` ...); a part runs when it is also among
+    ``MEDBENCH_JUDGE_PARTS`` (default: every part).
     """
-    raw = (os.environ if env is None else env).get(ENV_JUDGE_PARTS, "").strip()
-    if not raw:
-        return JUDGE_PARTS_DEFAULT
-    parts = tuple(part.strip() for part in raw.split(",") if part.strip())
-    unknown = sorted(set(parts) - set(JUDGE_PARTS_DEFAULT))
-    if unknown:
-        raise MedbenchError(f"{ENV_JUDGE_PARTS}={raw!r}: unknown part(s) {unknown}; use a subset of {','.join(JUDGE_PARTS_DEFAULT)}")
-    return parts
-
-
-def _judge_enabled() -> bool:
     from medbench.judge.config import JudgeConfig
 
     try:
         configured = JudgeConfig.from_env() is not None
     except MedbenchError as error:
-        _warn_once("judge-config", f"judge metrics skipped: {error}")
-        return False
+        return f"judge metrics skipped: {error}"
     if not configured:
-        _warn_once(
-            "judge-off",
-            "judge metrics skipped (judge_completeness, judge_hallucination, judge_fabrication, judge_severe): "
-            "set MEDBENCH_JUDGE_MODEL and MEDBENCH_JUDGE_API_KEY or MEDBENCH_JUDGE_BASE_URL to enable them",
+        names = ", ".join(m.column for m in judge_parts.METRIC_LIST)
+        return (
+            f"judge metrics skipped ({names}): "
+            "set MEDBENCH_JUDGE_MODEL and MEDBENCH_JUDGE_API_KEY or MEDBENCH_JUDGE_BASE_URL to enable them"
         )
-    return configured
+    part = family.partition(":")[2]
+    if part and part not in judge_parts.enabled_parts():
+        return f"judge part {part} skipped: not in {judge_parts.ENV_PARTS}"
+    return None
 
 
-def process_results(doc: dict, results: list[str]) -> dict:
-    """Score one generated text against the document's reference (deferred metrics are placeholders)."""
+def _record(kind: str, doc: dict, results: list[str]) -> dict:
     prediction = results[0] if results else ""
     reference = doc["reference"]
     facts = doc.get("facts")
     task = _current_task()
     sample_id = str(doc["id"])
-
-    def deferred() -> Deferred:
-        return Deferred(sample_id, prediction, reference, facts, task)
-
-    scores: dict[str, Any] = {
-        "rouge_l": rouge_l(prediction, reference),
-        "bleu4_sentence": sentence_bleu4(prediction, reference),
-    }
-    for metric in CORPUS_METRICS:
-        scores[metric] = deferred()
-    if os.environ.get(ENV_METEOR, "").strip().lower() == "off":
-        _warn_once("meteor", f"METEOR skipped: {ENV_METEOR}=off")
-    elif text.java_available():
-        scores["meteor"] = deferred()
-    else:
-        _warn_once("meteor", "METEOR skipped: no 'java' on PATH; install a Java runtime (e.g. apt-get install default-jre-headless)")
-    try:
-        text.BertScoreSettings.from_env()
-    except MetricUnavailable as error:
-        _warn_once("bertscore", str(error))
-    else:
-        scores["bertscore_f1"] = deferred()
-    if _judge_enabled():
-        parts = judge_parts()
-        for metric, part in JUDGE_METRIC_PART.items():
-            if part in parts:
-                scores[metric] = deferred()
-        scores[JUDGE_UNSCORED] = deferred()
+    record = score(kind, Answer(prediction, reference), lambda: Deferred(sample_id, prediction, reference, facts, task))  # type: ignore[arg-type]
     detail: dict[str, Any] = {
         "id": doc["id"],
         "source": doc.get("source"),
@@ -172,8 +102,13 @@ def process_results(doc: dict, results: list[str]) -> dict:
     }
     if facts is not None:
         detail["facts"] = list(facts)  # so `medbench judge` can re-score from the sample logs alone
-    scores["medbench_detail"] = detail
-    return scores
+    record["medbench_detail"] = detail
+    return record
+
+
+def process_results(doc: dict, results: list[str]) -> dict:
+    """Score one generated text against the document's reference (deferred metrics are placeholders)."""
+    return _record("report", doc, results)
 
 
 def process_results_chest_xray(doc: dict, results: list[str]) -> dict:
@@ -182,20 +117,7 @@ def process_results_chest_xray(doc: dict, results: list[str]) -> dict:
     Each family is added when its weights are configured and present; otherwise it is left out with one
     log line saying what to download and which variable to set, and the other metrics run as usual.
     """
-    scores = process_results(doc, results)
-    prediction = results[0] if results else ""
-    task = _current_task()
-    families = (("chexbert", clinical.CheXbertSettings, clinical.CHEXBERT_METRICS),
-                ("radgraph", clinical.RadGraphSettings, clinical.RADGRAPH_METRICS))
-    for family, settings, metrics in families:
-        try:
-            settings.from_env()  # file checks only; the model loads in the aggregation
-        except MetricUnavailable as error:
-            _warn_once(family, str(error))
-            continue
-        for metric in metrics:
-            scores[metric] = Deferred(str(doc["id"]), prediction, doc["reference"], doc.get("facts"), task)
-    return scores
+    return _record("chest_xray", doc, results)
 
 
 # --------------------------------------------------------------------------------------- aggregation
@@ -226,43 +148,15 @@ def _texts(items: Sequence[Deferred]) -> tuple[list[str], list[str]]:
     return [item.prediction for item in items], [item.reference for item in items]
 
 
-def _corpus_bleu(items: Sequence[Deferred]) -> dict[str, float]:
-    return _memoised("bleu", items, lambda: text.corpus_bleu(*_texts(items)))
+def bertscore_scores(items: Sequence[Deferred], name: str = "bertscore_f1") -> CorpusResult:
+    """Mean BERTScore F1 with the local model of ``MEDBENCH_BERTSCORE_MODEL``, and each report's F1.
 
-
-def _fill_scores(items: Sequence[Deferred], values: Sequence[float]) -> None:
-    for item, value in zip(items, values):
-        item["score"] = value
-
-
-def _cider(items: list[Deferred]) -> float:
-    """CIDEr (coco-caption, IDF from this test set's references; 0-10 scale), higher is better."""
-    score, per_sample = _memoised("cider", items, lambda: text.cider(*_texts(items)))
-    _fill_scores(items, per_sample)
-    return score
-
-
-def _meteor(items: list[Deferred]) -> float | None:
-    """METEOR 1.5 corpus score (coco-caption, Java), higher is better; ``None`` if Java vanished."""
-    try:
-        score, per_sample = _memoised("meteor", items, lambda: text.meteor(*_texts(items)))
-    except MetricUnavailable as error:
-        _warn_once("meteor", str(error))
-        return None
-    _fill_scores(items, per_sample)
-    return score
-
-
-def _bertscore_f1(items: list[Deferred]) -> float | None:
-    """Mean BERTScore F1 with the local model of ``MEDBENCH_BERTSCORE_MODEL``, higher is better."""
-    try:
-        settings = text.BertScoreSettings.from_env()
-        values = _memoised(f"bertscore:{settings}", items, lambda: text.bertscore_f1(*_texts(items), settings))
-    except MetricUnavailable as error:
-        _warn_once("bertscore", str(error))
-        return None
-    _fill_scores(items, values)
-    return sum(values) / len(values) if values else None
+    Raises:
+        MetricUnavailable: The model is not configured or not found.
+    """
+    settings = text.BertScoreSettings.from_env()
+    values = _memoised(f"bertscore:{settings}", items, lambda: text.bertscore_f1(*_texts(items), settings))
+    return (sum(values) / len(values) if values else None), values
 
 
 # --------------------------------------------------------------------------------------------- judge
@@ -309,7 +203,7 @@ def _judge_report(items: Sequence[Deferred], args: Any = None) -> Any:
         judge_items = [JudgeItem(id=str(i["id"]), prediction=i.prediction, reference=i.reference, facts=i.facts) for i in items]
         task = next((i.task for i in items if i.task), None)
         try:
-            report = runner.judge(judge_items, judge_parts(), on_usage=_lmms_usage_hook(runner.config.model, task))
+            report = runner.judge(judge_items, judge_parts.enabled_parts(), on_usage=_lmms_usage_hook(runner.config.model, task))
         except MedbenchError as error:
             # A bad key or unknown model must not throw away the rest of the evaluation.
             logger.error("medbench: judge metrics failed for every sample: %s", error)
@@ -348,133 +242,207 @@ def _write_sidecar(report: Any, items: Sequence[Deferred], args: Any) -> None:
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _judge_metric(items: list[Deferred], metric: str, args: Any, details: Iterable[str]) -> float | None:
+def judge_scores(items: Sequence[Deferred], name: str, args: Any = None) -> CorpusResult:
+    """Mean judge score ``name`` (``judge_completeness`` ...) over the samples it scored.
+
+    Writes each sample's outcome into its logged item: ``score`` when scored, ``status``, the judge's identity
+    and the verdict details of this metric (:attr:`medbench.judge.parts.JudgeMetric.details`). Samples the
+    judge could not score carry no ``score`` and are left out of the mean.
+    """
+    judged = judge_parts.COLUMNS[name]
     report = _judge_report(items, args)
     if report is None or isinstance(report, MedbenchError):
         reason = "judge not configured" if report is None else f"judge error: {report}"
         for item in items:
             item["status"] = reason
-        return None
+        return None, None
     ident = f"{report.judge['model']} " + " ".join(f"{p['id']}:{p['sha256'][:8]}" for p in report.judge["prompts"].values())
     values = []
-    for item, verdict in zip(items, report.samples):
+    for item, verdict in zip(items, report.samples, strict=True):
         item["judge"] = ident
-        for key in details:
+        for key in judged.details:
             if key in verdict.details:
                 item[key] = verdict.details[key]
-        if metric in verdict.scores:
-            item["score"] = verdict.scores[metric]
+        if judged.name in verdict.scores:
+            item["score"] = verdict.scores[judged.name]
             item["status"] = "scored"
-            values.append(verdict.scores[metric])
+            values.append(verdict.scores[judged.name])
         else:
-            item["status"] = "unscored: " + verdict.failures.get(metric, "not requested")
-    return sum(values) / len(values) if values else None
+            item["status"] = "unscored: " + verdict.failures.get(judged.name, "not requested")
+    return (sum(values) / len(values) if values else None), None
 
 
-def _judge_unscored(items: list[Deferred], args: Any = None) -> float:
-    """Number of samples missing at least one enabled judge score (failures after retries), lower is better."""
+def judge_unscored_count(items: Sequence[Deferred], name: str = judge_parts.UNSCORED, args: Any = None) -> CorpusResult:
+    """Number of samples missing at least one enabled judge score (failures after retries)."""
     report = _judge_report(items, args)
     if report is None or isinstance(report, MedbenchError):
-        return float(len(items))
+        return float(len(items)), None
     count = 0
-    for item, verdict in zip(items, report.samples):
+    for item, verdict in zip(items, report.samples, strict=True):
         item["failures"] = verdict.failures
         item["score"] = float(bool(verdict.failures))
         count += bool(verdict.failures)
-    return float(count)
+    return float(count), None
 
 
 # ------------------------------------------------------------------------------- clinical (chest X-ray)
 
 
-def _chexbert_metric(items: list[Deferred], metric: str) -> float | None:
-    try:
-        settings = clinical.CheXbertSettings.from_env()
-        result = _memoised(f"chexbert:{settings}", items, lambda: clinical.chexbert_f1(*_texts(items), settings))
-    except MetricUnavailable as error:
-        _warn_once("chexbert", str(error))
-        return None
-    # Corpus-level F1: no per-sample score (a CLT standard error of it would be meaningless); the labels
-    # behind it go into the sample logs instead.
-    for item, reference, prediction in zip(items, result.reference_labels, result.prediction_labels):
+def chexbert_scores(items: Sequence[Deferred], name: str) -> CorpusResult:
+    """CheXbert-F1 ``name`` over all reports; the labels behind it go into the sample logs.
+
+    Raises:
+        MetricUnavailable: Weights not configured or not found.
+    """
+    settings = clinical.CheXbertSettings.from_env()
+    result = _memoised(f"chexbert:{settings}", items, lambda: clinical.chexbert_f1(*_texts(items), settings))
+    # Corpus-level F1: no per-sample score (a CLT standard error of it would be meaningless).
+    for item, reference, prediction in zip(items, result.reference_labels, result.prediction_labels, strict=True):
         item["reference_positive"] = clinical.positive_observations(reference)
         item["prediction_positive"] = clinical.positive_observations(prediction)
-    return result.scores[metric]
+    return result.scores[name], None
 
 
-def _radgraph_metric(items: list[Deferred], level: str) -> float | None:
-    try:
-        settings = clinical.RadGraphSettings.from_env()
-        result = _memoised(f"radgraph:{settings}", items, lambda: clinical.radgraph_f1(*_texts(items), settings))
-    except MetricUnavailable as error:
-        _warn_once("radgraph", str(error))
-        return None
-    for item, per_sample, (predicted, reference) in zip(items, result.per_sample, result.entities):
-        item["score"] = per_sample[level]  # the metric is the mean of these: lmms-eval's CLT stderr applies
+def radgraph_scores(items: Sequence[Deferred], name: str) -> CorpusResult:
+    """RadGraph-F1 ``name`` (mean over reports) and each report's value; entities go into the sample logs.
+
+    Raises:
+        MetricUnavailable: Weights not configured or not found.
+    """
+    settings = clinical.RadGraphSettings.from_env()
+    result = _memoised(f"radgraph:{settings}", items, lambda: clinical.radgraph_f1(*_texts(items), settings))
+    level = name.removeprefix("radgraph_f1_")
+    for item, (predicted, reference) in zip(items, result.entities, strict=True):
         item["entities"] = {"prediction": predicted, "reference": reference}
-    return result.scores[f"radgraph_f1_{level}"]
+    # The metric is the mean of the per-sample values: lmms-eval's CLT stderr applies.
+    return result.scores[name], [per_sample[level] for per_sample in result.per_sample]
 
 
-# ------------------------------------------------------------------ aggregation functions, one per metric
-# The task YAMLs name ``medbench.lmms.report.<metric>`` for every metric declared with ``aggregation:
-# function`` in medbench.metrics.registry; they are made here from the declarations, so a declared metric
-# always has its function and no hand-kept wrapper can drift from it.
-
-_JUDGE_DETAILS = {
-    "completeness": ("facts_source", "facts", "labels"),
-    "hallucination": (),
-    "fabrication": ("claims", "claim_labels"),
-    "severe": ("severity", "severity_reason"),
-}
+# ------------------------------------------------------------------------------ aggregation, one per metric
 
 
-def _aggregation_function(metric: Metric) -> Callable[..., float | None]:
-    name = metric.name
-    if name.startswith("bleu"):
+def aggregate(name: str, items: list[Deferred], args: Any = None) -> float | None:
+    """Run metric ``name``'s corpus function over the task's items; its per-sample values become ``score``.
 
-        def aggregate(items: list[Deferred]) -> float | None:
-            return _corpus_bleu(items)[name]
+    Args:
+        name: A metric declared with ``aggregation="function"``.
+        items: lmms-eval's per-sample values of the metric (the :class:`Deferred` placeholders).
+        args: lmms-eval's run arguments (the judge writes its sidecar next to the output).
 
-    elif name in ("cider", "meteor", "bertscore_f1"):
-        aggregate = {"cider": _cider, "meteor": _meteor, "bertscore_f1": _bertscore_f1}[name]
-    elif name == JUDGE_UNSCORED:
-        aggregate = _judge_unscored
-    elif name.startswith("judge_"):
-        part = name.removeprefix("judge_")
-
-        def aggregate(items: list[Deferred], args: Any = None) -> float | None:
-            return _judge_metric(items, part, args, _JUDGE_DETAILS[part])
-
-    elif name.startswith("chexbert_f1_"):
-
-        def aggregate(items: list[Deferred]) -> float | None:
-            return _chexbert_metric(items, name)
-
-    elif name.startswith("radgraph_f1_"):
-        level = name.removeprefix("radgraph_f1_")
-
-        def aggregate(items: list[Deferred]) -> float | None:
-            return _radgraph_metric(items, level)
-
-    else:
-        raise ValueError(f"no aggregation for the declared metric {name!r}; add it to medbench.lmms.report")
-
-    # lmms-eval passes ``args=`` only to aggregations that declare it (the judge writes its sidecar there).
-    if "args" in inspect.signature(aggregate).parameters:
-
-        def declared(items: list[Deferred], args: Any = None) -> float | None:
-            return aggregate(items, args)
-
-    else:
-
-        def declared(items: list[Deferred]) -> float | None:
-            return aggregate(items)
-
-    declared.__name__ = declared.__qualname__ = name
-    declared.__doc__ = f"{metric.description[:1].upper()}{metric.description[1:]}, {'higher' if metric.higher_is_better else 'lower'} is better."
-    return declared
+    Returns:
+        The task score; ``None`` when the metric cannot run after all (logged once).
+    """
+    metric = METRICS[name]
+    function = metric.corpus_function
+    assert function is not None, f"{name} has no corpus function"
+    try:
+        if "args" in inspect.signature(function).parameters:
+            value, per_sample = function(items, name, args=args)
+        else:
+            value, per_sample = function(items, name)
+    except MetricUnavailable as error:
+        warn_once(str(error), str(error))
+        return None
+    if per_sample is not None:
+        for item, sample_value in zip(items, per_sample, strict=True):
+            item["score"] = sample_value
+    return value
 
 
-for _metric in METRICS.values():
-    if _metric.aggregation == "function" and _metric.module == __name__:
-        globals()[_metric.name] = _aggregation_function(_metric)
+# The task YAMLs name these (``aggregation: !function medbench.lmms.report.<metric>``); lmms-eval passes
+# ``args=`` only to aggregations that declare it.
+# BEGIN generated:aggregations (python -m medbench.docsgen writes this block from medbench.metrics.registry)
+def bleu1(items: list[Deferred]) -> float | None:
+    """Corpus BLEU-1 (coco-caption), higher is better."""
+    return aggregate("bleu1", items)
+
+
+def bleu2(items: list[Deferred]) -> float | None:
+    """Corpus BLEU-2 (coco-caption), higher is better."""
+    return aggregate("bleu2", items)
+
+
+def bleu3(items: list[Deferred]) -> float | None:
+    """Corpus BLEU-3 (coco-caption), higher is better."""
+    return aggregate("bleu3", items)
+
+
+def bleu4(items: list[Deferred]) -> float | None:
+    """Corpus BLEU-4 (coco-caption), higher is better."""
+    return aggregate("bleu4", items)
+
+
+def meteor(items: list[Deferred]) -> float | None:
+    """METEOR 1.5 corpus score (needs Java), higher is better."""
+    return aggregate("meteor", items)
+
+
+def cider(items: list[Deferred]) -> float | None:
+    """CIDEr, mean over reports of scores with IDF from all test references (0-10), higher is better."""
+    return aggregate("cider", items)
+
+
+def bertscore_f1(items: list[Deferred]) -> float | None:
+    """BERTScore F1 with a local model, higher is better."""
+    return aggregate("bertscore_f1", items)
+
+
+def judge_completeness(items: list[Deferred], args: Any = None) -> float | None:
+    """Share of reference facts the output states: (E + 0.5 PE) / n (LLM judge (docs/judge.md)), higher is better."""
+    return aggregate("judge_completeness", items, args)
+
+
+def judge_hallucination(items: list[Deferred], args: Any = None) -> float | None:
+    """Share of reference facts the output contradicts: C / n (LLM judge (docs/judge.md)), lower is better."""
+    return aggregate("judge_hallucination", items, args)
+
+
+def judge_fabrication(items: list[Deferred], args: Any = None) -> float | None:
+    """Share of output claims the reference does not support: (N + C) / m (LLM judge (docs/judge.md)), lower is better."""
+    return aggregate("judge_fabrication", items, args)
+
+
+def judge_severe(items: list[Deferred], args: Any = None) -> float | None:
+    """Share of outputs whose worst error is severe (LLM judge (docs/judge.md)), lower is better."""
+    return aggregate("judge_severe", items, args)
+
+
+def judge_unscored(items: list[Deferred], args: Any = None) -> float | None:
+    """Samples missing a judge score after retries, lower is better."""
+    return aggregate("judge_unscored", items, args)
+
+
+def chexbert_f1_micro_14(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, micro-averaged over 14 observations, higher is better."""
+    return aggregate("chexbert_f1_micro_14", items)
+
+
+def chexbert_f1_macro_14(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, macro-averaged over 14 observations, higher is better."""
+    return aggregate("chexbert_f1_macro_14", items)
+
+
+def chexbert_f1_micro_5(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, micro-averaged over 5 observations, higher is better."""
+    return aggregate("chexbert_f1_micro_5", items)
+
+
+def chexbert_f1_macro_5(items: list[Deferred]) -> float | None:
+    """CheXbert-F1, macro-averaged over 5 observations, higher is better."""
+    return aggregate("chexbert_f1_macro_5", items)
+
+
+def radgraph_f1_partial(items: list[Deferred]) -> float | None:
+    """RadGraph-F1 (partial), mean over reports, higher is better."""
+    return aggregate("radgraph_f1_partial", items)
+
+
+def radgraph_f1_simple(items: list[Deferred]) -> float | None:
+    """RadGraph-F1 (simple), mean over reports, higher is better."""
+    return aggregate("radgraph_f1_simple", items)
+
+
+def radgraph_f1_complete(items: list[Deferred]) -> float | None:
+    """RadGraph-F1 (complete), mean over reports, higher is better."""
+    return aggregate("radgraph_f1_complete", items)
+# END generated:aggregations

@@ -109,6 +109,19 @@ def scores_from_labels(labels: Sequence[str]) -> tuple[float, float]:
     return (counts[ENTAILMENT] + 0.5 * counts[PARTIAL_ENTAILMENT]) / n, counts[CONTRADICTION] / n
 
 
+def fabrication_from_labels(labels: Sequence[str]) -> float:
+    """Fabrication of one output: the share of its own claims labelled Neutral or Contradiction against the
+    reference (``(N + C) / m``); an output with no claims fabricates nothing (0)."""
+    if not labels:
+        return 0.0
+    return sum(label in (NEUTRAL, CONTRADICTION) for label in labels) / len(labels)
+
+
+def severe_from_grade(grade: str) -> float:
+    """The ``severe`` score of one output: 1 when the judge graded its worst error ``severe``, else 0."""
+    return 1.0 if grade == "severe" else 0.0
+
+
 def parse_labels(judge_output: str | None) -> list[str] | None:
     """Read canonical NLI labels from a judge answer, tolerating common formatting drift.
 

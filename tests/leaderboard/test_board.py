@@ -95,7 +95,7 @@ def test_tiny_model_is_significantly_worse_than_the_baseline_where_the_intervals
 
 
 def test_judge_metrics_are_read_from_both_judge_paths(judged_results, tmp_path):
-    # Both are the baseline model, so each needs its own display name on one board.
+    # Both are the baseline model: each needs its own display name, and their identical report answers are kept.
     inline_copy = copy_run(
         judged_results["inline"],
         tmp_path / "inline",
@@ -106,12 +106,12 @@ def test_judge_metrics_are_read_from_both_judge_paths(judged_results, tmp_path):
         tmp_path / "rescored",
         {"schema": "medbench-submission/1", "display_name": "re-scored"},
     )
-    runs, rejected = load_runs([inline_copy, rescored_copy])
+    runs, rejected = load_runs([inline_copy, rescored_copy], keep_identical=True)
     assert not rejected
     board = build_board(runs, rejected)
     inline = next(r for r in board.rows if set(r.run.tasks) == {"medbench_mimic_cxr"})
     rescored = next(r for r in board.rows if r is not inline)
-    assert inline.cells["medbench_mimic_cxr/judge_completeness"].verdict == "consistent"
+    assert inline.cells["medbench_mimic_cxr/judge_completeness"].verdict == "recomputed"  # from the logged labels
     assert inline.run.tasks["medbench_mimic_cxr"].judge["model"] == "loopback-judge"
     assert inline.run.tasks["medbench_mimic_cxr"].judge["prompts"]["nli"].startswith("nli-v1:")
     amboss = rescored.run.tasks["medbench_amboss"]

@@ -50,6 +50,7 @@ def test_converted_model_matches_the_original_forward(tmp_path, family, projecto
     use_stored = family == "llava_qwen2"  # HuatuoGPT runs the stored copy; LLaVA-Med the mm_vision_tower folder
     assert record["vision_tower_weights"] == ("stored" if use_stored else "folder")
     assert json.loads((out / "medbench_conversion.json").read_text())["family"] == family
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]  # TRL reads it
     assert len(list(out.glob("model-*-of-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
     assert any(line.startswith("  language_model:") for line in lines)
 

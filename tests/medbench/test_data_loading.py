@@ -146,6 +146,11 @@ ERROR_CASES = [
         r"row 1: image 'nope1.png' not found.*\(and 1 more rows with problems\)",
     ),
     ([[1, 2]], r"row 1 is not a JSON object"),
+    ([{"id": 1, "image": "a.png", "question": "Is it?", "answer": "   "}], r"row 1: missing field 'answer'"),
+    (
+        [{"id": 1, "image": "a.png", "question": "Is it?", "answer": "yes", "answer_type": "closed-ish"}],
+        r"row 1: answer_type 'closed-ish' is not one of CLOSED, OPEN",
+    ),
 ]
 
 
@@ -159,6 +164,20 @@ def test_bad_local_data_gives_one_clear_line(tmp_path, image_dir, rows, message)
     text = str(caught.value)
     assert "\n" not in text
     assert str(data) in text
+
+
+def test_lmms_eval_loader_ends_the_run_with_the_one_line(tmp_path, image_dir, monkeypatch):
+    """lmms-eval 0.7.3 turns any Exception of a run into a traceback and exit 0: the loader exits instead."""
+    from medbench.lmms.common import vqa_rad_docs
+
+    data = _write_jsonl(tmp_path / "bad.jsonl", [{"id": 1, "image": "a.png", "question": "Is it?", "answer": " "}])
+    monkeypatch.setenv("MEDBENCH_VQA_RAD", str(data))
+    monkeypatch.setenv("MEDBENCH_VQA_RAD_IMAGES", str(image_dir))
+    with pytest.raises(SystemExit) as stop:
+        vqa_rad_docs(None)
+    assert not isinstance(stop.value, Exception)  # passes lmms-eval's `except Exception`
+    message = str(stop.value.code)
+    assert message.startswith(f"medbench: error: medbench_vqa_rad: {data}: row 1: missing field 'answer'") and "\n" not in message
 
 
 def test_report_facts_must_be_strings(tmp_path, image_dir):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from judge_server import LoopbackJudgeServer
 
+from medbench.cli import main as medbench_main
 from medbench.judge.cache import JudgeCache
 from medbench.judge.client import JudgeAbort, JudgeConfigError, OpenAITransport, summarize_attempts
 from medbench.judge.config import JudgeConfig
@@ -130,7 +131,8 @@ def test_bad_key_exits_2_with_one_line_and_no_traceback(tmp_path):
             assert result.returncode == 2, result.stderr
             assert "Traceback" not in result.stderr and "Task exception" not in result.stderr, result.stderr
             lines = [line for line in result.stderr.splitlines() if line.strip()]
-            assert len(lines) == 1 and "rejected the API key (401: invalid api key)" in lines[0], result.stderr
+            # The server quotes the key it got; the message keeps the server's words without the key.
+            assert len(lines) == 1 and "rejected the API key (401: Incorrect API key provided: ***.)" in lines[0], result.stderr
             assert SECRET not in result.stderr + result.stdout
         assert server.count() <= 3 * 16
 
@@ -170,6 +172,58 @@ def test_an_abort_keeps_what_was_already_scored(tmp_path):
         report = JudgeRunner(config(server, cache_path=cache)).judge(items(20), parts=("nli",))
         assert server.count() == 15  # the five answers of the stopped run are not asked again
     assert report.usage["cache_hits"] == 5 and all(not v.failures for v in report.samples)
+
+
+def test_a_stop_writes_what_was_answered_and_exits_2(tmp_path, monkeypatch, capsys):
+    samples = tmp_path / "2026-01-01T00-00-00_samples_medbench_amboss.jsonl"
+    write_samples(samples, 40)
+    with LoopbackJudgeServer(script=[None] * 10 + ["wrong_count"] * 500) as server:
+        for name, value in {**server.environment(), "MEDBENCH_JUDGE_CONCURRENCY": "1"}.items():
+            monkeypatch.setenv(name, value)
+        assert medbench_main(["judge", str(tmp_path), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "unparseable answers in its last 20" in err[0]
+    verdicts = [json.loads(line) for line in next(tmp_path.glob("*_judge_samples_*.jsonl")).read_text().splitlines()]
+    results = json.loads(next(tmp_path.glob("*_judge_results_*.json")).read_text())
+    scored = [v for v in verdicts if not v["failures"]]
+    assert len(verdicts) == 40 and len(scored) == 10
+    stopped = [v for v in verdicts if "not judged: the run stopped (the judge 'loopback-judge' gave" in v["failures"].get("completeness", "")]
+    assert len(stopped) + len(scored) + 4 >= 40  # the rest: stopped, or given up on before the stop (3 attempts each)
+    assert results["results"]["medbench_amboss"]["judge_unscored,none"] == 30
+    assert results["results"]["medbench_amboss"]["judge_completeness,none"] == 1.0
+    assert "unparseable answers" in results["medbench_judge"]["usage"]["stopped"]
+
+
+@pytest.mark.parametrize("fault", ["500", "error200"])
+def test_a_server_failing_everything_is_stopped(fault):
+    with LoopbackJudgeServer(failure_rate=1.0, faults=[fault]) as server:
+        with pytest.raises(JudgeAbort, match=r"failed 40 requests in a row \((500 server error|200 with an error body \(upstream model overloaded\)) ×40\)"):
+            JudgeRunner(config(server, concurrency=8)).judge(items(96), parts=("nli",))
+        assert server.count() < 40 + 8  # not 96 samples × 4 attempts
+
+
+def test_ctrl_c_is_one_line(monkeypatch, tmp_path, capsys):
+    from medbench.judge import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    write_samples(tmp_path / "2026-01-01T00-00-00_samples_medbench_amboss.jsonl", 2)
+    monkeypatch.setattr(runner.JudgeRunner, "judge_many", interrupted)
+    monkeypatch.setenv("MEDBENCH_JUDGE_MODEL", "loopback")
+    monkeypatch.setenv("MEDBENCH_JUDGE_BASE_URL", dead_url())
+    assert medbench_main(["judge", str(tmp_path), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["medbench: interrupted; what finished is kept: run the same command again to resume"]
+
+
+def test_a_fastapi_422_keeps_its_reason_and_adapts_the_parameters():
+    with LoopbackJudgeServer(fastapi_strict=True) as server:
+        report = JudgeRunner(config(server, model="o3-mini")).judge(items(2), parts=("nli",))
+        statuses = server.statuses()
+    assert all(not v.failures for v in report.samples) and statuses == {422: 1, 200: 2}
+    learnt = report.judge["request"]["learnt_from_server"]
+    assert learnt == ["max_tokens instead of max_completion_tokens (server: max_completion_tokens: Extra inputs are not permitted)"]
 
 
 # -- a judge whose answers cannot be parsed ---------------------------------------------------------------------
@@ -232,6 +286,20 @@ def test_rate_limited_server_every_sample_scored_and_pace_learnt():
     assert paced is not None and 10 < paced < 25  # learnt from x-ratelimit-* headers (20/s)
 
 
+def test_small_burst_with_per_minute_headers_keeps_429s_rare():
+    """OpenAI's headers are per minute (remaining stays high until the 429); the bucket behind them holds 5."""
+    with LoopbackJudgeServer(rate_limit=20, burst=5, per_minute_headers=True, latency=0.05) as server:
+        report = JudgeRunner(config(server, concurrency=16, backoff_max=2.0)).judge(items(100), parts=("nli",))
+        statuses = server.statuses()
+        first = sorted(server.requests, key=lambda r: r.at)[:16]
+    assert all(not v.failures for v in report.samples)
+    assert statuses[200] == 100
+    assert statuses.get(429, 0) / sum(statuses.values()) < 0.05, statuses
+    assert sum(r.status == 429 for r in first) <= 1  # no opening wave of 16 requests into a bucket of 5
+    rate = report.judge["request"]["rate_control"]
+    assert 18 <= rate["paced_requests_per_second"] <= 20  # paced at the measured rate, not switched off
+
+
 @pytest.mark.parametrize(
     "text, seconds",
     [("1s", 1.0), ("6m0s", 360.0), ("120ms", 0.12), ("1h2m3.5s", 3723.5), ("0.5", 0.5), ("2m", 120.0), ("", None), ("soon", None)],
@@ -257,6 +325,9 @@ def test_aimd_halves_once_per_wave_and_grows_back():
     async def scenario() -> RateController:
         clock = [0.0]
         control = RateController(16, rng=lambda: 0.5, clock=lambda: clock[0])
+        probe = await control.acquire()  # one request until the server has answered once
+        assert not control._waiters and control.in_flight == 1
+        control.release(probe, succeeded=True)
         starts = [await control.acquire() for _ in range(8)]
         clock[0] = 1.0
         for started in starts:  # eight 429s from one wave of requests
@@ -302,7 +373,9 @@ def test_run_dir_judges_only_long_form_files_all_at_once(tmp_path):
         result = run_cli([str(tmp_path / "run")], env)
         assert result.returncode == 0, result.stderr
         assert server.count() == 4  # two per long-form file, none for VQA
-        assert server.max_in_flight == 4  # the two files were judged together, not one after another
+        # One request first (the server's limits are unknown until it answers), then the other three together:
+        # the two files were judged together, not one after another.
+        assert server.max_in_flight == 3
         judged = " ".join(r.messages[-1]["content"] for r in server.requests)
     assert "vqa" not in judged and "amboss" in judged and "cxr" in judged
     assert "skipping 1 file(s) of VQA or unknown tasks: medbench_vqa_rad" in result.stdout

@@ -8,7 +8,9 @@ import pickle
 import pytest
 from judge_server import LoopbackJudgeServer
 
-from medbench.lmms import report
+from medbench.errors import MedbenchError
+from medbench.judge import parts
+from medbench.lmms import records, report
 
 SECRET = "sk-medbench-lmms-SECRET-777"
 JUDGE_METRICS = ("judge_completeness", "judge_hallucination", "judge_fabrication", "judge_severe", "judge_unscored")
@@ -25,7 +27,7 @@ def clean_env(monkeypatch, tmp_path):
     for name in list(__import__("os").environ):
         if name.startswith("MEDBENCH_"):
             monkeypatch.delenv(name)
-    monkeypatch.setattr(report, "_warned", set())
+    monkeypatch.setattr(records, "_warned", set())
     monkeypatch.setattr(report, "_memo", {})
     monkeypatch.setattr(report, "_runner", None)
     return monkeypatch
@@ -96,9 +98,9 @@ def test_deferred_items_survive_pickling():
 
 
 def test_judge_parts_setting(clean_env):
-    assert report.judge_parts({"MEDBENCH_JUDGE_PARTS": "nli"}) == ("nli",)
-    with pytest.raises(report.MedbenchError, match="unknown part"):
-        report.judge_parts({"MEDBENCH_JUDGE_PARTS": "nli,vibes"})
+    assert parts.enabled_parts({"MEDBENCH_JUDGE_PARTS": "nli"}) == ("nli",)
+    with pytest.raises(MedbenchError, match="unknown part"):
+        parts.enabled_parts({"MEDBENCH_JUDGE_PARTS": "nli,vibes"})
 
 
 def test_demo_data_through_lmms_eval_with_a_loopback_judge(tmp_path):

@@ -30,6 +30,7 @@ from medbench.train.prefs.rules import candidate_edits, record_rng, rule_edit, t
 
 DEMO_VQA = DEMO_DIR / "vqa.jsonl"
 RECIPES = [path.stem for path in recipe_paths()]
+PREFERENCE_RECIPES = [name for name in RECIPES if not load_recipe(name).online]  # grpo trains in test_grpo.py
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -96,6 +97,52 @@ def test_bad_records_are_reported_and_the_rest_built(tmp_path):
     assert [json.loads(line)["id"] for line in report.records_path.read_text().splitlines()] == ["ok"]
 
 
+def test_unreadable_lines_and_duplicate_ids_are_skipped_and_names_never_collide(tmp_path):
+    shutil.copytree(DEMO_DIR / "images", tmp_path / "images")
+    rows = [
+        json.dumps({"id": "a/b", "image": "images/ct_small.png", "question": "Where?", "answer": "In the left lung."}),
+        json.dumps({"id": "a_b", "image": "images/fundus_retina.png", "question": "Where?", "answer": "In the left eye."}),
+        '{"id": "cut", "image": "images/ct_small.png", "question": "Where',  # a line cut short
+        json.dumps({"id": "twice", "image": "images/ct_small.png", "question": "Where?", "answer": "Left."}),
+        json.dumps({"id": "twice", "image": "images/fundus_retina.png", "question": "Where?", "answer": "Right."}),
+    ]
+    data = tmp_path / "in.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    report = build(str(data), tmp_path / "out", BuildOptions(recipe="copo", progress=False))
+    skipped = report.manifest["skipped"]
+    assert [(e["where"].rsplit(":", 1)[1], e["problem"]) for e in skipped] == [
+        ("3", "not valid JSON (Unterminated string starting at)"),
+        ("4", "id 'twice' occurs 2 times; ids must be unique"),
+        ("5", "id 'twice' occurs 2 times; ids must be unique"),
+    ]
+    built = {r["id"]: r for r in map(json.loads, report.records_path.read_text().splitlines())}
+    assert set(built) == {"a/b", "a_b"}
+    assert built["a/b"]["rejected_image"] != built["a_b"]["rejected_image"]  # a CT never gets a noised fundus photo
+
+
+@pytest.mark.parametrize(
+    "answer, rule, rejected, error_type",
+    [
+        ("No\u00a0pleural effusion is seen.", "presence_flip", "Pleural effusion is seen.", "presence_abnormality"),
+        ("Heart is enlarged. No effusion is seen.", "presence_flip", "Heart is enlarged. Effusion is seen.",
+         "presence_abnormality"),
+        ("A 3cm mass.", "number", None, "size"),
+        ("About 40% of the lung.", "number", None, "size"),
+        ("Stage 2 disease.", "number", "absent", None),
+    ],
+)
+def test_presence_and_number_rules_stay_inside_one_sentence_and_read_units(answer, rule, rejected, error_type):
+    edits = {e.rule: e for e in candidate_edits("What is seen?", answer, record_rng(0, "x", "rejected"))}
+    if rejected == "absent":  # "Stage 2" is a category, not a count
+        assert rule not in edits
+        return
+    edit = edits[rule]
+    assert edit.error_type == error_type and tag_error_type("What is seen?", answer, edit.rejected) == error_type
+    if rejected is not None:
+        assert edit.rejected == rejected
+    assert "No No" not in edit.rejected
+
+
 def test_a_task_name_reads_its_configured_source(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDBENCH_DATA", "demo")
     report = build("medbench_vqa_rad", tmp_path / "out", BuildOptions(recipe="dpo", progress=False))
@@ -125,6 +172,40 @@ def test_each_rule_makes_a_minimal_edit_and_tags_it(question, answer, rule, reje
         assert edit.rejected == rejected
     # The rule-based tagger, reading only the question and the edit, agrees with the rule's own tag.
     assert tag_error_type(question, answer, edit.rejected) == error_type
+
+
+@pytest.mark.parametrize(
+    "answer, swappable",
+    [
+        ("No pleural effusion.", []),
+        ("Without fracture.", []),
+        ("There is no evidence of pneumothorax, cyst or abscess in the left lung.", []),
+        ("Negative for metastasis.", []),
+        ("Free of haemorrhage; the liver is enlarged.", ["liver", "enlarged"]),
+        ("Pneumonia is absent.", []),
+        ("Cardiomegaly is not seen on this CT.", ["CT"]),
+        ("No fracture of the femur, but a small cyst in the right kidney.", ["small", "cyst", "right", "kidney"]),
+        ("The left kidney shows no tumour.", ["left", "kidney"]),
+    ],
+)
+def test_terms_under_a_negation_are_never_swapped(answer, swappable):
+    """Under "no"/"without"/"is absent" a finding is asserted absent: swapping it makes another true sentence."""
+    swapped = set()
+    for seed in range(40):
+        for edit in candidate_edits("Findings?", answer, record_rng(seed, "neg", "rejected")):
+            if edit.rule.startswith("swap:"):
+                swapped.add(edit.detail.split(" -> ")[0].lower())
+    assert swapped == {term.lower() for term in swappable}, swapped
+
+
+@pytest.mark.parametrize(
+    "question, topic",
+    [("Is the left kidney enlarged?", "size"), ("Is the heart enlarged?", "size"), ("Is this a CT scan?", "modality"),
+     ("Is the lesion in the left lobe?", "laterality_position"), ("Is there an effusion?", "presence_abnormality")],
+)
+def test_a_yes_no_flip_is_about_what_the_question_asks(question, topic):
+    edit = candidate_edits(question, "Yes.", record_rng(0, "x", "rejected"))[0]
+    assert edit.rule == "yes_no" and edit.error_type == topic
 
 
 def test_rules_can_be_restricted():
@@ -355,6 +436,15 @@ def test_llm_relevance_and_error_type_answers_are_parsed_strictly():
     assert taxonomy_key("visual misinterpretation") is None and taxonomy_key("laterality") is None
 
 
+def test_grpo_build_is_the_supervised_data_with_its_answer_types(tmp_path):
+    report = build(str(DEMO_VQA), tmp_path / "out", BuildOptions(recipe="grpo", progress=False))
+    records = [json.loads(line) for line in report.records_path.read_text().splitlines()]
+    source = [json.loads(line) for line in DEMO_VQA.read_text().splitlines()]
+    assert [(r["question"], r["chosen"], r["answer_type"]) for r in records] == [
+        (s["question"], s["answer"], s["answer_type"]) for s in source]
+    assert not any("rejected" in r or "rejected_image" in r for r in records)
+
+
 @pytest.mark.parametrize("recipe_name", RECIPES)
 def test_built_records_pass_the_trainers_validation(tmp_path, recipe_name):
     report = build(str(DEMO_VQA), tmp_path / "out", BuildOptions(recipe=recipe_name, progress=False))
@@ -365,7 +455,7 @@ def test_built_records_pass_the_trainers_validation(tmp_path, recipe_name):
     assert len(records) == report.manifest["counts"]["built"] > 0
 
 
-@pytest.mark.parametrize("recipe_name", RECIPES)
+@pytest.mark.parametrize("recipe_name", PREFERENCE_RECIPES)
 def test_built_records_train_two_steps(tmp_path, tiny_model_dirs, recipe_name):
     import math
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -42,10 +43,12 @@ def _losses(history):
     return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
 
 
-def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dirs, pref_file):
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dirs, pref_file, capfd, caplog):
     model = tiny_model_dirs["llava"]
     recipe = load_recipe("dpo", SETTINGS)
+    caplog.set_level(logging.INFO, logger="medbench.train")
     straight = train(recipe, model, pref_file, tmp_path / "straight")
+    assert "error types: " in caplog.text and "image-side term" not in caplog.text  # plain DPO routes nothing
 
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, str(model), str(pref_file), str(tmp_path / "resumed"), json.dumps(SETTINGS)],
@@ -56,7 +59,11 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_
     assert checkpoint is not None and checkpoint.name == "checkpoint-2"
     assert not (tmp_path / "resumed" / "model.safetensors").exists()  # the run really did not finish
 
+    caplog.clear()
     resumed = train(load_recipe("dpo", SETTINGS), model, pref_file, tmp_path / "resumed")  # resume="auto"
+    printed = capfd.readouterr()
+    # The weights did load (checked below): transformers' list of every weight as missing is a false alarm.
+    assert "There were missing keys" not in caplog.text + printed.err and "unexpected keys" not in caplog.text + printed.err
     metadata = json.loads(resumed.metadata_path.read_text())
     assert metadata["resumed_from"] == "checkpoint-2" and metadata["result"]["global_step"] == 4
 
@@ -74,6 +81,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_
     # Another recipe or other data on the same folder is refused in one line, before any model loads.
     with pytest.raises(RecipeError, match=r"cannot resume .*checkpoint-4: its recipe settings differ"):
         train(load_recipe("dpo", {**SETTINGS, "beta": "0.2"}), model, pref_file, tmp_path / "resumed")
+    with pytest.raises(RecipeError, match=r"cannot resume .*checkpoint-4: it was trained from --model .*pass the same --model"):
+        train(load_recipe("dpo", SETTINGS), tiny_model_dirs["qwen2_vl"], pref_file, tmp_path / "resumed")
     other = tmp_path / "other.jsonl"
     other.write_text(pref_file.read_text().replace("visible on the left", "seen on the left"))
     with pytest.raises(RecipeError, match=r"its data file differ"):

@@ -14,8 +14,9 @@ medbench task name (its configured source: demo, local file or hub), or a file i
   fallback reason, the skipped records with their reason, and the LLM cost report.
 
 Every random choice comes from a generator seeded by ``(seed, record id, purpose)``: the same seed gives the same
-files, whatever the record order. A bad record (missing or unreadable image, empty question or answer, no
-applicable rule) is reported and skipped; the others are built.
+records and images whatever the record order (the output lists records in input order). A bad record (missing or
+unreadable image, empty question or answer, a line that is not JSON, an id used twice, no applicable rule) is
+reported and skipped; the others are built.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -153,23 +155,47 @@ def read_supervised(source: str, image_root: str | None = None) -> tuple[list[di
     Raises:
         DataError: the source itself is unusable (no such file or task, unreadable file).
     """
-    from medbench.data.loading import VQA_FIELDS, iter_json_records
+    from medbench.data.loading import VQA_FIELDS
 
     path = Path(source).expanduser()
     if path.is_file():
         root = Path(image_root).expanduser() if image_root else path.parent
         description = {"kind": "file", "path": path.name, "sha256": _file_sha256(path)}
-        return _items_from_json(iter_json_records(path), root, VQA_FIELDS, str(path)), description
+        return _items_from_json(_json_rows(path), root, VQA_FIELDS, str(path)), description
     if source.startswith("medbench_"):
         return _items_from_task(source, image_root)
     raise DataError(f"prefs build input {source!r} is neither a file nor a medbench task name (e.g. medbench_vqa_rad)")
 
 
+class _Unreadable(str):
+    """A JSONL line that is not JSON (its parser message): skipped and counted like any bad record."""
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of a JSONL file, a bad line as :class:`_Unreadable`; a ``.json`` list whole."""
+    from medbench.data.loading import iter_json_records, read_text_file
+
+    if path.suffix == ".json":
+        yield from iter_json_records(path)  # one document: unreadable is unreadable as a whole
+        return
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            yield number, _Unreadable(f"not valid JSON ({error.msg})")
+
+
 def _items_from_json(rows, root: Path, fields, where_prefix: str) -> list[dict[str, Any]]:
     items = []
-    aliases = {**fields, "answer": ("chosen", *fields["answer"])}
+    # answer_type rides along for readers that score answers (GRPO rewards); the builder ignores it.
+    aliases = {**fields, "answer": ("chosen", *fields["answer"]), "answer_type": ("answer_type",)}
     for number, raw in rows:
         where = f"{where_prefix}:{number}"
+        if isinstance(raw, _Unreadable):
+            items.append({"id": str(number), "where": where, "problem": str(raw)})
+            continue
         if not isinstance(raw, dict):
             items.append({"id": str(number), "where": where, "problem": "not a JSON object"})
             continue
@@ -225,7 +251,7 @@ def _items_from_task(task: str, image_root: str | None) -> tuple[list[dict[str, 
         ) from None
     items = [
         {"id": str(doc["id"]), "where": f"{task}[{i}]", "question": doc["question"] or "", "answer": doc["answer"] or "",
-         "image": doc["image"]}
+         "image": doc["image"], "answer_type": doc.get("answer_type")}
         for i, doc in enumerate(dataset)
     ]
     description = {"kind": "task", "task": task, "source": resolved.describe(),
@@ -359,8 +385,12 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
     skipped: list[dict[str, str]] = []
     usable: list[dict[str, Any]] = []
     image_hashes: list[str] = []
+    # Derived files are named after the id: two records with one id would share (and overwrite) them.
+    occurrences = Counter(item["id"] for item in items if not item.get("problem"))
     for item in items:
         problem = item.get("problem")
+        if not problem and occurrences[item["id"]] > 1:
+            problem = f"id {item['id']!r} occurs {occurrences[item['id']]} times; ids must be unique"
         if not problem and not item.get("question"):
             problem = "empty question"
         if not problem and not item.get("answer"):
@@ -400,6 +430,8 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
     for item in usable:
         progress.update(1)
         record: dict[str, Any] = {"id": item["id"], "question": pre + item["question"] + post, "chosen": item["answer"]}
+        if item.get("answer_type"):  # kept for the GRPO rewards (closed questions); the preference trainers ignore it
+            record["answer_type"] = item["answer_type"]
         meta: dict[str, Any] = {"source": item["where"].rsplit("/", 1)[-1]}
         if isinstance(item["image"], str):
             record["image"] = os.path.abspath(item["image"])
@@ -514,5 +546,9 @@ def _relevance(error_type: str | None, verdict: LLMVerdict | None, options: Buil
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """A file-name form of a record id, distinct for distinct ids (``a/b`` and ``a_b`` must not share images)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+    if safe == name and not safe.startswith("."):
+        return safe
+    return f"{safe}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:10]}"
 

@@ -100,11 +100,12 @@ def _match_case(template: str, replacement: str) -> str:
 def question_topic(question: str, lexicon: Lexicon | None = None) -> str:
     """The visual subtype a yes/no question asks about (e.g. "Is this a CT scan?" -> ``modality``)."""
     lexicon = lexicon or load_lexicon()
-    words = " " + re.sub(r"[^\w\s-]", " ", question.lower()) + " "
-    for key, cues in lexicon.topics.items():
-        if any(f" {cue} " in words for cue in cues):
-            return key
-    return "presence_abnormality"
+    words = " " + " ".join(re.sub(r"[^\w\s-]", " ", question.lower()).split()) + " "
+    # The cue that ends last wins: a yes/no question names its subject first and asks about the predicate
+    # ("Is the left kidney enlarged?" asks about size, not side); a fixed group order got that wrong.
+    found = [(words.rfind(f" {cue} ") + len(cue), len(cue), key) for key, cues in lexicon.topics.items() for cue in cues
+             if f" {cue} " in words]
+    return max(found)[2] if found else "presence_abnormality"
 
 
 def _yes_no(question: str, answer: str, lexicon: Lexicon) -> list[Edit]:
@@ -119,8 +120,23 @@ def _yes_no(question: str, answer: str, lexicon: Lexicon) -> list[Edit]:
     return [Edit("yes_no", rejected, question_topic(question, lexicon), f"{word} -> {flipped}")]
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
 def _presence(answer: str, lexicon: Lexicon) -> list[Edit]:
-    text = answer.strip()
+    # One sentence at a time, with every kind of space made a plain one: a pattern must not run from one
+    # sentence into the next, nor read "No\u00a0effusion" as a finding called "No effusion".
+    sentences = _SENTENCE_END.split(" ".join(answer.split()))
+    for index, sentence in enumerate(sentences):
+        flipped = _presence_sentence(sentence, lexicon)
+        if flipped is not None:
+            rejected, detail = flipped
+            return [Edit("presence_flip", " ".join([*sentences[:index], rejected, *sentences[index + 1 :]]),
+                         "presence_abnormality", detail)]
+    return []
+
+
+def _presence_sentence(text: str, lexicon: Lexicon) -> tuple[str, str] | None:
     numeric = re.compile(rf"^(\d|({'|'.join(_NUMBER_WORDS)}|several|multiple|many|few)\b)", re.IGNORECASE)
     for pattern, template in lexicon.presence:
         match = pattern.match(text)
@@ -129,24 +145,65 @@ def _presence(answer: str, lexicon: Lexicon) -> list[Edit]:
         values = {k: v for k, v in match.groupdict().items() if v is not None}
         finding = values.get("x", "")
         if numeric.match(finding):
-            return []  # "Three nodules are seen": negating a count is not minimal; the number rule edits it
+            return None  # "Three nodules are seen": negating a count is not minimal; the number rule edits it
         if "no {x}" in template.lower():
+            if re.match(r"^no\b", finding, re.IGNORECASE):
+                return None  # "No nodule is seen" read as "(No nodule) is seen": the negated pattern handles it
             finding = re.sub(r"^(a|an|one)\s+", "", finding, flags=re.IGNORECASE)  # "a nodule" -> "no nodule"
         values["x"] = finding
         values["X"] = finding[:1].upper() + finding[1:]
         rejected = template.format(**values)
         if rejected.strip().lower() != text.lower():
-            return [Edit("presence_flip", rejected, "presence_abnormality", f"{pattern.pattern} -> {template}")]
-    return []
+            return rejected, f"{pattern.pattern} -> {template}"
+    return None
+
+
+# Negation scope, NegEx-style: a cue before a term ("no", "without", "negative for", ...) or after it ("is
+# absent", "is not seen", "ruled out") negates it up to the end of its clause. Sentence punctuation and
+# contrastive words close the clause; commas do not ("No pneumothorax, effusion or consolidation").
+_NEGATION_BEFORE = re.compile(
+    r"(?<![\w-])(?:no|not|without|absence\s+of|absent|negative\s+for|free\s+of|denies|denied|neither|nor|never|"
+    r"rules?\s+out|ruled\s+out|exclude[sd]?|cannot\s+be\s+seen)(?![\w-])",
+    re.IGNORECASE,
+)
+_NEGATION_AFTER = re.compile(
+    r"(?<![\w-])(?:(?:is|are|was|were)\s+(?:not\s+(?:seen|visible|present|identified|detected|demonstrated)|absent|"
+    r"excluded|ruled\s+out)|not\s+(?:seen|visible|identified|detected)|ruled\s+out|absent)(?![\w-])",
+    re.IGNORECASE,
+)
+_CLAUSE_BREAK = re.compile(
+    r"[.!?;:\n]|(?<![\w-])(?:but|however|although|though|except|yet|whereas|while|apart\s+from|aside\s+from)(?![\w-])",
+    re.IGNORECASE,
+)
+
+
+def negated_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of ``text`` that lie under a negation (terms there are asserted absent)."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for end in [m.start() for m in _CLAUSE_BREAK.finditer(text)] + [len(text)]:
+        clause = text[start:end]
+        after = [(m.start(), m.end()) for m in _NEGATION_AFTER.finditer(clause)]
+        if after:  # "X is not seen on this CT": X is negated, the CT is not
+            spans.append((start, start + after[-1][1]))
+        # "not" inside "is not seen" closes a negation; only a cue outside those opens one.
+        before = next((m for m in _NEGATION_BEFORE.finditer(clause) if not any(a <= m.start() < b for a, b in after)), None)
+        if before:
+            spans.append((start + before.start(), end))
+        start = end
+    return spans
 
 
 def _swaps(answer: str, rng: random.Random, lexicon: Lexicon) -> list[Edit]:
+    # A term under negation is asserted absent: "No pleural effusion" -> "No metastasis" is another true
+    # statement, not an error. Such a finding is changed only by flipping the negation (the presence rule).
+    negated = negated_spans(answer)
     edits = []
     for name, group in lexicon.groups.items():
         for match in group["pattern"].finditer(answer):
             found = match.group(1)
             options = group["partners"].get(found.lower(), [])
-            if not options:
+            if not options or any(low <= match.start() < high for low, high in negated):
                 continue
             replacement = _match_case(found, rng.choice(sorted(options)))
             rejected = answer[: match.start()] + replacement + answer[match.end() :]
@@ -155,11 +212,17 @@ def _swaps(answer: str, rng: random.Random, lexicon: Lexicon) -> list[Edit]:
     return edits
 
 
+# A number after these words names a category ("Stage 2", "grade 3"), not a count: changing it is not a
+# count error, and which error type it is depends on the scale, so no rule edits it.
+_CATEGORY_WORDS = re.compile(r"(?:stage|grade|type|class|level|phase|category|score|tier|zone|segment)\s*$", re.IGNORECASE)
+
+
 def _numbers(answer: str, rng: random.Random) -> list[Edit]:
     words = "|".join(_NUMBER_WORDS)
     units = "|".join(re.escape(u) for u in _UNITS)
-    pattern = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?|{words})(?![\w.])(\s*(?:{units})\b)?", re.IGNORECASE)
-    match = pattern.search(answer)
+    # The unit may follow with or without a space ("3 cm", "3cm", "40%"); "%" ends without a word boundary.
+    pattern = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?|{words})(?:(\s*(?:{units}))(?!\w)|(?![\w.]))", re.IGNORECASE)
+    match = next((m for m in pattern.finditer(answer) if not _CATEGORY_WORDS.search(answer[: m.start()])), None)
     if not match:
         return []
     token, unit = match.group(1), match.group(2)
@@ -209,7 +272,8 @@ def rule_edit(question: str, answer: str, rng: random.Random, rules: frozenset[s
 
 
 def _tokens(text: str) -> list[str]:
-    return re.findall(r"[\w-]+|\d+(?:\.\d+)?", text.lower())
+    # Numbers apart from attached units ("3cm" -> "3", "cm"), "%" a token of its own.
+    return re.findall(r"\d+(?:\.\d+)?|%|[^\W\d_]+(?:-[^\W_]+)*|[\w-]+", text.lower())
 
 
 def tag_error_type(question: str, chosen: str, rejected: str, lexicon: Lexicon | None = None) -> str:
