@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medbench.leaderboard.cache import VerificationCache
+
+from medbench import stats
+from medbench.data.fingerprint import DataFingerprint
+from medbench.errors import MedbenchError
+from medbench.leaderboard.cache import StatsCache, VerificationCache
 from medbench.leaderboard.discovery import find_submissions
 from medbench.leaderboard.registry import Admission, Registry
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.runs import Run
 from medbench.leaderboard.verification import board_references, safe_load_run
-
-from medbench import stats
-from medbench.data.fingerprint import DataFingerprint
-from medbench.errors import MedbenchError
 from medbench.metrics.registry import METRICS
 from medbench.taskfiles import group_members, task_configs, task_versions
 
@@ -317,6 +317,7 @@ def build_board(
     alpha: float = stats.DEFAULT_ALPHA,
     iterations: int = stats.DEFAULT_ITERATIONS,
     notes: list[str] | None = None,
+    stats_cache: StatsCache | None = None,
 ) -> Board:
     """Screen the runs, compute cells, CIs and paired tests, and order the rows.
 
@@ -328,6 +329,7 @@ def build_board(
         alpha: Significance level.
         iterations: Bootstrap and permutation draws.
         notes: Notes the registry recorded (runs kept with identical answers).
+        stats_cache: Intervals and tests of earlier builds, reused when a task's inputs are unchanged.
 
     Raises:
         MedbenchError: An unknown baseline, or a ``primary`` entry naming an unknown task or metric.
@@ -368,8 +370,8 @@ def build_board(
                     f"{row.run.name}: base model {base!r} is not on the board, so no difference to it is shown"
                 )
     for task in dict.fromkeys(column.task for column in columns):
-        _intervals(task, rows, matrices, iterations, alpha, clusters.get(task))
-        _compare(task, pairs, matrices, iterations, alpha, clusters.get(task))
+        _intervals(task, rows, matrices, iterations, alpha, clusters.get(task), stats_cache)
+        _compare(task, pairs, matrices, iterations, alpha, clusters.get(task), stats_cache)
     order = task_order()  # the group YAMLs are read once per board, not once per row
     shown_tasks = {column.task for column in columns}
     for row in rows:
@@ -483,7 +485,13 @@ def _draws(task: str, n_items: int, iterations: int, clusters: tuple[str, ...] |
 
 
 def _intervals(
-    task: str, rows: list[Row], matrices: _Matrices, iterations: int, alpha: float, clusters: tuple[str, ...] | None
+    task: str,
+    rows: list[Row],
+    matrices: _Matrices,
+    iterations: int,
+    alpha: float,
+    clusters: tuple[str, ...] | None,
+    cache: StatsCache | None = None,
 ) -> None:
     """Bootstrap CIs of every run's per-sample metrics of ``task`` in one batch (one matrix product)."""
     entries = [(row, matrices[(row.run.name, task)]) for row in rows if (row.run.name, task) in matrices]
@@ -491,7 +499,11 @@ def _intervals(
         return
     values = np.hstack([matrix[1] for _, matrix in entries])
     mask = np.hstack([matrix[2] for _, matrix in entries])
-    low, high = stats.bootstrap_ci(_draws(task, values.shape[0], iterations, clusters), values, mask, alpha)
+    def compute() -> list[np.ndarray]:
+        return list(stats.bootstrap_ci(_draws(task, values.shape[0], iterations, clusters), values, mask, alpha))
+
+    inputs = ["ci", task, iterations, alpha, clusters, values, mask]
+    low, high = cache.get_or_compute(inputs, compute) if cache else compute()
     offset = 0
     for row, (task_columns, _, _) in entries:
         for index, column in enumerate(task_columns):
@@ -508,6 +520,7 @@ def _compare(
     iterations: int,
     alpha: float,
     clusters: tuple[str, ...] | None,
+    cache: StatsCache | None = None,
 ) -> None:
     """Paired tests of every (run, other run) pair on ``task``'s per-sample metrics, batched into one call."""
     picked: list[tuple[Row, str, Column]] = []
@@ -529,8 +542,14 @@ def _compare(
         return
     run_matrix = (np.hstack(mine_values), np.hstack(mine_mask))
     other_matrix = (np.hstack(theirs_values), np.hstack(theirs_mask))
-    draws = _draws(task, run_matrix[0].shape[0], iterations, clusters)
-    result = stats.paired_test(draws, run_matrix, other_matrix, alpha, method="sign_flip")
+    def compute() -> list[np.ndarray]:
+        draws = _draws(task, run_matrix[0].shape[0], iterations, clusters)
+        found = stats.paired_test(draws, run_matrix, other_matrix, alpha, method="sign_flip")
+        return [found.difference, found.low, found.high, found.p_value, found.n_pairs]
+
+    inputs = ["paired", task, iterations, alpha, clusters, *run_matrix, *other_matrix]
+    difference, low, high, p_value, n_pairs = cache.get_or_compute(inputs, compute) if cache else compute()
+    result = stats.PairedResult(difference=difference, low=low, high=high, p_value=p_value, n_pairs=n_pairs)
     for index, (row, slot, column) in enumerate(picked):
         cell = row.cells.get(column.key)
         if cell is None or not result.n_pairs[index]:

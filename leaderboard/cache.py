@@ -1,14 +1,20 @@
-"""Verified task scores kept between folder-pile builds, keyed by the hash of the files they were computed from."""
+"""What a build can reuse from the last one: verified task scores (folder-pile builds, keyed by the hash of the
+files they were computed from) and a task's intervals and tests (keyed by the hash of their inputs)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import os
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from medbench.leaderboard.runs import TaskScores
 
@@ -77,3 +83,58 @@ class VerificationCache:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"mac": self._mac(key, payload), "payload": payload}), encoding="utf-8")
         temporary.replace(path)
+
+
+class StatsCache:
+    """A task's bootstrap intervals and paired tests from earlier builds of the same board.
+
+    The resampling is the costly part of rendering a board of hundreds of runs, and it is a pure function of
+    its inputs (every run's per-sample values of the task, the draws' settings, the clusters). An entry is
+    keyed by the SHA-256 of exactly those inputs, so a board rebuilt with nothing new recomputes nothing and a
+    task with one new run is recomputed whole. Entries are signed like :class:`VerificationCache`'s.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.hits = 0
+        self.misses = 0
+        self._key = _secret() if folder is not None else b""
+
+    @staticmethod
+    def _digest(inputs: Sequence[Any]) -> str:
+        digest = hashlib.sha256()
+        for part in inputs:
+            if isinstance(part, np.ndarray):
+                digest.update(f"array{part.shape}{part.dtype}".encode())
+                digest.update(np.ascontiguousarray(part).tobytes())
+            else:
+                digest.update(json.dumps(part, default=str).encode())
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+    def get_or_compute(self, inputs: Sequence[Any], compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        """The arrays ``compute`` returns for ``inputs``: from the cache when it holds them, else computed and kept."""
+        if self.folder is None:
+            return compute()
+        key = self._digest(inputs)
+        path = self.folder / f"{key}.npz"
+        try:
+            blob = path.read_bytes()
+            mac, data = blob[:64].decode("ascii"), blob[64:]
+            if not hmac.compare_digest(mac, hmac.new(self._key, data, hashlib.sha256).hexdigest()):
+                raise ValueError("not signed by this user")
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                arrays = [stored[f"a{index}"] for index in range(len(stored.files))]
+        except (OSError, ValueError, KeyError, UnicodeDecodeError):
+            arrays = compute()
+            self.misses += 1
+            buffer = io.BytesIO()
+            np.savez(buffer, **{f"a{index}": np.asarray(array) for index, array in enumerate(arrays)})
+            data = buffer.getvalue()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(hmac.new(self._key, data, hashlib.sha256).hexdigest().encode("ascii") + data)
+            temporary.replace(path)
+            return arrays
+        self.hits += 1
+        return arrays

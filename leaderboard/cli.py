@@ -14,11 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medbench.leaderboard.discovery import CACHE_DIR
-from medbench.leaderboard.rules import printable
-
 from medbench import stats
 from medbench.errors import MedbenchError
+from medbench.leaderboard.discovery import CACHE_DIR, STATS_CACHE_DIR
+from medbench.leaderboard.rules import printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--no-cache",
         action="store_true",
-        help=f"re-verify every run (default: reuse verifications in OUT/{CACHE_DIR} for unchanged files)",
+        help=f"re-verify every run and recompute every interval (default: reuse, from OUT/{CACHE_DIR}, verifications "
+        "of unchanged files and intervals of unchanged inputs)",
     )
     build.add_argument(
         "--experts", type=Path, metavar="FILE", help="experts_summary.json from `medbench experts import`: adds the expert columns"
@@ -146,7 +146,7 @@ def run_build(args: argparse.Namespace) -> int:
     """Build the board into ``args.out``; returns 0 (1 with ``--strict`` when something was rejected)."""
     from medbench.leaderboard import names
     from medbench.leaderboard.board import build_board, collect
-    from medbench.leaderboard.cache import VerificationCache
+    from medbench.leaderboard.cache import StatsCache, VerificationCache
     from medbench.leaderboard.registry import Registry
     from medbench.leaderboard.render import render_html, render_markdown, write_csv
 
@@ -168,7 +168,10 @@ def run_build(args: argparse.Namespace) -> int:
     finally:
         registry.close()
     baseline = names.normalise(args.baseline) if args.baseline else None
-    board = build_board(runs, rejected, baseline, _primary(args.metric), args.alpha, args.iterations, notes=notes)
+    stats_cache = StatsCache(None if args.no_cache else out / STATS_CACHE_DIR)
+    board = build_board(
+        runs, rejected, baseline, _primary(args.metric), args.alpha, args.iterations, notes=notes, stats_cache=stats_cache
+    )
     board.notes += [f"{name}: withdrawn on {when} ({reason})" for name, reason, when in withdrawn]
     if not board.rows:
         reasons = "; ".join(str(error) for error in board.rejected) or "no runs"

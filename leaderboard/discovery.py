@@ -8,6 +8,7 @@ from medbench.leaderboard.rules import Rejected
 
 MANIFEST_NAME = "medbench-submission.json"
 CACHE_DIR = ".leaderboard-cache"
+STATS_CACHE_DIR = f"{CACHE_DIR}/stats"  # a build's intervals and tests, reused while their inputs are unchanged
 
 
 def _results_below(path: Path) -> list[Path]:

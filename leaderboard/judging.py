@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medbench.leaderboard.recompute import VerificationError, close
-
 from medbench.metrics.facts import (
     LABELS,
     fabrication_from_labels,

@@ -6,10 +6,30 @@ drawn as plain text: mathtext is switched off so a ``$`` in a model name cannot 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 from medbench.leaderboard.board import Board, Row
+
+
+def _unchanged(path: Path, spec: Any) -> tuple[bool, str]:
+    """Whether ``path`` was drawn from exactly ``spec`` (the plotted values, intervals, labels, titles).
+
+    Drawing costs about a second a figure whatever changed; a board rebuilt with the same plotted numbers
+    keeps its PNG (the key file beside it holds the SHA-256 of what was drawn).
+    """
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    stamp = path.with_suffix(".sha256")
+    try:
+        return path.is_file() and stamp.read_text(encoding="ascii") == key, key
+    except OSError:
+        return False, key
+
+
+def _stamp(path: Path, key: str) -> None:
+    path.with_suffix(".sha256").write_text(key, encoding="ascii")
 
 
 def _pyplot() -> Any:
@@ -103,8 +123,19 @@ def plot_scores(board: Board, path: Path) -> Path | None:
     tasks = list(dict.fromkeys(column.task for column in board.columns))
     if not tasks or not board.rows:
         return None
-    plt = _pyplot()
     rows = best_rows(board, board.rows)
+    spec = [
+        "scores", len(board.rows), [(task, board.primary[task]) for task in tasks],
+        [
+            (_label(row), row.is_baseline, row.depth,
+             [(c.value, c.low, c.high) if (c := row.cells.get(f"{task}/{board.primary[task]}")) else None for task in tasks])
+            for row in rows
+        ],
+    ]
+    unchanged, key = _unchanged(path, spec)
+    if unchanged:
+        return path
+    plt = _pyplot()
     height = max(2.5, 0.28 * len(rows) + 1.2)
     figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1.5, height), squeeze=False)
     labels = [_label(row) for row in rows]
@@ -130,6 +161,7 @@ def plot_scores(board: Board, path: Path) -> Path | None:
     _layout(figure, axes[0], positions, labels, top_inches=1.15)
     figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 2})  # fast zlib level: the PNGs are small anyway
     plt.close(figure)
+    _stamp(path, key)
     return path
 
 
@@ -144,6 +176,17 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
     if not tasks or not every_variant:
         return None
     variants = best_rows(board, every_variant)
+    spec = [
+        "deltas", len(every_variant), board.alpha, [(task, board.primary[task]) for task in tasks],
+        [
+            (_label(row), row.run.meta.base_model,
+             [(c.vs_base or None) if (c := row.cells.get(f"{task}/{board.primary[task]}")) else None for task in tasks])
+            for row in variants
+        ],
+    ]
+    unchanged, key = _unchanged(path, spec)
+    if unchanged:
+        return path
     plt = _pyplot()
     height = max(2.5, 0.3 * len(variants) + 1.4)
     figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 2.0, height), squeeze=False)
@@ -180,4 +223,5 @@ def plot_deltas(board: Board, path: Path) -> Path | None:
     _layout(figure, axes[0], positions, labels, top_inches=1.15)
     figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 2})  # fast zlib level: the PNGs are small anyway
     plt.close(figure)
+    _stamp(path, key)
     return path

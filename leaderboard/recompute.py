@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from medbench.metrics.registry import METRICS, Answer, CheckKind, CorpusResult, Metric
+from medbench.reasoning import strip_reasoning
 
 Verdict = Literal["recomputed", "consistent", "unverified"]
 
@@ -40,6 +41,7 @@ class Sample:
         target: The reference answer or text.
         answer_type: ``CLOSED``/``OPEN`` for VQA, ``None`` for long-form tasks.
         record: The raw logged record (metric values live here).
+        failed: The model never answered (:attr:`medbench.results.SampleRecord.failed`).
     """
 
     doc_id: int
@@ -48,11 +50,16 @@ class Sample:
     target: str
     answer_type: str | None
     record: dict[str, Any]
+    failed: bool = False
 
     @property
     def answer(self) -> Answer:
-        """What the metric functions read."""
-        return Answer(self.prediction, self.target, self.answer_type)
+        """What the metric functions read: the answer part of the prediction, as the task scored it.
+
+        lmms-eval logs the model's text as generated (its CLI strips only some reasoning tags, its Python API
+        none); the task's ``process_results`` scored it after :func:`medbench.reasoning.strip_reasoning`.
+        """
+        return Answer(strip_reasoning(self.prediction), self.target, self.answer_type)
 
 
 class VerificationError(Exception):

@@ -42,12 +42,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Self
 
+from medbench.errors import MedbenchError
 from medbench.leaderboard.copies import find_copy
 from medbench.leaderboard.names import skeleton
 from medbench.leaderboard.rules import Rejected
 from medbench.leaderboard.runs import Run, RunMeta, TaskScores
-
-from medbench.errors import MedbenchError
 
 REGISTRY_FILE = "registry.sqlite"
 EXPORT_FORMAT = "medbench-registry/1"

@@ -16,9 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medbench.leaderboard.rules import Limits, Rejected
-
 from medbench.errors import MedbenchError
+from medbench.leaderboard.rules import Limits, Rejected
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

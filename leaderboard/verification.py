@@ -25,12 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from medbench.data.fingerprint import DataFingerprint, fingerprint_items, item_key, reference_data
+from medbench.data.sources import get_source
+from medbench.errors import MedbenchError
 from medbench.leaderboard import provenance
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.copies import normalised_answers
@@ -47,13 +49,10 @@ from medbench.leaderboard.recompute import (
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.runs import Run, TaskScores
 from medbench.leaderboard.safe_io import parse, parse_lines, read_bytes, read_json, relative, schema_problem
-
-from medbench.data.fingerprint import DataFingerprint, fingerprint_items, item_key, reference_data
-from medbench.data.sources import get_source
-from medbench.errors import MedbenchError
 from medbench.metrics.registry import METRICS, Metric
 from medbench.results import (
     FAILED_GENERATION_MARK,
+    JudgeIdentity,
     RecordError,
     RunResults,
     judge_paths,
@@ -380,22 +379,11 @@ def read_samples(path: Path, data: bytes, task: str, limits: Limits) -> list[Sam
         doc_ids.add(record.doc_id)
         assert record.doc_id is not None and record.prediction is not None and record.target is not None  # strict
         samples.append(
-            Sample(record.doc_id, record.item_id, record.prediction, record.target, record.answer_type, record.raw)
+            Sample(record.doc_id, record.item_id, record.prediction, record.target, record.answer_type, record.raw, record.failed)
         )
         if len(samples) > limits.samples_per_task:
             raise Rejected("oversized", path, f"more than {limits.samples_per_task} samples for {task}")
     return samples
-
-
-_FAILED_MARK = FAILED_GENERATION_MARK.casefold()
-
-
-def _failed(sample: Sample) -> bool:
-    detail = sample.record["medbench_detail"]
-    # The marker is looked for anywhere, in any case and with invisible characters removed: an answer that
-    # hides it behind a zero-width space or lower case is still a failed call, and no real answer contains it.
-    visible = "".join(c for c in unicodedata.normalize("NFKC", sample.prediction) if unicodedata.category(c) != "Cf")
-    return _FAILED_MARK in visible.casefold() or bool(detail.get("failed_generation") or detail.get("generation_failed"))
 
 
 def _check_data(path: Path, task: str, samples: list[Sample], references: list[DataFingerprint]) -> DataFingerprint:
@@ -478,7 +466,7 @@ def _verify_task(
             path,
             f"{len(samples)} samples logged for {task}, the results file evaluated {expected}; submit the complete --log_samples file",
         )
-    failed = sum(_failed(sample) for sample in samples)
+    failed = sum(sample.failed for sample in samples)
     if failed:
         raise Rejected(
             "failed_generations",
@@ -765,25 +753,19 @@ def _inline_evidence(sample: Sample) -> dict[str, Any]:
 
 
 def _inline_judge(samples: list[Sample]) -> dict[str, Any] | None:
-    # Judged inside lmms-eval: every judged sample carries "judge": "<model> <prompt-id>:<hash> ...".
-    idents = {
-        value["judge"]
+    # Judged inside lmms-eval: every judged sample carries its judge's identity (medbench.results.JudgeIdentity).
+    identities = [
+        identity
         for sample in samples
         for metric in METRICS
         if metric.startswith("judge_")
         and isinstance(value := sample.record.get(metric), dict)
-        and isinstance(value.get("judge"), str)
-    }
-    if not idents:
+        and (identity := JudgeIdentity.from_json(value.get("judge"))) is not None
+    ]
+    if not identities:
         return None
-    model, *prompts = min(idents).split(" ")
-    prompt_ids = [prompt.split(":", 1)[0] for prompt in prompts]
-    return {
-        "source": "lmms-eval run",
-        "model": model,
-        "prompts": {pid.rsplit("-v", 1)[0]: full for pid, full in zip(prompt_ids, prompts)},
-        "scoring": None,
-    }
+    judge = min(identities, key=lambda identity: (identity.model, sorted(identity.prompts.items())))
+    return {"source": "lmms-eval run", "model": judge.model, "prompts": dict(judge.prompts), "scoring": None}
 
 
 def _hash(text: str) -> str:
@@ -792,9 +774,8 @@ def _hash(text: str) -> str:
 
 def _verifier_identity(references: dict[str, list[DataFingerprint]]) -> str:
     # A cached verdict is only reused by the same verifier, task versions and reference data.
-    from medbench.leaderboard import __version__
-
     from medbench import __version__ as medbench_version
+    from medbench.leaderboard import __version__
 
     return json.dumps(
         {

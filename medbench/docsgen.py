@@ -1,7 +1,10 @@
-"""Generated blocks in docs and task YAMLs. ``python -m medbench.docsgen`` rewrites them; a test fails when stale.
+"""Generated blocks in docs, task YAMLs and code: the project's one doc generator and its one marker syntax.
 
 A generated block sits between ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` in
-Markdown, and between ``# BEGIN generated:NAME ...`` and ``# END generated:NAME`` lines in YAML.
+Markdown, and between ``# BEGIN generated:NAME ...`` and ``# END generated:NAME`` lines in YAML and Python.
+``python -m medbench.docsgen`` rewrites the core's blocks (:data:`GENERATORS`); a package built on medbench
+passes its own blocks to :func:`write_blocks` / :func:`stale_blocks` (``python -m medbench.train.docs`` does,
+for the recipe tables). A test fails when any block is stale.
 """
 
 from __future__ import annotations
@@ -71,8 +74,11 @@ def aggregation_functions() -> str:
     return "\n\n".join(blocks).rstrip("\n")
 
 
+# Block name -> (the file it lives in, the function that generates it).
+Generators = dict[str, tuple[Callable[[], Path], Callable[[], str]]]
+
 # YAML blocks first: the task index reads the metric lists they hold.
-GENERATORS: dict[str, tuple[Callable[[], Path], Callable[[], str]]] = {
+GENERATORS: Generators = {
     "metric_list:vqa": (lambda: tasks_dir() / "_templates" / "vqa_yaml", yaml_metric_list("vqa")),
     "metric_list:report": (lambda: tasks_dir() / "_templates" / "report_yaml", yaml_metric_list("report")),
     "metric_list:chest_xray": (
@@ -85,30 +91,41 @@ GENERATORS: dict[str, tuple[Callable[[], Path], Callable[[], str]]] = {
 
 
 def _pattern(name: str) -> re.Pattern:
-    begin = rf"<!-- BEGIN generated:{re.escape(name)} -->\n|# BEGIN generated:{re.escape(name)}(?: [^\n]*)?\n"
+    begin = rf"<!-- BEGIN generated:{re.escape(name)}(?: [^\n]*?)? -->\n|# BEGIN generated:{re.escape(name)}(?: [^\n]*)?\n"
     end = rf"<!-- END generated:{re.escape(name)} -->|# END generated:{re.escape(name)}\n"
     return re.compile(rf"({begin})(.*?)({end})", re.DOTALL)
 
 
-def stale_blocks() -> list[str]:
-    """Names of generated blocks whose file content differs from a fresh generation."""
+def render_block(name: str, text: str, generate: Callable[[], str]) -> str:
+    """``text`` with block ``name`` regenerated.
+
+    Raises:
+        ValueError: ``text`` has no markers for ``name``.
+    """
+    if not _pattern(name).search(text):
+        raise ValueError(f"no generated:{name} block markers")
+    block = generate()
+    return _pattern(name).sub(lambda m: m.group(1) + block + "\n" + m.group(3), text)
+
+
+def stale_blocks(generators: Generators | None = None) -> list[str]:
+    """Names of generated blocks whose file content differs from a fresh generation (default: the core's)."""
     stale = []
-    for name, (path_of, generate) in GENERATORS.items():
+    for name, (path_of, generate) in (GENERATORS if generators is None else generators).items():
         match = _pattern(name).search(path_of().read_text(encoding="utf-8"))
         if match is None or match.group(2) != generate() + "\n":
             stale.append(name)
     return stale
 
 
-def write_blocks() -> None:
-    """Regenerate every block in place."""
-    for name, (path_of, generate) in GENERATORS.items():
+def write_blocks(generators: Generators | None = None) -> None:
+    """Regenerate every block in place (default: the core's)."""
+    for name, (path_of, generate) in (GENERATORS if generators is None else generators).items():
         path = path_of()
-        text = path.read_text(encoding="utf-8")
-        if not _pattern(name).search(text):
-            raise ValueError(f"{path} has no generated:{name} block markers")
-        block = generate()
-        path.write_text(_pattern(name).sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(3), text), encoding="utf-8")
+        try:
+            path.write_text(render_block(name, path.read_text(encoding="utf-8"), generate), encoding="utf-8")
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         task_configs.cache_clear()  # later blocks read the task YAMLs just written
 
 

@@ -12,6 +12,8 @@ The layout, in one place (the demo table, ``medbench judge`` and the leaderboard
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,128 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True)
+class JudgeIdentity:
+    """Which judge scored a sample: the model and each prompt's id and hash (data, not a string to split).
+
+    Attributes:
+        model: The judge model.
+        prompts: Per prompt role (``facts``, ``nli``, ...), ``"<prompt id>:<first 8 hex of its sha256>"``.
+    """
+
+    model: str
+    prompts: dict[str, str]
+
+    @classmethod
+    def of_report(cls, judge: Mapping[str, Any]) -> JudgeIdentity:
+        """From a judge report's ``judge`` block (``{"model", "prompts": {role: {"id", "sha256"}}}``)."""
+        return cls(
+            model=str(judge["model"]),
+            prompts={str(role): f"{spec['id']}:{spec['sha256'][:8]}" for role, spec in judge["prompts"].items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The logged form."""
+        return {"model": self.model, "prompts": dict(self.prompts)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> JudgeIdentity | None:
+        """Read a logged identity; ``None`` when ``value`` is not one."""
+        if not isinstance(value, dict) or not isinstance(value.get("model"), str):
+            return None
+        prompts = value.get("prompts")
+        if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+            return None
+        return cls(model=value["model"], prompts=dict(prompts))
+
+
+@dataclass(frozen=True)
+class SampleDetail:
+    """``medbench_detail``: what a medbench task adds to lmms-eval's per-sample record (its producer's schema).
+
+    lmms-eval logs the answer, the reference and every metric's value but drops the document; the tasks log this
+    beside them (in the spirit of inspect_ai's ``Score(value, answer, explanation, metadata)``: the values are
+    lmms-eval's metric fields, the rest is here). Producers build it and write :meth:`to_json`; every reader
+    goes through :meth:`from_json`.
+
+    Attributes:
+        id: The dataset's own id of the document (the key for pairing runs and items).
+        source: The data source the document came from.
+        answer_type: ``CLOSED`` / ``OPEN`` for VQA, else ``None``.
+        facts: Reference facts of a long-form item (so the judge can re-score from the log alone).
+        failure: The backend's failure text when the generation failed (nothing was scored), else ``None``.
+        metadata: What the scorer read from the answer (VQA: ``parsed``, ``read_as`` or
+            ``normalized_prediction``; reports: word counts), for humans reading the log.
+    """
+
+    id: str | int | None
+    source: str | None
+    answer_type: str | None = None
+    facts: tuple[str, ...] | None = None
+    failure: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """The model never answered (lmms-eval's failure marker): counted, never scored."""
+        return self.failure is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The logged ``medbench_detail`` object."""
+        record: dict[str, Any] = {"id": self.id, "source": self.source}
+        if self.answer_type is not None:
+            record["answer_type"] = self.answer_type
+        record.update(self.metadata)
+        if self.facts is not None:
+            record["facts"] = list(self.facts)
+        record[_FAILED_FLAG] = self.failed
+        if self.failure is not None:
+            record["failure"] = self.failure
+        return record
+
+    @classmethod
+    def from_json(cls, detail: Any) -> SampleDetail | None:
+        """Read a logged ``medbench_detail`` (``None`` when absent).
+
+        Raises:
+            RecordError: A field of the wrong type, as ``medbench_detail/<field>: problem``.
+        """
+        if detail is None:
+            return None
+        if not isinstance(detail, dict):
+            raise RecordError(f"{DETAIL_KEY}: not an object")
+        item_id = detail.get("id")
+        if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, (str, int))):
+            raise RecordError(f"{DETAIL_KEY}/id: not a string or integer")
+        answer_type = detail.get("answer_type")
+        if answer_type is not None and answer_type not in ("CLOSED", "OPEN"):
+            raise RecordError(f"{DETAIL_KEY}/answer_type: not CLOSED or OPEN")
+        facts = detail.get("facts")
+        if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
+            raise RecordError(f"{DETAIL_KEY}/facts: not a list of strings")
+        source = detail.get("source")
+        if source is not None and not isinstance(source, str):
+            raise RecordError(f"{DETAIL_KEY}/source: not a string")
+        failed = detail.get(_FAILED_FLAG)
+        if failed is not None and not isinstance(failed, bool):
+            raise RecordError(f"{DETAIL_KEY}/{_FAILED_FLAG}: not true or false")
+        failure = detail.get("failure")
+        if failed and not isinstance(failure, str):
+            failure = ""  # flagged without its text: still failed
+        known = {"id", "source", "answer_type", "facts", _FAILED_FLAG, "failure"}
+        return cls(
+            id=item_id,
+            source=source,
+            answer_type=answer_type,
+            facts=tuple(facts) if facts is not None else None,
+            failure=failure if failed else None,
+            metadata={key: value for key, value in detail.items() if key not in known},
+        )
+
+
+_FAILED_FLAG = "failed_generation"
+
+
+@dataclass(frozen=True)
 class SampleRecord:
     """One line of a medbench task's ``--log_samples`` file: the per-sample record medbench produces.
 
@@ -49,6 +173,7 @@ class SampleRecord:
         answer_type: ``CLOSED`` / ``OPEN`` for VQA, else ``None``.
         facts: Reference facts of a long-form item, when logged.
         raw: The whole record (metric values live here).
+        detail: The :class:`SampleDetail` the task logged (an empty one when the record has none).
     """
 
     doc_id: int | None
@@ -58,11 +183,18 @@ class SampleRecord:
     answer_type: str | None
     facts: tuple[str, ...] | None
     raw: dict[str, Any]
+    detail: SampleDetail
 
     @property
-    def detail(self) -> dict[str, Any]:
-        detail = self.raw.get(DETAIL_KEY)
-        return detail if isinstance(detail, dict) else {}
+    def failed(self) -> bool:
+        """The model never answered: the task marked it, or the answer holds lmms-eval's failure marker.
+
+        The marker is looked for anywhere, in any case and with invisible characters removed: an answer that hides
+        it behind a zero-width space or lower case is still a failed call, and no real answer contains it.
+        """
+        text = unicodedata.normalize("NFKC", self.prediction or "")
+        visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+        return self.detail.failed or FAILED_GENERATION_MARK.casefold() in visible.casefold()
 
 
 def first_text(value: Any) -> str | None:
@@ -88,13 +220,8 @@ def parse_sample_record(record: Any, strict: bool = True) -> SampleRecord:
     doc_id = record.get("doc_id")
     if strict and doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, int) or doc_id < 0):
         raise RecordError("doc_id: not a non-negative integer")
-    detail = record.get(DETAIL_KEY)
-    if detail is not None and not isinstance(detail, dict):
-        raise RecordError(f"{DETAIL_KEY}: not an object")
-    detail = detail or {}
-    item_id = detail.get("id")
-    if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, (str, int))):
-        raise RecordError(f"{DETAIL_KEY}/id: not a string or integer")
+    detail = SampleDetail.from_json(record.get(DETAIL_KEY)) or SampleDetail(id=None, source=None)
+    item_id = detail.id
     answers = record.get("filtered_resps", record.get("resps"))
     prediction = first_text(answers)
     if answers is not None and prediction is None:
@@ -102,15 +229,6 @@ def parse_sample_record(record: Any, strict: bool = True) -> SampleRecord:
     target = record.get("target")
     if target is not None and not isinstance(target, str):
         raise RecordError("target: not a string")
-    answer_type = detail.get("answer_type")
-    if answer_type is not None and answer_type not in ("CLOSED", "OPEN"):
-        raise RecordError(f"{DETAIL_KEY}/answer_type: not CLOSED or OPEN")
-    facts = detail.get("facts")
-    if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
-        raise RecordError(f"{DETAIL_KEY}/facts: not a list of strings")
-    source = detail.get("source")
-    if source is not None and not isinstance(source, str):
-        raise RecordError(f"{DETAIL_KEY}/source: not a string")
     if strict:
         for name, value in (("doc_id", doc_id), ("target", target), ("filtered_resps", answers), (f"{DETAIL_KEY}/id", item_id)):
             if value is None:
@@ -122,9 +240,10 @@ def parse_sample_record(record: Any, strict: bool = True) -> SampleRecord:
         item_id=str(item_id) if item_id is not None else "",
         prediction=prediction,
         target=target,
-        answer_type=answer_type,
-        facts=tuple(facts) if facts is not None else None,
+        answer_type=detail.answer_type,
+        facts=detail.facts,
         raw=record,
+        detail=detail,
     )
 
 

@@ -66,13 +66,16 @@ def prepare_lmms_args(argv: list[str]) -> list[str]:
     return args
 
 
-def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_data: bool = True) -> list[Path]:
+def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_data: bool = True,
+                  processes: int = 1) -> list[Path]:
     """Run lmms-eval in a child process and return the results files it wrote.
 
     Args:
         argv: lmms-eval arguments (``--model``, ``--tasks``...), before :func:`prepare_lmms_args`.
         env: Environment of the child process (default: this one).
         check_data: Load and validate the requested medbench tasks' data first.
+        processes: Data-parallel processes (``accelerate launch --num_processes N -m lmms_eval``; one per GPU,
+            or CPU processes without GPUs); the results equal one process's.
 
     Raises:
         MedbenchError: When the data check fails, lmms-eval fails, no results were written, or generations
@@ -92,7 +95,11 @@ def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_d
             print(f"data ok: {line}", flush=True)
     output = Path(str(_flag_value(args, "--output_path")))
     started = time.time()
-    completed = subprocess.run([sys.executable, "-m", "lmms_eval", *args], env=environment, check=False)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+    if processes > 1 and not _has_cuda():
+        launcher.append("--cpu")
+    command = [*(launcher if processes > 1 else [sys.executable]), "-m", "lmms_eval", *args]
+    completed = subprocess.run(command, env=environment, check=False)
     written = sorted(
         path for path in output.rglob("*_results.json") if path.stat().st_mtime >= started - 1
     ) if output.exists() else []
@@ -107,6 +114,12 @@ def run_lmms_eval(argv: list[str], env: dict[str, str] | None = None, *, check_d
     return written
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
@@ -114,9 +127,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
-        usage="medbench eval [--skip-data-check] LMMS_EVAL_ARGS...",
+        usage="medbench eval [--skip-data-check] [--processes N] LMMS_EVAL_ARGS...",
     )
     parser.add_argument("--skip-data-check", action="store_true", help="do not validate the task data first")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="evaluate data-parallel in N processes (accelerate launch; one per GPU)")
     parser.set_defaults(func=_eval, passthrough=True)
 
 
@@ -125,6 +140,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedbenchError(
             "give lmms-eval arguments, e.g. medbench eval --model medbench_hf --model_args pretrained=DIR --tasks medbench_vqa"
         )
-    for path in run_lmms_eval(args.extra, check_data=not args.skip_data_check):
+    if args.processes < 1:
+        raise MedbenchError(f"--processes {args.processes}: give 1 or more")
+    for path in run_lmms_eval(args.extra, check_data=not args.skip_data_check, processes=args.processes):
         print(f"results: {path}")
     return 0

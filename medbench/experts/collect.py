@@ -16,7 +16,7 @@ from typing import Any
 
 from medbench.errors import MedbenchError
 from medbench.judge.runner import SEVERITIES
-from medbench.results import find_runs
+from medbench.results import RecordError, find_runs, parse_sample_record
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,6 @@ def parse_run_argument(argument: str) -> tuple[str, Path]:
         return label.strip(), Path(path)
     folder = Path(argument)
     return folder.resolve().name, folder
-
-
-def _first_text(value: Any) -> str | None:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return value if isinstance(value, str) else None
 
 
 def _sidecar_grades(samples_file: Path, task: str) -> dict[Any, str | None]:
@@ -118,9 +112,11 @@ def read_model_outputs(label: str, folder: Path) -> ModelOutputs:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 raise MedbenchError(f"{samples_file}:{number}: not a JSON line; pass lmms-eval --log_samples output") from None
-            detail = record.get("medbench_detail") if isinstance(record.get("medbench_detail"), dict) else {}
-            sample_id = str(detail.get("id", record.get("doc_id")))
-            text = _first_text(record.get("filtered_resps", record.get("resps")))
+            try:
+                sample = parse_sample_record(record, strict=False)
+            except RecordError as error:
+                raise MedbenchError(f"{samples_file}:{number}: {error}; pass lmms-eval --log_samples output") from None
+            sample_id, text = sample.item_id, sample.prediction
             if text is None:
                 raise MedbenchError(f"{samples_file}:{number}: no 'filtered_resps' text; pass the log of a generation task")
             grade = sidecar[sample_id] if sample_id in sidecar else _inline_grade(record)
@@ -128,7 +124,7 @@ def read_model_outputs(label: str, folder: Path) -> ModelOutputs:
                 text=text,
                 prompt=str(record.get("input", "")),
                 reference=str(record.get("target", "")),
-                source=detail.get("source"),
+                source=sample.detail.source,
                 judge_severity=grade,
                 samples_file=samples_file,
                 doc_id=record.get("doc_id"),

@@ -149,15 +149,10 @@ def read_samples_file(path: Path, data: Mapping[str, Mapping[str, Any]] | None =
 
 
 def _failed_generation(record: dict[str, Any]) -> bool:
-    from medbench.lmms.failures import DETAIL_FLAG, FAILURE_MARKER
-
-    detail = record.get("medbench_detail")
-    if isinstance(detail, dict) and detail.get(DETAIL_FLAG) is True:
-        return True
-    prediction = record.get("filtered_resps", record.get("resps"))
-    while isinstance(prediction, list) and prediction:
-        prediction = prediction[0]
-    return isinstance(prediction, str) and prediction.lstrip().startswith(FAILURE_MARKER)
+    try:
+        return parse_sample_record(record, strict=False).failed
+    except RecordError:
+        return False  # not failed; _item reports what is wrong with the record
 
 
 def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: str) -> JudgeItem:
@@ -168,7 +163,7 @@ def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: 
         raise DataError(f"{where}: {error}: pass an lmms-eval --log_samples file of a medbench task") from None
     doc = record.get("doc") if isinstance(record.get("doc"), dict) else {}
     detail = sample.detail
-    sample_id = detail.get("id", doc.get("id", record.get("doc_id")))
+    sample_id = detail.id if detail.id is not None else doc.get("id", record.get("doc_id"))
     extra = data.get(str(sample_id), {})
     prediction = sample.prediction
     if prediction is None:
@@ -176,7 +171,7 @@ def _item(record: dict[str, Any], data: Mapping[str, Mapping[str, Any]], where: 
     reference = extra.get("reference", doc.get("reference", record.get("target")))
     if not isinstance(reference, str):
         raise DataError(f"{where}: no reference text ('target'): pass --data with 'id' and 'reference' fields")
-    facts = extra.get("facts", doc.get("facts", detail.get("facts")))
+    facts = extra.get("facts", doc.get("facts", list(detail.facts) if detail.facts is not None else None))
     if facts is not None and not (isinstance(facts, list) and all(isinstance(f, str) for f in facts)):
         raise DataError(f"{where}: 'facts' must be a list of strings")
     return JudgeItem(id=str(sample_id), prediction=prediction, reference=reference, facts=tuple(facts) if facts is not None else None)

@@ -6,13 +6,15 @@ wrong answer and a broken run ranks as a weak model. :func:`unless_failed` wraps
 a failed generation gets no score metric at all (so it is left out of every score, not counted as 0), only
 
 * ``failed_generations``: 1 (0 for a real answer), summed per task by :func:`medbench.lmms.common.total`;
-* ``medbench_detail``: ``{"id", "source", "failed_generation": true, "failure": "<first 200 characters>"}``.
+* ``medbench_detail``: a :class:`medbench.results.SampleDetail` with ``failure`` (its first 200 characters),
+  logged as ``{"id", "source", "failed_generation": true, "failure": ...}``.
 
 A real answer in reasoning format (``<think>...</think>`` then the answer) is scored on its answer part, by
 :func:`medbench.reasoning.strip_reasoning` - the function the GRPO rewards use - whether or not lmms-eval's own
 ``--reasoning_tags`` stripping ran first (the rule is the same, and idempotent).
 
-Real answers carry ``medbench_detail.failed_generation == false``. ``medbench eval`` reads the per-task total
+Real answers carry ``medbench_detail.failed_generation == false`` (every producer writes a ``SampleDetail``).
+``medbench eval`` reads the per-task total
 from the results file and exits non-zero when it is above zero (:func:`failed_generation_summary`).
 """
 
@@ -20,14 +22,15 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from medbench.metrics.registry import DETAIL_KEY
 from medbench.reasoning import strip_reasoning
+from medbench.results import FAILED_GENERATION_MARK, SampleDetail
 
-FAILURE_MARKER = "[LMMS_EVAL_REQUEST_FAILED"
 FAILED_METRIC = "failed_generations"
-DETAIL_FLAG = "failed_generation"
 _PREVIEW = 200
 
 
@@ -35,7 +38,7 @@ def failed_generation(results: list[Any]) -> str | None:
     """The failure text when lmms-eval's answer for a sample is a failed-request marker, else None."""
     for answer in results or []:
         text = answer[0] if isinstance(answer, (list, tuple)) and answer else answer
-        if isinstance(text, str) and text.lstrip().startswith(FAILURE_MARKER):
+        if isinstance(text, str) and text.lstrip().startswith(FAILED_GENERATION_MARK):
             return text.strip()
     return None
 
@@ -47,12 +50,11 @@ def unless_failed(process_results: Callable[[dict, list], dict]) -> Callable[[di
     def guarded(doc: dict, results: list) -> dict:
         failure = failed_generation(results)
         if failure is not None:
-            detail = {"id": doc["id"], "source": doc.get("source"), DETAIL_FLAG: True, "failure": failure[:_PREVIEW]}
-            return {FAILED_METRIC: 1.0, "medbench_detail": detail}
+            detail = SampleDetail(id=doc["id"], source=doc.get("source"), failure=failure[:_PREVIEW])
+            return {FAILED_METRIC: 1.0, DETAIL_KEY: detail.to_json()}
         answers = [strip_reasoning(answer) if isinstance(answer, str) else answer for answer in results or []]
         record = process_results(doc, answers)
         record[FAILED_METRIC] = 0.0
-        record["medbench_detail"] = {**record.get("medbench_detail", {}), DETAIL_FLAG: False}
         return record
 
     return guarded

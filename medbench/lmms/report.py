@@ -38,6 +38,7 @@ import hashlib
 import inspect
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,19 +49,21 @@ from medbench.errors import MedbenchError
 from medbench.judge import parts as judge_parts
 from medbench.lmms.records import Deferred, score, warn_once
 from medbench.metrics import clinical, text
-from medbench.metrics.registry import METRICS, Answer, CorpusResult
+from medbench.metrics.registry import DETAIL_KEY, METRICS, Answer, CorpusResult
 from medbench.metrics.text import MetricUnavailable
+from medbench.results import JudgeIdentity, SampleDetail
 
 logger = logging.getLogger("medbench.report")
 
 
+# lmms-eval's usage tracker. Its evaluator imports it, so inside an evaluation it is loaded; elsewhere (unit tests,
+# `medbench judge`) there is no evaluation to report to, and importing lmms-eval would cost ~20 s for nothing.
+_USAGE_MODULE = "lmms_eval.models.model_utils.usage_metrics"
+
+
 def _current_task() -> str | None:
     # lmms-eval sets the task name before its process_results phase (for judge usage attribution).
-    try:
-        from lmms_eval.models.model_utils import usage_metrics
-    except ImportError:
-        return None
-    return getattr(usage_metrics, "_CURRENT_TASK_CONTEXT", None)
+    return getattr(sys.modules.get(_USAGE_MODULE), "_CURRENT_TASK_CONTEXT", None)
 
 
 def judge_unavailable(family: str) -> str | None:
@@ -94,15 +97,10 @@ def _record(kind: str, doc: dict, results: list[str]) -> dict:
     task = _current_task()
     sample_id = str(doc["id"])
     record = score(kind, Answer(prediction, reference), lambda: Deferred(sample_id, prediction, reference, facts, task))  # type: ignore[arg-type]
-    detail: dict[str, Any] = {
-        "id": doc["id"],
-        "source": doc.get("source"),
-        "prediction_words": len(prediction.split()),
-        "reference_words": len(reference.split()),
-    }
-    if facts is not None:
-        detail["facts"] = list(facts)  # so `medbench judge` can re-score from the sample logs alone
-    record["medbench_detail"] = detail
+    words = {"prediction_words": len(prediction.split()), "reference_words": len(reference.split())}
+    # facts are logged so `medbench judge` can re-score from the sample logs alone.
+    detail = SampleDetail(id=doc["id"], source=doc.get("source"), facts=tuple(facts) if facts is not None else None, metadata=words)
+    record[DETAIL_KEY] = detail.to_json()
     return record
 
 
@@ -181,9 +179,8 @@ def _judge_runner() -> Any:
 
 def _lmms_usage_hook(model: str, task: str | None) -> Callable[[int, int], None] | None:
     """Report each live judge call to lmms-eval's usage tracker (its results gain a ``usage`` block)."""
-    try:
-        from lmms_eval.models.model_utils.usage_metrics import log_usage
-    except ImportError:
+    log_usage = getattr(sys.modules.get(_USAGE_MODULE), "log_usage", None)
+    if log_usage is None:
         return None
 
     def hook(prompt_tokens: int, completion_tokens: int) -> None:
@@ -256,10 +253,10 @@ def judge_scores(items: Sequence[Deferred], name: str, args: Any = None) -> Corp
         for item in items:
             item["status"] = reason
         return None, None
-    ident = f"{report.judge['model']} " + " ".join(f"{p['id']}:{p['sha256'][:8]}" for p in report.judge["prompts"].values())
+    identity = JudgeIdentity.of_report(report.judge).to_json()
     values = []
     for item, verdict in zip(items, report.samples, strict=True):
-        item["judge"] = ident
+        item["judge"] = identity
         for key in judged.details:
             if key in verdict.details:
                 item[key] = verdict.details[key]

@@ -14,16 +14,17 @@ the samples it applies to and reports its standard error:
 * ``failed_generations``: 1 when the backend failed and lmms-eval wrote its failure marker as the answer;
   such a sample gets no score at all (see :mod:`medbench.lmms.failures`).
 
-``medbench_detail`` carries the document id and source and what the scorer read from the answer, for the
-per-sample logs (lmms-eval does not write the documents themselves into them).
+``medbench_detail`` (a :class:`medbench.results.SampleDetail`) carries the document id and source and what the
+scorer read from the answer, for the per-sample logs (lmms-eval does not write the documents themselves into them).
 """
 
 from __future__ import annotations
 
 from medbench.lmms.failures import unless_failed
 from medbench.lmms.records import score
-from medbench.metrics.registry import Answer
+from medbench.metrics.registry import DETAIL_KEY, Answer
 from medbench.metrics.vqa import closed_parsed, normalize_answer, parse_yes_no
+from medbench.results import SampleDetail
 
 
 @unless_failed
@@ -32,8 +33,10 @@ def process_results(doc: dict, results: list[str]) -> dict:
     prediction = results[0] if results else ""
     record = score("vqa", Answer(prediction, doc["answer"], doc["answer_type"]))
     if doc["answer_type"] == "CLOSED":
-        detail = {"answer_type": "CLOSED", "parsed": closed_parsed(prediction, doc["answer"]), "read_as": parse_yes_no(prediction)}
+        read = {"parsed": closed_parsed(prediction, doc["answer"]), "read_as": parse_yes_no(prediction)}
+        detail = SampleDetail(id=doc["id"], source=doc["source"], answer_type="CLOSED", metadata=read)
     else:
-        detail = {"answer_type": "OPEN", "normalized_prediction": normalize_answer(prediction)}
-    record["medbench_detail"] = {"id": doc["id"], "source": doc["source"], **detail}
+        read = {"normalized_prediction": normalize_answer(prediction)}
+        detail = SampleDetail(id=doc["id"], source=doc["source"], answer_type="OPEN", metadata=read)
+    record[DETAIL_KEY] = detail.to_json()
     return record

@@ -51,8 +51,9 @@ def limited_results(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
     """``{"inline": lmms-eval folder judged during the run, "rescored": demo baseline copy + medbench judge}``."""
-    from medbench.cli import main as medbench_main
     from judge_server import LoopbackJudgeServer
+
+    from medbench.cli import main as medbench_main
 
     root = tmp_path_factory.mktemp("leaderboard_judge")
     with LoopbackJudgeServer() as server:

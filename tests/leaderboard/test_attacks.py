@@ -16,7 +16,7 @@ from medbench.cli import main as medbench_main
 from medbench.leaderboard.board import build_board, load_runs
 from medbench.leaderboard.rules import Limits, Rejected, printable
 from medbench.leaderboard.safe_io import loads
-from medbench.leaderboard.verification import load_run, safe_load_run, board_references
+from medbench.leaderboard.verification import board_references, load_run, safe_load_run
 
 VQA = "medbench_vqa_rad"
 MIMIC = "medbench_mimic_cxr"
@@ -219,7 +219,7 @@ def _cherry_pick(folder: Path) -> None:
     kept: dict[str, int] = {}
     for task in ("medbench_vqa_rad", "medbench_slake", "medbench_pathvqa"):
 
-        def keep_right(records):
+        def keep_right(records, task=task):
             records[:] = [r for r in records if r.get("overall") == 1.0]
             for index, record in enumerate(records):
                 record["doc_id"] = index
@@ -227,7 +227,7 @@ def _cherry_pick(folder: Path) -> None:
 
         forge_vqa(folder, task, keep_right)
 
-        def counts(document):
+        def counts(document, task=task):
             document["n-samples"][task] = {"original": kept[task], "effective": kept[task]}
             entry = document["results"][task]
             records = [json.loads(x) for x in samples_file(folder, task).read_text().splitlines()]
@@ -457,3 +457,14 @@ def test_floating_point_noise_at_a_bound_is_no_range_violation():
     samples[0].record["bertscore_f1"]["score"] = 1.001
     with pytest.raises(VerificationError, match="outside the metric's range"):
         check_metric("t", "bertscore_f1", REGISTRY["bertscore_f1"], samples, 1.001, bounds=(-1.0, 1.0))
+
+
+@pytest.mark.parametrize("logged", ["<thinking>no effusion? no, look again</thinking> yes", "<think>not no</think>yes", "yes"])
+def test_a_reasoning_answer_is_recomputed_as_the_task_scored_it(logged):
+    # lmms-eval's CLI strips only some reasoning tags before the task scores; the task strips all it knows
+    # (medbench.reasoning), and the board recomputes the logged text the same way.
+    from medbench.leaderboard.recompute import REGISTRY, Sample, check_metric
+
+    samples = [Sample(0, "a", logged, "yes", "CLOSED", {"closed_accuracy": 1.0})]
+    check = check_metric("t", "closed_accuracy", REGISTRY["closed_accuracy"], samples, 1.0)
+    assert check.verdict == "recomputed"

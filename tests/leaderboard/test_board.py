@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from _lbfiles import copy_run
 
+from medbench.cli import main as medbench_main
 from medbench.leaderboard.board import all_columns, as_records, build_board, load_runs
 from medbench.leaderboard.render import csv_cell, md, render_html, render_markdown, write_csv
 from medbench.leaderboard.safe_io import load_schema, schema_problem
 from medbench.leaderboard.verification import MANIFEST_SCHEMA
 from medbench.metrics.registry import COUNTERS
-from medbench.cli import main as medbench_main
 from medbench.results import find_runs
 from medbench.taskfiles import task_configs
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _lbfiles import copy_run, edit_results, edit_samples, results_file, samples_file
+
+from medbench import stats
+from medbench.cli import main as medbench_main
 from medbench.leaderboard.board import build_board, load_runs
 from medbench.leaderboard.cache import VerificationCache
 from medbench.leaderboard.render import render_html
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.verification import board_references, load_run, safe_load_run
-
-from medbench import stats
-from medbench.cli import main as medbench_main
 
 VQA = "medbench_vqa_rad"
 AMBOSS = "medbench_amboss"
@@ -352,3 +352,34 @@ def test_runs_logged_in_another_order_are_paired_item_by_item(demo_results, tmp_
 def test_stored_runs_name_their_folder_not_the_operators_path(demo_results):
     (run,), _ = load_runs([demo_results["baseline"]])
     assert str(run.root) == "baseline" and os.sep + "tmp" not in json.dumps(run.provenance)
+
+
+def test_plots_are_redrawn_only_when_what_they_show_changes(demo_results, tmp_path, monkeypatch):
+    from medbench.leaderboard import plots
+
+    board = build_board(*load_runs([demo_results["baseline"], demo_results["tiny-llava"]]), baseline="medbench_baseline")
+    path = plots.plot_scores(board, tmp_path / "scores.png")
+    drawn = path.read_bytes()
+    monkeypatch.setattr(plots, "_pyplot", lambda: pytest.fail("an unchanged plot was drawn again"))
+    assert plots.plot_scores(board, tmp_path / "scores.png").read_bytes() == drawn
+    board.rows[0].cells[f"{VQA}/overall"].value += 0.1
+    with pytest.raises(pytest.fail.Exception, match="drawn again"):
+        plots.plot_scores(board, tmp_path / "scores.png")
+
+
+def test_intervals_are_reused_only_while_their_inputs_are_unchanged(demo_results, tmp_path):
+    from medbench.leaderboard.cache import StatsCache
+
+    runs, rejected = load_runs([demo_results["baseline"], demo_results["tiny-llava"]])
+    fresh = build_board(runs, rejected, baseline="medbench_baseline")
+    cache = StatsCache(tmp_path / "stats")
+    first = build_board(runs, rejected, baseline="medbench_baseline", stats_cache=cache)
+    assert cache.hits == 0 and cache.misses > 0
+    again = build_board(runs, rejected, baseline="medbench_baseline", stats_cache=cache)
+    assert cache.hits == cache.misses
+    cells = [[(c.low, c.high, c.vs_baseline) for c in row.cells.values()] for board in (fresh, first, again) for row in board.rows]
+    assert cells[:2] == cells[2:4] == cells[4:]
+    entries, hits = cache.misses, cache.hits
+    runs[1].tasks[VQA].per_sample["overall"][0] = 1.0  # another input: that task is recomputed, the others reused
+    build_board(runs, rejected, baseline="medbench_baseline", stats_cache=cache)
+    assert cache.misses == entries + 2 and cache.hits == hits + entries - 2  # VQA-RAD's intervals and its tests

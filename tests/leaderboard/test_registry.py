@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from _lbfiles import copy_run, forge_vqa, results_file
+
+from medbench.cli import main as medbench_main
 from medbench.leaderboard import names
 from medbench.leaderboard.board import build_board, load_runs
 from medbench.leaderboard.registry import Registry
 from medbench.leaderboard.runs import Run
-
-from medbench.cli import main as medbench_main
 
 VQA = "medbench_vqa_rad"
 VQA_TASKS = ("medbench_vqa_rad", "medbench_slake", "medbench_pathvqa")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from _lbfiles import copy_run, edit_results, edit_samples, forge_vqa, results_file, samples_file
+
 from medbench.leaderboard.board import build_board, load_runs
 from medbench.leaderboard.rules import Limits, Rejected
 from medbench.leaderboard.verification import load_run
-
 from medbench.metrics.registry import COUNTERS
 from medbench.taskfiles import task_versions
 

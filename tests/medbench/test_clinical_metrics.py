@@ -1,7 +1,7 @@
 """CheXbert-F1 and RadGraph-F1 (medbench[clinical]): F1 arithmetic, settings, tiny checkpoints, lmms-eval.
 
 The real checkpoints cannot be fetched here, so the models are tiny random-weight networks saved in the
-published file formats (medbench.metrics.clinical.tiny); their labels are meaningless, the code paths
+published file formats (tests/medbench/_clinical_tiny.py); their labels are meaningless, the code paths
 (loading, tokenisation, inference, scoring, lmms-eval wiring) are the real ones. The F1 definitions are
 checked against values computed by hand.
 """
@@ -201,7 +201,7 @@ def test_the_clinical_package_imports_nothing_heavy():
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
-    from medbench.metrics.clinical.tiny import build_tiny_chexbert, build_tiny_radgraph
+    from _clinical_tiny import build_tiny_chexbert, build_tiny_radgraph
 
     root = tmp_path_factory.mktemp("clinical")
     return {
@@ -398,9 +398,8 @@ def _reference_encoder(folder: Path, vocab: Path, max_positions: int) -> Path:
     """A Hugging Face BERT folder (random weights, overwritten by the checkpoint) the packages can load."""
     import shutil
 
+    from _clinical_tiny import _tiny_bert_config
     from transformers import BertModel
-
-    from medbench.metrics.clinical.tiny import _tiny_bert_config
 
     BertModel(_tiny_bert_config(max_position_embeddings=max_positions)).save_pretrained(folder)
     shutil.copy(vocab, folder / "vocab.txt")
@@ -421,9 +420,10 @@ def test_parity_with_the_reference_packages(tmp_path):
     """
     import shutil
 
+    from _clinical_tiny import build_tiny_chexbert, build_tiny_radgraph
+
     from medbench.metrics.clinical.chexbert import CheXbert
     from medbench.metrics.clinical.radgraph import RadGraph
-    from medbench.metrics.clinical.tiny import build_tiny_chexbert, build_tiny_radgraph
 
     job: dict = {"texts": PARITY_TEXTS, "radgraph": {}, "chexbert": {}}
     ours: dict = {"radgraph": {}, "chexbert": {}}

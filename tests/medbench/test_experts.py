@@ -254,6 +254,9 @@ def test_a_second_annotator_on_a_shared_browser_starts_from_an_empty_form(export
         assert page.evaluate("document.getElementById('previous').hidden") is True
         assert page.evaluate("document.getElementById('progress').textContent") == "0 of 60 outputs graded"
         assert page.evaluate("document.getElementById('annotator').getAttribute('autocomplete')") == "off"
+        # A level whose label is its value reads once ("none", not "none none"), in the choices and the rubric.
+        labels = page.evaluate("Array.from(document.querySelectorAll('label')).map((l) => l.textContent).join('|')")
+        assert "none none" not in labels and "none (none)" not in page.evaluate("document.body.textContent")
         assert page.console == []
 
 

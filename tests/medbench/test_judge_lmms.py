@@ -74,7 +74,7 @@ def test_judge_metrics_over_a_loopback_judge(clean_env, tmp_path):
     first = items[0]
     assert first["status"] == "scored" and first["facts_source"] == "data" and first["labels"] == ["Entailment", "Contradiction"]
     assert items[1]["facts_source"] == "judge"  # an empty facts list means "extract them"
-    assert first["judge"].startswith("loopback facts-v1:")
+    assert first["judge"]["model"] == "loopback" and first["judge"]["prompts"]["facts"].startswith("facts-v1:")
     assert SECRET not in json.dumps([dict(i) for i in items])
 
 

@@ -434,7 +434,8 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
             record["answer_type"] = item["answer_type"]
         meta: dict[str, Any] = {"source": item["where"].rsplit("/", 1)[-1]}
         if isinstance(item["image"], str):
-            record["image"] = os.path.abspath(item["image"])
+            # Relative to the pairs file (the loaders resolve it there), so a moved output tree keeps working.
+            record["image"] = os.path.relpath(os.path.abspath(item["image"]), os.path.abspath(output_dir))
             image_hashes.append(_file_sha256(Path(item["image"])))
         else:
             name = f"{IMAGES_DIR}/source-{_safe(item['id'])}.png"

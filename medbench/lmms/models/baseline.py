@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medbench.lmms.models.base import GenerationOnlyModel
+from medbench.lmms.models.base import GenerationOnlyModel, process_device
 from medbench.metrics.vqa import normalize_answer
 
 _AUXILIARY_VERBS = frozenset(
@@ -70,6 +70,7 @@ class MedbenchBaseline(GenerationOnlyModel):
         self.report = str(report)
         self.prior = majority_answers(prior) if prior else {}
         self.batch_size = 1
+        self.device_name = process_device()
 
     def answer(self, doc: dict) -> str:
         """The baseline's answer to a document."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from medbench.lmms.models.base import GenerationOnlyModel
+from medbench.lmms.models.base import GenerationOnlyModel, process_device
 from medbench.prompts import needs_special_tokens, render_prompt
 
 _GENERATE_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "num_beams", "repetition_penalty")
@@ -53,7 +53,8 @@ class MedbenchHF(GenerationOnlyModel):
     Args:
         pretrained: Hub id or local folder of the checkpoint.
         revision: Hub revision (branch, tag or commit) to load.
-        device: ``"cuda"``, ``"cpu"``, ``"cuda:1"``...; default: CUDA when available.
+        device: ``"cuda"``, ``"cpu"``, ``"cuda:1"``...; default: this process's GPU (``cuda:LOCAL_RANK``) when
+            CUDA is available, else the CPU.
         dtype: ``"auto"`` (bfloat16 on GPU, float32 on CPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         batch_size: Requests generated together.
         max_new_tokens: Overrides the task's ``max_new_tokens`` when given.
@@ -80,13 +81,12 @@ class MedbenchHF(GenerationOnlyModel):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        import torch
-
         from medbench.hfload import load_vision_language_model
 
         if kwargs:
             warnings.warn(f"medbench_hf ignores unknown model_args: {', '.join(sorted(kwargs))}", stacklevel=2)
-        self.device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # Under `accelerate launch` each process loads the model on its own GPU (LOCAL_RANK).
+        self.device_name = device or process_device()
         self.pretrained = str(pretrained)
         self.model, self.processor = load_vision_language_model(
             self.pretrained,

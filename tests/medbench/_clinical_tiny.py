@@ -1,8 +1,7 @@
-"""Tiny random-weight CheXbert and RadGraph checkpoints in the published file formats.
+"""Test double: tiny random-weight CheXbert and RadGraph checkpoints in the published file formats.
 
 The real checkpoints cannot be fetched on air-gapped machines (and the test suite runs offline), so the
-tests, and anyone who wants to check an installation before downloading, build small stand-ins: the same
-networks at a toy size, saved exactly as the real files are laid out —
+tests build small stand-ins: the same networks at a toy size, saved exactly as the real files are laid out —
 
 * CheXbert: ``chexbert.pth`` = ``torch.save({"model_state_dict": {"module.<param>": tensor}})`` (the
   DataParallel prefix included) next to a WordPiece ``vocab.txt``;
@@ -20,10 +19,7 @@ from pathlib import Path
 
 # Special tokens, single characters and their continuation pieces (so every word splits into word pieces
 # and the word-piece averaging is exercised), and a few whole words from chest X-ray reports.
-_WORDS = (
-    "no pleural effusion pneumothorax cardiomegaly heart size normal lungs are clear there is a the of and "
-    "left right lower lobe opacity consolidation edema mild moderate small large tube in stable"
-).split()
+_WORDS = ["no", "pleural", "effusion", "pneumothorax", "cardiomegaly", "heart", "size", "normal", "lungs", "are", "clear", "there", "is", "a", "the", "of", "and", "left", "right", "lower", "lobe", "opacity", "consolidation", "edema", "mild", "moderate", "small", "large", "tube", "in", "stable"]
 VOCAB = (
     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     + list(string.ascii_lowercase) + list(string.digits) + list(".,:;/()-?!%'\"")
@@ -46,8 +42,8 @@ def _tiny_bert_config(**overrides):
     from transformers import BertConfig
 
     # 64-dimensional attention heads, as in every BERT: the loaders infer the head count from the sizes.
-    settings = dict(vocab_size=len(VOCAB), hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
-                    intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+    settings = {"vocab_size": len(VOCAB), "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1,
+                    "intermediate_size": 64, "max_position_embeddings": 128, "type_vocab_size": 2}
     settings.update(overrides)
     return BertConfig(**settings)
 
