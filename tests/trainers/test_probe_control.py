@@ -56,7 +56,7 @@ def test_built_controls_avoid_every_lesion_and_corrupt_the_same_size_alike(probe
         assert (a[2] - a[0], a[3] - a[1]) == (b[2] - b[0], b[3] - b[1])
         assert not any(_overlap(b, lesion) for lesion in lesions)
         # The control image differs from the original only inside its box.
-        original = np.asarray(Image.open(record["image"]).convert("RGB")).astype(int)
+        original = np.asarray(Image.open(root / "pairs" / record["image"]).convert("RGB")).astype(int)
         changed = np.asarray(Image.open(root / "pairs" / record["control_image"]).convert("RGB")).astype(int) != original
         outside = changed.copy()
         outside[b[1]:b[3], b[0]:b[2]] = False
