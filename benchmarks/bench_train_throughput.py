@@ -44,10 +44,9 @@ STUDY_TRAIN = {  # the tiny study's training settings (medbench/studies/tiny.yam
 
 def prepare(root: Path, n_items: int) -> tuple[Path, dict[str, Path]]:
     """The study model and the SFT / DPO preference files, built as the study builds them."""
-    from medbench.train.prefs.build import BuildOptions, build
-
     from medbench.synth import corpus_of, make_lesion_vqa
     from medbench.tiny import build_tiny_model
+    from medbench.train.prefs.build import BuildOptions, build
 
     make_lesion_vqa(root / "data", n_items, 8, seed=0, progress=False)
     model = build_tiny_model(root / "model", "llava", corpus=corpus_of([root / "data" / "train.jsonl"]), seed=0,
@@ -98,10 +97,11 @@ def floor_rate(recipe_name: str, model_dir: Path, data: Path, steps: int, warmup
     """Steps/s of a bare PyTorch loop over the same model and the same preprocessed batches."""
     import torch
     import torch.nn.functional as F
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     from medbench.train.collator import CachedCollator, PreferenceCollator, indexed_dataset
     from medbench.train.data import load_or_preprocess, load_preference_file
     from medbench.train.objectives import get_objective
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     torch.manual_seed(1)
     processor = AutoProcessor.from_pretrained(model_dir)

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+
 from medbench.train.collator import CachedCollator, PreferenceCollator, indexed_dataset
 from medbench.train.config import load_recipe
 from medbench.train.data import load_or_preprocess, load_preference_file, preprocess_records
@@ -48,8 +49,9 @@ def _load(pref_file, processor, objective="dpo", max_length=128):
 
 
 def test_the_cache_is_reused_by_runs_with_the_same_inputs(tiny_llava_dir, pref_file, cache, monkeypatch):
-    from medbench.train import data
     from transformers import AutoProcessor
+
+    from medbench.train import data
 
     first = _load(pref_file, AutoProcessor.from_pretrained(tiny_llava_dir))
     assert [path.name for path in cache.iterdir()] == [f"{first.key}.pt"]

@@ -5,10 +5,10 @@ import random
 
 import numpy as np
 import pytest
-from medbench.train.prefs.build import BuildOptions, build
-from medbench.train.prefs.images import control_box
 
 from medbench.synth import make_lesion_vqa
+from medbench.train.prefs.build import BuildOptions, build
+from medbench.train.prefs.images import control_box
 
 
 def _overlap(a, b) -> bool:
@@ -64,10 +64,9 @@ def test_built_controls_avoid_every_lesion_and_corrupt_the_same_size_alike(probe
 
 
 def test_the_probe_scores_lesion_evidence_as_image_minus_control_dependence(probe_pairs, tiny_llava_dir):
+    from medbench.hfload import load_vision_language_model
     from medbench.train.data import load_preference_file
     from medbench.train.probe import score_records, summarise
-
-    from medbench.hfload import load_vision_language_model
 
     root, _, _ = probe_pairs
     records = load_preference_file(root / "pairs" / "prefs.jsonl")[:8]

@@ -24,7 +24,7 @@ from medbench.lmms.models.base import GenerationOnlyModel, process_device
 from medbench.metrics.vqa import normalize_answer
 
 _AUXILIARY_VERBS = frozenset(
-    "is are was were does do did can could has have had will would should shall may might must".split()
+    ["is", "are", "was", "were", "does", "do", "did", "can", "could", "has", "have", "had", "will", "would", "should", "shall", "may", "might", "must"]
 )
 DEFAULT_REPORT = (
     "The lungs are clear. There is no focal consolidation, pleural effusion or pneumothorax. "
