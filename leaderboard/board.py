@@ -124,10 +124,18 @@ class Board:
 
 
 def task_order() -> list[str]:
-    """Tasks in the ``medbench`` group's order (the order the paper reports them), then any others."""
-    known = list(task_configs())
+    """Tasks in the ``medbench`` group's order (the order the paper reports them), then any others; an image-blind
+    twin (``metadata.blind_of``) right after its task, so a model's blind score sits beside its score."""
+    configs = task_configs()
+    known = list(configs)
     grouped = [task for members in group_members().values() for task in members if task in known]
-    return list(dict.fromkeys(grouped + sorted(known)))
+    order = list(dict.fromkeys(grouped + sorted(known)))
+    twins = {task: (configs[task].get("metadata") or {}).get("blind_of") for task in order}
+    placed = [task for task in order if not twins[task]]
+    for twin, sighted in twins.items():
+        if sighted:
+            placed.insert(placed.index(sighted) + 1 if sighted in placed else len(placed), twin)
+    return placed
 
 
 def all_columns() -> list[Column]:
@@ -365,6 +373,7 @@ def build_board(
         _intervals(task, rows, matrices, iterations, alpha, clusters.get(task), stats_cache)
         _compare(task, pairs, matrices, iterations, alpha, clusters.get(task), stats_cache)
     order = task_order()  # the group YAMLs are read once per board, not once per row
+    shown_tasks = {column.task for column in columns}
     for row in rows:
         sampled = sorted(task for task, scores in row.run.tasks.items() if scores.decoding.get("sampled"))
         if sampled:
@@ -375,7 +384,8 @@ def build_board(
             notes.append(f"{row.run.name}: non-standard {task} ({'; '.join(departures)})")
         for task, reasons in row.run.unknown_protocol.items():
             notes.append(f"{row.run.name}: unknown protocol on {task} ({'; '.join(reasons)})")
-        missing = [task for task in order if task not in row.run.tasks]
+        # Only tasks the board shows: a run is not "missing" a task no run on the board was evaluated on.
+        missing = [task for task in order if task not in row.run.tasks and task in shown_tasks]
         if missing:
             notes.append(f"{row.run.name}: not evaluated on {', '.join(missing)}")
     return Board(

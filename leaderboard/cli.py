@@ -84,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--alpha", type=float, default=stats.DEFAULT_ALPHA, help="significance level of the paired tests (default 0.05)"
     )
     build.add_argument("--title", default="medbench leaderboard", help="page title")
+    build.add_argument("--link", action="append", default=[], metavar="LABEL=HREF",
+                       help="a link shown under the title (repeatable), e.g. 'the study's claims=study.md'")
     build.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     build.add_argument(
         "--no-cache",
@@ -202,7 +204,10 @@ def run_build(args: argparse.Namespace) -> int:
             extra_html.append(html_section)
             extra_markdown = "\n" + markdown_section
             board.notes += [f"expert-reviewed model {label!r} is not on the board" for label in panel.unmatched]
-    (out / "index.html").write_text(render_html(board, plots, args.title, extra_html), encoding="utf-8")
+    links = [tuple(link.split("=", 1)) for link in args.link]
+    if any(len(link) != 2 or not all(link) for link in links):
+        raise MedbenchError(f"--link {args.link!r}: write LABEL=HREF, e.g. 'the study's claims=study.md'")
+    (out / "index.html").write_text(render_html(board, plots, args.title, extra_html, links), encoding="utf-8")
     (out / "leaderboard.md").write_text(render_markdown(board) + extra_markdown, encoding="utf-8")
     write_csv(board, out / "leaderboard.csv")
     (out / "rejected.json").write_text(

@@ -478,11 +478,13 @@ def _provenance(board: Board) -> str:
 
 
 def render_html(
-    board: Board, plots: dict[str, Path] | None = None, title: str = "medbench leaderboard", extra_sections: Sequence[str] = ()
+    board: Board, plots: dict[str, Path] | None = None, title: str = "medbench leaderboard", extra_sections: Sequence[str] = (),
+    links: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The board page (self-contained: inline CSS/JS, plots as data URIs).
 
     ``extra_sections``: escaped HTML blocks placed after the board (the expert assessment).
+    ``links``: ``(label, href)`` pairs shown prominently under the title (a study's claims and plot).
     """
     script_hash = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
     policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'; base-uri 'none'; form-action 'none'"
@@ -512,6 +514,8 @@ def render_html(
         f'<p class="meta">{len(board.rows)} runs · {len(board.rejected)} rejected · task versions '
         + e(", ".join(f"{task} v{board.task_versions[task]}" for task in tasks))
         + f" · built {e(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
+        *(['<p class="links"><strong>' + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in links)
+           + "</strong></p>"] if links else []),
         f'<p class="legend">{legend}</p>',
         '<div class="controls"><button type="button" id="grouped">Grouped order</button> '
         + " · ".join(f'<a href="#task-{e(task)}">{e(task)}</a>' for task in tasks)

@@ -17,8 +17,9 @@ modality       What is the imaging modality?               CT, MRI, ultrasound, 
 
 "Side" is the side of the *image* (not the patient's). Train and test items come from different random
 streams, so the test images (crops, lesion positions and sizes) are held-out variants. Every record keeps the
-box of its first lesion (``box``, for lesion-region image corruption), its kind (``kind``) and its lesion
-count (``lesions``). The same seed gives byte-identical files.
+box of its first lesion (``box``, for lesion-region image corruption), the boxes of all its lesions (``boxes``,
+which a control corruption must avoid), its kind (``kind``) and its lesion count (``lesions``). The same seed
+gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -138,10 +139,10 @@ def make_item(images: dict[str, Any], split: str, index: int, seed: int, size: i
         "source_image": name,
     }
     if centres:
-        x, y = centres[0]
         pad = radius + 1
-        record["box"] = [max(0, int(x - pad)), max(0, int(y - pad)), min(size, int(np.ceil(x + pad))),
-                         min(size, int(np.ceil(y + pad)))]
+        boxes = [[max(0, int(x - pad)), max(0, int(y - pad)), min(size, int(np.ceil(x + pad))),
+                  min(size, int(np.ceil(y + pad)))] for x, y in centres]
+        record["box"], record["boxes"] = boxes[0], boxes
     return record, Image.fromarray(pixels)
 
 
@@ -168,7 +169,7 @@ def make_lesion_vqa(out: Path, n_train: int, n_test: int, seed: int = 0, size: i
         bar.close()
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     manifest = {
-        "generator": "medbench.synth lesion VQA", "version": 1, "seed": seed, "size": size,
+        "generator": "medbench.synth lesion VQA", "version": 2, "seed": seed, "size": size,
         "train": n_train, "test": n_test, "kind_weights": KIND_WEIGHTS,
         "answers": {split: dict(sorted(c.items())) for split, c in counts.items()},
     }

@@ -218,3 +218,50 @@ class PreferenceCollator:
             answer_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
             answer_mask[index, : len(row)] = 1
         return answer_ids, answer_mask
+
+
+@dataclass
+class CachedCollator:
+    """Pad and stack preprocessed rows (:func:`medbench.train.data.load_or_preprocess`) into the batch
+    :class:`PreferenceCollator` would build for the same records, exactly (same keys, values, dtypes, layout).
+
+    The examples it receives are ``{"index": i, ...}`` entries of :func:`indexed_dataset`; nothing is tokenized or
+    image-processed per step.
+    """
+
+    store: Any  # medbench.train.data.PreprocessedRecords
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        store = self.store
+        indices = [int(example["index"]) for example in examples]
+        blocks = len(store.rows[indices[0]])
+        rows = [store.rows[i][block] for block in range(blocks) for i in indices]
+        images = [store.images[store.row_images[i][block]] for block in range(blocks) for i in indices]
+        lengths = [len(row["input_ids"]) for row in rows]
+        width = max(lengths)
+        batch: dict[str, torch.Tensor] = {}
+        for key in store.keys:
+            if key == "attention_mask":
+                batch[key] = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
+            elif key in store.token_keys:
+                fill = store.pad_id if key == "input_ids" else 0
+                first = rows[0][key]
+                padded = torch.full((len(rows), width), fill, dtype=first.dtype)
+                for index, row in enumerate(rows):
+                    padded[index, : lengths[index]] = row[key]
+                batch[key] = padded
+            elif key == "weight":
+                batch[key] = torch.tensor([store.weight[i] for i in indices], dtype=torch.float32)
+            elif key == "is_visual":
+                batch[key] = torch.tensor([store.is_visual[i] for i in indices], dtype=torch.bool)
+            else:
+                batch[key] = torch.cat([image[key] for image in images])
+        return batch
+
+
+def indexed_dataset(records: list[dict[str, Any]]):
+    """The trainer's ``datasets.Dataset`` over preprocessed records: each entry's position and image (TRL reads
+    ``image`` to know the data is multimodal, which leaves the collation to :class:`CachedCollator`)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"index": list(range(len(records))), "image": [record.get("image") for record in records]})

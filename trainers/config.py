@@ -175,6 +175,11 @@ class RecipeConfig:
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message put before every question (none by default)."}
     )
+    preprocess: bool = field(
+        default=True,
+        metadata={"help": "Tokenize and image-process the training set once into a cached dataset (MEDBENCH_TRAIN_CACHE, "
+                  "keyed by data, processor and objective) so each step only pads and stacks; false collates every step."},
+    )
     freeze_vision_tower: bool = field(
         default=True, metadata={"help": "Keep the vision encoder frozen (the study did)."}
     )

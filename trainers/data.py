@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ def _normalise(raw: Any, where: str, number: int) -> Record:
             record["question"] = _strip_placeholder(record["question"])
     record["image"] = _single_path(raw.get("image"), where, "image")
     record["rejected_image"] = _single_path(raw.get("rejected_image"), where, "rejected_image")
+    record["control_image"] = _single_path(raw.get("control_image"), where, "control_image")
     weight = raw.get("weight", raw.get("weighted_score"))
     if weight is not None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
@@ -139,7 +141,7 @@ def load_preference_file(
         where = f"{path}:{number}"
         record = _normalise(raw, where, number)
         record["_where"] = where
-        for key, base in (("image", root), ("rejected_image", rejected_root)):
+        for key, base in (("image", root), ("rejected_image", rejected_root), ("control_image", rejected_root)):
             if record[key] is None:
                 continue
             resolved = Path(record[key]).expanduser()
@@ -248,3 +250,196 @@ def _load_dicom(path: Path):
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
         scaled = 1.0 - scaled  # MONOCHROME1 stores inverted grey levels
     return Image.fromarray((scaled * 255).round().astype("uint8")).convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------------- preprocessing
+# A training set is tokenized and image-processed once, by the very collator that would otherwise run every step, and
+# kept as per-record rows; the per-step collator (:class:`medbench.train.collator.CachedCollator`) only pads and stacks.
+# The file is keyed by everything the rows depend on, so cells that share data, processor and objective share it and a
+# change to any of them builds a new one. Bump CACHE_FORMAT when the stored layout or the collator's output changes.
+CACHE_FORMAT = 1
+CACHE_ENV = "MEDBENCH_TRAIN_CACHE"
+_CHUNK = 64  # records per collator call while preprocessing
+
+
+@dataclass
+class PreprocessedRecords:
+    """Every record's rows as :class:`medbench.train.collator.PreferenceCollator` builds them, unpadded.
+
+    Attributes:
+        key: The cache key (hex) the rows were built under.
+        keys: The batch keys in the collator's order.
+        token_keys: Keys that are per-token rows (``input_ids``, ``attention_mask``, ``completion_mask``, ...).
+        rows: Per record, per row block: ``{token key: 1-D tensor}`` (attention mask implied: all ones).
+        row_images: Per record, per row block: index into ``images``.
+        images: Per distinct image: ``{image key: tensor}`` (the processor's slice for that image).
+        pad_id: The id padded ``input_ids`` positions hold.
+        weight: Per record (when the objective reads weights).
+        is_visual: Per record (per-record objectives).
+    """
+
+    key: str
+    keys: list[str]
+    token_keys: list[str]
+    rows: list[list[dict[str, Any]]]
+    row_images: list[list[int]]
+    images: list[dict[str, Any]]
+    pad_id: int
+    weight: list[float] | None = None
+    is_visual: list[bool] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _processor_fingerprint(processor: Any) -> str:
+    """A digest of what a processor does to text and images (its config, chat template and vocabulary)."""
+    import json as _json
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    parts = [
+        processor.to_json_string() if hasattr(processor, "to_json_string") else repr(processor),
+        str(getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)),
+        _json.dumps(sorted(tokenizer.get_vocab().items())),
+        _json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str),
+        type(processor).__name__,
+        type(tokenizer).__name__,
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def preprocessing_key(records: list[Record], data: str | Path, processor: Any, objective: Objective,
+                      max_length: int | None, visual_error_types: frozenset[str], system_prompt: str | None) -> str:
+    """The cache key of a training set: data and image bytes, processor, objective rows and collator settings."""
+    import json as _json
+
+    image_digests = {}
+    for record in records:
+        for name in ("image", "rejected_image", "control_image"):
+            path = record.get(name)
+            if isinstance(path, str) and path not in image_digests:
+                image_digests[path] = file_sha256(path)
+    settings = {
+        "format": CACHE_FORMAT,
+        "data": file_sha256(data),
+        # Records as loaded (absolute image paths) and the bytes of every image they name.
+        "records": hashlib.sha256(_json.dumps([{k: v for k, v in r.items() if k != "_where"} for r in records],
+                                              sort_keys=True, default=str).encode()).hexdigest(),
+        "images": hashlib.sha256(_json.dumps(image_digests, sort_keys=True).encode()).hexdigest(),
+        "processor": _processor_fingerprint(processor),
+        "objective": [objective.name, [list(row) for row in objective.rows], objective.per_record_rows,
+                      sorted(objective.requires)],
+        "max_length": max_length,
+        "visual_error_types": sorted(visual_error_types),
+        "system_prompt": system_prompt,
+    }
+    return hashlib.sha256(_json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def preprocessing_cache_dir() -> Path:
+    """Where preprocessed training sets are kept: ``MEDBENCH_TRAIN_CACHE``, else medbench's cache ``/train``."""
+    import os
+
+    from medbench.data.loading import cache_dir
+
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    return Path(configured).expanduser() if configured else cache_dir() / "train"
+
+
+def preprocess_records(records: list[Record], collator: Any, key: str = "") -> PreprocessedRecords:
+    """Run ``collator`` (a :class:`medbench.train.collator.PreferenceCollator`) over the records once, in chunks, and
+    keep each record's rows unpadded, with every distinct image's processor output stored once.
+
+    Raises:
+        DataError: The processor's image outputs cannot be split per image (a layout medbench does not know).
+    """
+    objective = collator.objective
+    tokenizer = getattr(collator.processor, "tokenizer", collator.processor)
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    rows: list[list[dict[str, Any]]] = []
+    row_images: list[list[int]] = []
+    images: list[dict[str, Any]] = []
+    image_index: dict[Any, int] = {}
+    keys: list[str] = []
+    token_keys: list[str] = []
+    weight: list[float] | None = [] if "weight" in objective.requires else None
+    is_visual: list[bool] | None = [] if objective.per_record_rows else None
+    for start in range(0, len(records), _CHUNK):
+        chunk = records[start:start + _CHUNK]
+        batch = collator(chunk)
+        n, width = len(chunk), batch["input_ids"].shape[1]
+        if not keys:
+            keys = list(batch)
+            token_keys = [k for k in keys if k not in ("weight", "is_visual") and batch[k].dim() == 2
+                          and batch[k].shape[1] == width and batch[k].shape[0] == n * objective.n_rows
+                          and k != "image_grid_thw"]
+        image_keys = [k for k in keys if k not in token_keys and k not in ("weight", "is_visual")]
+        per_row_images = _split_images(batch, image_keys, n * objective.n_rows)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for index, record in enumerate(chunk):
+            record_rows, record_images = [], []
+            for block, (_, image_field) in enumerate(objective.rows_for(record, collator.visual_error_types)):
+                row = block * n + index
+                length = int(lengths[row])
+                record_rows.append({k: batch[k][row, :length].clone() for k in token_keys if k != "attention_mask"})
+                source = record[image_field]
+                if source not in image_index:
+                    image_index[source] = len(images)
+                    images.append(per_row_images[row])
+                record_images.append(image_index[source])
+            rows.append(record_rows)
+            row_images.append(record_images)
+        if weight is not None:
+            weight += batch["weight"].tolist()
+        if is_visual is not None:
+            is_visual += batch["is_visual"].tolist()
+    return PreprocessedRecords(key, keys, token_keys, rows, row_images, images, pad_id, weight, is_visual)
+
+
+def _split_images(batch: dict[str, Any], image_keys: list[str], n_rows: int) -> list[dict[str, Any]]:
+    """The processor's image outputs of a batch, one ``{key: tensor}`` per row."""
+    split: list[dict[str, Any]] = [{} for _ in range(n_rows)]
+    grid = batch.get("image_grid_thw")
+    for key in image_keys:
+        tensor = batch[key]
+        if key == "pixel_values" and grid is not None:  # Qwen-VL: patches of all images, concatenated
+            pieces = tensor.split([int(n) for n in grid.prod(dim=1).tolist()])
+        elif tensor.shape[0] == n_rows:
+            pieces = tensor.split(1)
+        else:
+            raise DataError(f"preprocessing: the processor's `{key}` ({tuple(tensor.shape)}) does not split per image; "
+                            "train with --preprocess false")
+        for row, piece in enumerate(pieces):
+            split[row][key] = piece.clone()
+    return split
+
+
+def load_or_preprocess(records: list[Record], data: str | Path, collator: Any) -> PreprocessedRecords:
+    """The preprocessed training set: read from the cache when its key matches, else built and written (atomically).
+
+    Cells that share data, processor and objective settings read one file; two that start at once may both build it
+    (the second write replaces the first with identical content).
+    """
+    import os
+
+    import torch
+
+    key = preprocessing_key(records, data, collator.processor, collator.objective, collator.max_length,
+                            collator.visual_error_types, collator.system_prompt)
+    folder = preprocessing_cache_dir()
+    path = folder / f"{key}.pt"
+    if path.is_file():
+        try:
+            stored = torch.load(path, weights_only=False)
+            if isinstance(stored, PreprocessedRecords) and stored.key == key and len(stored) == len(records):
+                logger.info("preprocessed training set: %s (reused)", path)
+                return stored
+        except Exception as error:  # noqa: BLE001 - torch.load raises many types; an unreadable file is rebuilt
+            logger.warning("preprocessed training set %s is unreadable (%s); rebuilding it", path, error)
+    prepared = preprocess_records(records, collator, key)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(prepared, temporary)
+    os.replace(temporary, path)
+    logger.info("preprocessed training set: %s (built from %d records)", path, len(records))
+    return prepared

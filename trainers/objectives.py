@@ -27,6 +27,8 @@ RECORD_FIELDS: dict[str, str] = {
     "rejected_image": "path of a corrupted image (lesion-region noise, crop, ...) for image-side terms",
     "weight": "per-record weight >= 0 (MMedPO's clinical-relevance score; authors' key `weighted_score`)",
     "error_type": "error taxonomy key of the rejected answer (medbench/data/error_taxonomy.yaml; error-targeted recipes)",
+    "control_image": "held-out scoring only: the control m″, the same corruption as `rejected_image` on a lesion-free "
+    "region of the same size (`medbench prefs build --control`)",
 }
 
 Row = tuple[str, str]

@@ -32,13 +32,24 @@ def package_versions(names: Iterable[str] = _PACKAGES) -> dict[str, str | None]:
     return versions
 
 
+def objective_rows(objective: str) -> dict[str, Any]:
+    """What an objective scores, for readers that must not import the trainer (the study's analysis): its
+    ``(answer, image)`` rows and whether they vary per record (see :class:`medbench.train.objectives.Objective`)."""
+    from .objectives import get_objective
+
+    spec = get_objective(objective)
+    return {"rows": [list(row) for row in spec.rows], "per_record_rows": bool(spec.per_record_rows)}
+
+
 def write_metadata(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write the run's metadata JSON (adds a UTC timestamp, the command line and package versions)."""
+    """Write the run's metadata JSON (adds a UTC timestamp, the command line, the objective's scored rows and
+    package versions)."""
     path = Path(path)
     document = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         **payload,
+        **({"objective_rows": objective_rows(payload["objective"])} if payload.get("objective") else {}),
         "versions": package_versions(),
     }
     path.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")

@@ -6,12 +6,18 @@ For every record of a preference file (the trainer's schema) this computes, with
 * ``chosen``: log π(y_w | m, x),
 * ``rejected``: log π(y_l | m, x), when the record has a ``rejected`` answer,
 * ``chosen_corrupted``: log π(y_w | m′, x), when it has a ``rejected_image`` m′,
+* ``chosen_control``: log π(y_w | m″, x), when it has a ``control_image`` m″ (the same corruption on a lesion-free
+  region of the same size: ``medbench prefs build --control``),
 
 and from them the per-record quantities the study compares:
 
 * ``margin`` = log π(y_w|m) − log π(y_l|m), and ``correct`` = margin > 0 (preference accuracy is its mean);
-* ``image_dependence`` = log π(y_w|m) − log π(y_w|m′): how much the model's belief in the right answer rests
-  on the real image.
+* ``image_dependence`` = log π(y_w|m) − log π(y_w|m′): how much the model's belief in the right answer drops when
+  the lesion region is corrupted. It mixes the loss of the lesion's evidence with the model's reaction to the
+  corruption itself (a black square lowers it wherever it is);
+* ``control_dependence`` = log π(y_w|m) − log π(y_w|m″): the same drop when an empty region is corrupted;
+* ``lesion_evidence`` = image_dependence − control_dependence = log π(y_w|m″) − log π(y_w|m′): the part of the
+  drop that is due to the lesion, the corruption's own effect cancelled.
 
 ``medbench prefs score MODEL DATA --output_dir DIR`` writes ``DIR/scores.jsonl`` (one line per record) and
 ``DIR/summary.json`` (means, counts, the model and the data file's SHA-256).
@@ -25,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
+from medbench.study.analysis import PROBE_SCORES
 
-SCORES_FILE = "scores.jsonl"
+SCORES_FILE = PROBE_SCORES  # the study's analysis reads it
 SUMMARY_FILE = "summary.json"
-QUANTITIES = ("margin", "correct", "image_dependence")
+QUANTITIES = ("margin", "correct", "image_dependence", "control_dependence", "lesion_evidence")
 
 
 def _objective_for(records: list[dict[str, Any]]):
@@ -40,6 +47,8 @@ def _objective_for(records: list[dict[str, Any]]):
         rows.append(("rejected", "image"))
     if all(record.get("rejected_image") for record in records):
         rows.append(("chosen", "rejected_image"))
+        if all(record.get("control_image") for record in records):
+            rows.append(("chosen", "control_image"))
     if len(rows) == 1:
         raise MedbenchError(
             "prefs score: the records have neither `rejected` nor `rejected_image` in every line; build held-out "
@@ -62,7 +71,7 @@ def score_records(model: Any, processor: Any, records: list[dict[str, Any]], *, 
     collator = PreferenceCollator(processor, objective, max_length=max_length, system_prompt=system_prompt)
     device = next(model.parameters()).device
     names = {("chosen", "image"): "chosen", ("rejected", "image"): "rejected",
-             ("chosen", "rejected_image"): "chosen_corrupted"}
+             ("chosen", "rejected_image"): "chosen_corrupted", ("chosen", "control_image"): "chosen_control"}
     results: list[dict[str, Any]] = []
     bar = progress_bar(len(records), progress, "prefs score", "record")
     for start in range(0, len(records), batch_size):
@@ -88,6 +97,9 @@ def score_records(model: Any, processor: Any, records: list[dict[str, Any]], *, 
                 entry["correct"] = float(entry["margin"] > 0)
             if "chosen_corrupted" in entry:
                 entry["image_dependence"] = entry["chosen"] - entry["chosen_corrupted"]
+            if "chosen_control" in entry:
+                entry["control_dependence"] = entry["chosen"] - entry["chosen_control"]
+                entry["lesion_evidence"] = entry["chosen_control"] - entry["chosen_corrupted"]
             results.append(entry)
         bar.update(n)
     bar.close()
@@ -123,12 +135,3 @@ def score_file(model_dir: str, data: str | Path, output_dir: str | Path, *, imag
     summary = {"model": str(model_dir), "data": str(data), "data_sha256": file_sha256(data), **summarise(scores)}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def read_scores(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """``scores.jsonl`` of a ``prefs score`` folder as id -> entry."""
-    path = Path(folder) / SCORES_FILE
-    if not path.is_file():
-        raise MedbenchError(f"{path}: no held-out scores; run `medbench prefs score MODEL DATA --output_dir {folder}`")
-    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {entry["id"]: entry for entry in entries}

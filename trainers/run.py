@@ -207,7 +207,8 @@ def build_trainer(
     from; ``args`` the run's ``trl.DPOConfig`` (default: :func:`build_training_args`). Raises
     :class:`medbench.errors.MedbenchError` for user mistakes.
     """
-    from .collator import PreferenceCollator
+    from .collator import CachedCollator, PreferenceCollator, indexed_dataset
+    from .data import load_or_preprocess
     from .modeling import apply_freezing, build_lora_config, load_model_and_processor
     from .trainer import MedPreferenceTrainer
 
@@ -245,6 +246,8 @@ def build_trainer(
         visual_error_types=visual_types,
         system_prompt=recipe.system_prompt,
     )
+    if recipe.preprocess:  # tokenized and image-processed once (cached); each step only pads and stacks
+        collator, dataset = CachedCollator(load_or_preprocess(records, data, collator)), indexed_dataset(records)
     trainer = MedPreferenceTrainer(
         model=policy,
         args=args,

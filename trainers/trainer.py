@@ -178,11 +178,9 @@ class MedPreferenceTrainer(DPOTrainer):
         model_kwargs["use_cache"] = False
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        # TRL patched the model with a fused LM head: log-probs of the label tokens without full logits.
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         answer_mask = completion_mask[:, 1:]
         seq_len = answer_mask.size(1)
-        policy_logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
+        policy_logps, outputs = self._label_logps(model, model_kwargs, labels, seq_len)
         lengths = answer_mask.sum(dim=1)
         ref_logps = None if self.objective.reference_free else self._reference_logps(model_kwargs, labels, seq_len)
         losses, metrics = objective_terms(
@@ -201,12 +199,32 @@ class MedPreferenceTrainer(DPOTrainer):
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 adapter = "ref" if "ref" in unwrapped.peft_config else None
                 with use_adapter(unwrapped, adapter_name=adapter):
-                    outputs = self.model(**model_kwargs, labels=labels, fused_lm_head=True)
+                    return self._label_logps(self.model, model_kwargs, labels, seq_len)[0]
             elif self.ref_model is not None:
-                outputs = self.ref_model(**model_kwargs, labels=labels, fused_lm_head=True)
-            else:
-                raise RuntimeError(f"objective {self.objective.name} needs a reference model and none was built")
-        return outputs.log_probs[:, -seq_len:].sum(dim=1)
+                return self._label_logps(self.ref_model, model_kwargs, labels, seq_len)[0]
+            raise RuntimeError(f"objective {self.objective.name} needs a reference model and none was built")
+
+    def _label_logps(
+        self, network: torch.nn.Module, model_kwargs: dict[str, Any], labels: torch.Tensor, seq_len: int
+    ) -> tuple[torch.Tensor, Any]:
+        """Summed log-probs of the label tokens (``-100`` left out) per row, and the model's outputs.
+
+        TRL patched the model with a fused LM head: log-probs of the label tokens without full logits. (A plain
+        log-softmax is no faster at the tiny study's scale within noise, and rounds differently from stock TRL, whose
+        parity test then fails on near-zero gradients that Adam normalises.)
+        """
+        outputs = network(**model_kwargs, labels=labels, fused_lm_head=True)
+        return outputs.log_probs[:, -seq_len:].sum(dim=1), outputs
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """transformers' estimate (6 × tokens × non-embedding parameters), with the parameter count taken once: the
+        model's own method walks every parameter on every step, which is a visible share of a tiny model's step."""
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0
+        if not hasattr(self, "_flop_parameters"):
+            self._flop_parameters = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[main_input].numel() * self._flop_parameters
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the objective's metrics (window average, all processes) to ``logs`` and log them."""

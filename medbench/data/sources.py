@@ -14,7 +14,7 @@ Every task reads, in this order of precedence:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 TaskKind = Literal["vqa", "report"]
@@ -36,6 +36,7 @@ class TaskSource:
             None where no commit has been verified yet (the default branch is read and recorded as such).
         expected_rows: The number of evaluated rows in the full public split (a sanity check).
         access: How to obtain the data when it is not public.
+        blind_of: For an image-blind twin (``medbench_vqa_rad_blind``), the task whose data it reads.
     """
 
     task: str
@@ -48,6 +49,7 @@ class TaskSource:
     hub_revision: str | None = None
     expected_rows: int | None = None
     access: str = ""
+    blind_of: str | None = None
 
     @property
     def images_env_var(self) -> str:
@@ -124,6 +126,13 @@ SOURCES: dict[str, TaskSource] = {
         ),
     )
 }
+
+# Each public VQA task has an image-blind twin (``tasks/medbench_X_blind``) that reads the very same data.
+BLIND_SUFFIX = "_blind"
+SOURCES.update({
+    f"{source.task}{BLIND_SUFFIX}": replace(source, task=f"{source.task}{BLIND_SUFFIX}", blind_of=source.task)
+    for source in list(SOURCES.values()) if source.kind == "vqa" and not source.licensed
+})
 
 
 def get_source(task: str) -> TaskSource:

@@ -40,6 +40,18 @@ def doc_to_visual(doc: dict) -> list:
     return [doc["image"].convert("RGB")]
 
 
+# The blind twins' image: one uniform mid-grey, the same for every document, so it carries no information about
+# the document (a per-image mean colour would still tell the modality).
+BLIND_GREY = (128, 128, 128)
+
+
+def doc_to_blind_visual(doc: dict) -> list:
+    """A uniform grey image of the document's image size (the ``*_blind`` tasks): same prompt, same image tokens."""
+    from PIL import Image
+
+    return [Image.new("RGB", doc["image"].size, BLIND_GREY)]
+
+
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """The prompt: ``pre_prompt + question + post_prompt`` for VQA, the task's fixed ``prompt`` for reports.
 

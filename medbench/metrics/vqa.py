@@ -13,7 +13,8 @@ whitespace-insensitive); when the dataset gives no answer type, when the gold an
 "no" after normalisation. For a yes/no gold answer the prediction is reduced to "yes", "no" or *unparsed*
 by :func:`parse_yes_no`; an unparsed prediction scores 0 and is counted separately. For other closed gold
 answers ("CT", "left lung") the prediction is correct when the normalised gold appears in it as a whole-word
-phrase.
+phrase and is not a hedge (:func:`is_closed_hedge`: "left or right", "CT/MRI", "both left and right" name both
+options, as "yes or no" does); a hedge scores 0 and is counted as unparsed, like an unparsed yes/no answer.
 
 Open questions are scored by :func:`open_recall`: the share of distinct gold tokens that occur in the
 prediction (the "recall" of the LLaVA-Med evaluation), plus exact match and token F1.
@@ -42,6 +43,11 @@ _NUMBER_WORDS = {
 _YES, _NO = "yes", "no"
 # Words that may precede the answer word without making the opening clause a sentence of its own.
 _ANSWER_LEAD_IN = frozenset({"answer", "is", "final", "my", "short"})
+# Words that join the gold phrase to an alternative in a hedge ("CT or MRI", "left vs right"); a slash between
+# words is read as "or" before tokenising ("CT/MRI").
+_ALTERNATIVE_JOINERS = frozenset({"or", "nor", "vs", "versus"})
+_SLASH_BETWEEN_WORDS = re.compile(r"(?<=\w)\s*/\s*(?=\w)")
+_BOTH = frozenset({"both", "either", "neither"})
 
 
 def _tokens(text: str, *, drop_articles: bool = True) -> list[str]:
@@ -129,6 +135,46 @@ def _contains_phrase(haystack: list[str], needle: list[str]) -> bool:
     return any(haystack[i : i + width] == needle for i in range(len(haystack) - width + 1))
 
 
+def is_closed_hedge(prediction: str | None, answer: str) -> bool:
+    """Whether a closed prediction names the gold answer only as one of two or more options.
+
+    Within the clause (text up to ``. , ; ! ?`` or a newline) where the gold phrase first occurs, the answer is a
+    hedge when the gold phrase is joined to another phrase by "or", "nor", "vs", "versus" or a slash ("left or
+    right", "either MRI or CT", "CT/MRI"), or when the whole clause is "[both] gold and X" / "[both] X and gold"
+    ("left and right"). "Left, not right" and "It is in the left lung." are answers. Yes/no gold answers have
+    their own rule (:func:`parse_yes_no`).
+
+    Args:
+        prediction: The model's answer (``None`` is treated as empty).
+        answer: The gold answer.
+
+    Returns:
+        True for a hedge.
+    """
+    if not prediction:
+        return False
+    gold = _tokens(answer)
+    if not gold:
+        return False
+    width = len(gold)
+    for clause in _CLAUSE_BREAK.split(_SLASH_BETWEEN_WORDS.sub(" or ", prediction)):
+        words = _tokens(clause)
+        starts = [i for i in range(len(words) - width + 1) if words[i : i + width] == gold]
+        if not starts:
+            continue
+        before = words[starts[0] - 1] if starts[0] > 0 else None
+        after = words[starts[0] + width] if starts[0] + width < len(words) else None
+        if (before in _ALTERNATIVE_JOINERS and starts[0] > 1) or (after in _ALTERNATIVE_JOINERS and
+                                                                   starts[0] + width + 1 < len(words)):
+            return True
+        core = [word for word in words if word not in _BOTH]
+        if "and" in core and len(core) > width + 1 and (core[:width] == gold and core[width] == "and" or
+                                                        core[-width:] == gold and core[-width - 1] == "and"):
+            return len(core) - width - 1 <= max(width, 2) + 1  # "X and gold" with X a short phrase, not a sentence
+        return False
+    return False
+
+
 def closed_accuracy(prediction: str, answer: str) -> float:
     """Score a closed question: 1.0 if the prediction gives the gold answer, else 0.0.
 
@@ -137,18 +183,21 @@ def closed_accuracy(prediction: str, answer: str) -> float:
         answer: The gold answer ("yes"/"no", or a closed choice such as "CT").
 
     Returns:
-        1.0 or 0.0. An unparseable answer to a yes/no question scores 0.0 (see :func:`closed_parsed`).
+        1.0 or 0.0. An unparseable answer to a yes/no question and a hedge naming both options score 0.0 (see
+        :func:`closed_parsed`).
     """
     if is_yes_no_answer(answer):
         return float(parse_yes_no(prediction) == normalize_answer(answer))
-    return float(_contains_phrase(_tokens(prediction), _tokens(answer)))
+    if is_closed_hedge(prediction, answer):
+        return 0.0
+    return float(_contains_phrase(_tokens(prediction or ""), _tokens(answer)))
 
 
 def closed_parsed(prediction: str, answer: str) -> bool:
-    """Whether a closed prediction could be read at all (yes/no found, or non-empty for other closed)."""
+    """Whether a closed prediction could be read at all (yes/no found; for other closed: non-empty, no hedge)."""
     if is_yes_no_answer(answer):
         return parse_yes_no(prediction) is not None
-    return bool(_tokens(prediction))
+    return bool(_tokens(prediction or "")) and not is_closed_hedge(prediction, answer)
 
 
 def open_recall(prediction: str, answer: str) -> float:

@@ -90,9 +90,14 @@ def _submission(study: Study, cell: Cell) -> dict:
         "variant": meta["variant"],
     }
     if meta["variant"] != BASE and meta["backbone"] != REFERENCE:
-        if any(c.meta.get("variant") == BASE and c.meta.get("backbone") == meta["backbone"] for c in study.cells):
+        train_cell = next(study.cell(dep) for dep in cell.deps if study.cell(dep).kind == "train")
+        # base_model is the model this cell was trained from: its seed's SFT (variants_from: sft) or the base.
+        start = next((study.cell(dep) for dep in train_cell.deps if study.cell(dep).kind == "train"), None)
+        if start is not None:
+            manifest["base_model"] = display_name(start.meta["backbone"], start.meta["variant"], start.meta["seed"])
+        elif any(c.meta.get("variant") == BASE and c.meta.get("backbone") == meta["backbone"] for c in study.cells):
             manifest["base_model"] = display_name(meta["backbone"], BASE, None)
-        train = study.folder(next(study.cell(dep) for dep in cell.deps if study.cell(dep).kind == "train"))
+        train = study.folder(train_cell)
         if (train / TRAINING_METADATA).is_file():
             shutil.copy(train / TRAINING_METADATA, study.folder(cell) / TRAINING_METADATA)
             manifest["training_metadata"] = TRAINING_METADATA
@@ -381,6 +386,8 @@ def _build_board(study: Study, runs: list[Path], out: Path) -> Path:
 
     # Two cells of one study may train identically (error_targeted is CoPO when every error is visual): keep both.
     argv = ["leaderboard", "build", *map(str, runs), "--out", str(out), "--keep-identical"]
+    if study.probe:  # the analysis is written beside the board, after it: link it from the page
+        argv += ["--link", "The study's claims, per question kind (study.md)=study.md", "--link", "study.png=study.png"]
     if study.baseline:
         first = next((c for c in study.cells if c.kind == "eval" and c.meta["variant"] == study.baseline), None)
         if first is not None and cell_state(study, first) == "done":
@@ -391,7 +398,7 @@ def _build_board(study: Study, runs: list[Path], out: Path) -> Path:
     if study.probe:
         from medbench.study.analysis import write_analysis
 
-        write_analysis(study, out)
+        write_analysis(study, out, {cell.id for cell in study.cells if cell_state(study, cell) == "done"})
     return out
 
 

@@ -235,3 +235,11 @@ def test_command_line_mistakes_are_one_line_errors(demo_results, tmp_path, capsy
     assert "does not exist" in capsys.readouterr().err
     assert main(["build", str(demo_results["baseline"]), "--out", str(tmp_path), "--metric", "rouge_l"]) == 2
     assert "TASK=METRIC" in capsys.readouterr().err
+
+
+def test_a_blind_twin_column_sits_beside_its_task():
+    from medbench.leaderboard.board import task_order
+
+    order = task_order()
+    for task in ("medbench_vqa_rad", "medbench_slake", "medbench_pathvqa"):
+        assert order[order.index(task) + 1] == f"{task}_blind"

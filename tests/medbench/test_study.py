@@ -132,13 +132,15 @@ def _prepared_study(folder: Path, **changes) -> Path:
         "base": True,
         "variants_from": "sft",
         "data": {"build": ["{prepare:data}/train.jsonl", "--prompt_of", "medbench_vqa_rad", "--no_progress"]},
-        "probe": {"build": ["{prepare:data}/test.jsonl", "--recipe", "mdpo", "--corruption", "blackout",
+        "probe": {"build": ["{prepare:data}/test.jsonl", "--recipe", "mdpo", "--corruption", "fill", "--control",
                             "--no_progress"], "args": ["--batch_size", "8"]},
         "train": FAST_TRAIN,
-        "eval": {"model": "medbench_hf", "tasks": ["medbench_vqa_rad"], "args": ["--batch_size", "8"],
+        "eval": {"model": "medbench_hf", "tasks": ["medbench_vqa_rad", "medbench_vqa_rad_blind"],
+                 "args": ["--batch_size", "8"],
                  "env": {"MEDBENCH_VQA_RAD": "{prepare:data}/test.jsonl", "MEDBENCH_METEOR": "off"},
-                 "references": {"medbench_baseline": {"model": "medbench_baseline"}}},
-        "board": {"baseline": "sft"},
+                 "references": {"prior_only": {"model": "medbench_baseline",
+                                               "model_args": "prior={prepare:data}/train.jsonl"},
+                                "medbench_baseline": {"model": "medbench_baseline"}}},
     }
     spec.update(changes)
     path = folder / "study.yaml"
@@ -189,6 +191,20 @@ def test_the_tiny_study_plans_here():
     assert len([cell for cell in study.cells if cell.kind == "probe"]) == 1 + 2 * 7
 
 
+def test_base_model_is_the_model_a_cell_was_trained_from(tmp_path):
+    from medbench.study.runner import _submission
+
+    def base_models(**changes) -> dict[str, str | None]:
+        study = load_study(_study(tmp_path, "some/model", recipes=["dpo"], seeds=[1, 2], sft=True, **changes),
+                           tmp_path / "out")
+        return {cell.id: _submission(study, cell).get("base_model") for cell in study.cells if cell.kind == "eval"}
+
+    from_sft = base_models(variants_from="sft")
+    assert from_sft["tiny/dpo/s1/eval"] == "tiny sft (seed 1)" and from_sft["tiny/dpo/s2/eval"] == "tiny sft (seed 2)"
+    assert from_sft["tiny/sft/s2/eval"] == "tiny base" and from_sft["tiny/base/model/eval"] is None
+    assert base_models(variants_from="base")["tiny/dpo/s2/eval"] == "tiny base"
+
+
 def test_resume_skips_complete_cells_and_reruns_a_killed_one_from_an_empty_folder(tmp_path, monkeypatch):
     # The light, default-suite form of the SIGKILL test below: cells are cheap commands instead of training runs.
     study = load_study(_study(tmp_path, "some/model", sft=True, recipes=["dpo"]), tmp_path / "out")
@@ -237,17 +253,27 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path):
     assert all(cell_state(study, cell) == "done" for cell in study.cells if cell.kind != "board")
 
     board = (out / "t" / "board" / "leaderboard.csv").read_text()
-    assert all(name in board for name in ("tiny dpo (seed 1)", "tiny sft (seed 1)", "tiny base", "medbench_baseline"))
+    assert all(name in board for name in ("tiny dpo (seed 1)", "tiny sft (seed 1)", "tiny base", "medbench_baseline",
+                                          "prior_only", "medbench_vqa_rad_blind"))
     manifest = json.loads((study.folder(study.cell("tiny/dpo/s1/eval")) / "medbench-submission.json").read_text())
-    assert manifest["base_model"] == "tiny base" and manifest["training_metadata"] == "medbench_train.json"
+    assert manifest["base_model"] == "tiny sft (seed 1)" and manifest["training_metadata"] == "medbench_train.json"
     analysis = json.loads((out / "t" / "board" / "study.json").read_text())
     assert [claim["claim"] for claim in analysis["claims"]] == [
-        "sft_learns_the_task", "preference_training_raises_margin", "copo_family_raises_image_dependence"]
-    sft_vs = {(c["against"], c["quantity"]) for c in analysis["comparisons"] if c["variant"] == "sft"}
-    assert {("base", "accuracy"), ("medbench_baseline", "accuracy")} <= sft_vs
+        "sft_learns_the_task", "preference_training_raises_margin", "copo_family_raises_lesion_evidence"]
+    sft_vs = {(c["against"], c["quantity"], c["group"]) for c in analysis["comparisons"] if c["variant"] == "sft"}
+    assert {("base", "accuracy", "all"), ("prior_only", "accuracy", "all"), ("medbench_baseline", "accuracy", "side"),
+            ("sft (blind_accuracy)", "accuracy", "presence")} <= sft_vs
+    # Each lesion kind is one piece of the first claim's evidence per reference, plus the blind comparison.
+    kinds = [group for group in analysis["groups"] if group in ("presence", "side", "count")]
+    assert len(analysis["claims"][0]["evidence"]) == 3 * len(kinds) and "conditional" in analysis["intervals"]
     dpo = next(row for row in analysis["estimates"] if row["variant"] == "dpo")
-    assert dpo["correct"]["n"] == 16 and dpo["accuracy"]["n"] == 16 and dpo["image_dependence"]["low"] <= dpo["image_dependence"]["high"]
+    assert dpo["correct"]["all"]["n"] == 16 and dpo["accuracy"]["all"]["n"] == 16
+    assert dpo["lesion_evidence"]["all"]["low"] <= dpo["lesion_evidence"]["all"]["high"]
+    assert dpo["blind_accuracy"]["all"]["n"] == 16 and "image_reliance" in dpo
     assert (out / "t" / "board" / "study.png").is_file()
+    page = (out / "t" / "board" / "index.html").read_text()
+    assert 'href="study.md"' in page and 'href="study.png"' in page  # the claims are linked from the board page
+    assert "not evaluated on" not in page  # no notes about tasks the study did not ask for
     status = subprocess.run([*command[:4], "status", str(path), "--out", str(out)], capture_output=True, text=True,
                             check=True)
     assert status.stdout.strip().splitlines()[-1] == f"{len(study.cells)} done"
@@ -257,16 +283,71 @@ def test_a_study_runs_resumes_after_sigkill_and_builds_its_board(tmp_path):
 
 
 def test_differences_are_paired_over_shared_items_and_a_claim_needs_every_interval_above_zero():
-    from medbench.study.analysis import _claim, _difference
+    from medbench.study.analysis import ModelValues, _claim, _difference, _estimate
 
-    # Item "c" is only in one run: it is left out, so the difference is over a and b (per item: seed means).
-    mine = {"a": [1.0, 1.0], "b": [0.0, 1.0], "c": [5.0]}
-    theirs = {"a": [0.0], "b": [0.0]}
-    result = _difference("t", mine, theirs)
+    def model(variant, per_seed):
+        values = ModelValues("b", variant, list(per_seed))
+        for seed, items in per_seed.items():
+            for item, value in items.items():
+                values.add("accuracy", seed, item, value)
+        return values
+
+    # Item "t:c" is only scored by one model: it is left out; seeds are paired (seed 1 with seed 1).
+    mine = model("dpo", {1: {"t:a": 1.0, "t:b": 0.0, "t:c": 5.0}, 2: {"t:a": 1.0, "t:b": 1.0, "t:c": 5.0}})
+    theirs = model("sft", {1: {"t:a": 0.0, "t:b": 0.0}, 2: {"t:a": 0.0, "t:b": 0.0}})
+    facts = {"a": {"kind": "side", "lesions": 1}, "b": {"kind": "presence", "lesions": 0}}
+    result = _difference("t", mine, "accuracy", theirs, "accuracy", "all", facts)
     assert result["n"] == 2 and result["difference"] == pytest.approx(0.75)
-    assert result["low"] <= result["difference"] <= result["high"]
+    assert result["low"] <= result["difference"] <= result["high"] and result["p"] is not None  # items only: 2 seeds
+    side = _difference("t", mine, "accuracy", theirs, "accuracy", "side", facts)
+    assert side["n"] == 1 and side["difference"] == pytest.approx(1.0)
+    assert _estimate("t", mine, "accuracy", "with a lesion", facts)["n"] == 1
+    # With three seeds the interval resamples seeds too: a seed that disagrees widens it.
+    three = model("dpo", {s: {f"t:{i}": float(s == 3 or i % 2) for i in range(40)} for s in (1, 2, 3)})
+    two = model("dpo", {s: {f"t:{i}": float(s == 3 or i % 2) for i in range(40)} for s in (1, 2)})
+    wide, narrow = (_estimate("t", m, "accuracy", "all", {}) for m in (three, two))
+    assert wide["high"] - wide["low"] > narrow["high"] - narrow["low"]
     above = {"low": 0.1, "difference": 0.2, "high": 0.3}
     spanning = {"low": -0.1, "difference": 0.2, "high": 0.5}
     assert _claim("b", "k", "s", [above, above])["holds"] is True
     assert _claim("b", "k", "s", [above, spanning])["holds"] is False
     assert _claim("b", "k", "s", [above, None])["holds"] is None  # a comparison could not be made: not measured
+
+
+@pytest.mark.slow
+def test_two_runs_of_a_study_give_identical_models_and_scores(tmp_path):
+    # Same machine, same study file, two output folders: every trained model, answer and score is identical.
+    path = _prepared_study(tmp_path, recipes=["dpo", "copo"])
+    roots = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        command = [sys.executable, "-m", "medbench", "study", "run", str(path), "--out", str(out), "--jobs", "2"]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+        roots.append(out / "t")
+    first, second = roots
+    models = sorted(path.relative_to(first) for path in first.rglob("model.safetensors"))
+    assert len(models) == 4  # the generated base model, sft, dpo, copo
+    for model in models:
+        assert (first / model).read_bytes() == (second / model).read_bytes(), model
+    from medbench.results import find_runs
+
+    def lines(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    cells = sorted({path.parent.relative_to(first) for path in first.rglob("medbench-submission.json")})
+    assert len(cells) == 6  # base, sft, dpo, copo, two references
+    for cell in cells:
+        # lmms-eval names its logs by date: match them by task.
+        samples = [{task: path for run in find_runs(root / cell) for task, path in run.samples.items()}
+                   for root in (first, second)]
+        assert set(samples[0]) == set(samples[1]) == {"medbench_vqa_rad", "medbench_vqa_rad_blind"}
+        for task, path in samples[0].items():
+            answers = [[(row["filtered_resps"], row["overall"]) for row in lines(log)] for log in (path, samples[1][task])]
+            assert answers[0] == answers[1], (cell, task)
+    probes = sorted(path.relative_to(first) for path in first.rglob("scores.jsonl"))
+    assert len(probes) == 4
+    for probe in probes:
+        assert lines(first / probe) == lines(second / probe), probe
+    assert (json.loads((first / "board" / "study.json").read_text())["estimates"]
+            == json.loads((second / "board" / "study.json").read_text())["estimates"])

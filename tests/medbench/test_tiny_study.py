@@ -1,8 +1,8 @@
-"""The CPU-scale study end to end (``medbench/studies/tiny.yaml``, about 20 minutes on 2 cores): the three claims.
+"""The CPU-scale study end to end (``medbench/studies/tiny.yaml``, seed set A): the claims as the README states them.
 
 Run with ``python -m pytest -m slow tests/medbench/test_tiny_study.py``. The claims are those of
-:mod:`medbench.study.analysis`; each difference must have its 95% bootstrap interval (over held-out items)
-above 0. The study runs once for the module.
+:mod:`medbench.study.analysis`: each difference must have its 95% interval above 0. The study runs once for the
+module (two seeds, so the intervals resample held-out items only: conditional on the trained models).
 """
 
 from __future__ import annotations
@@ -17,46 +17,72 @@ import pytest
 pytestmark = pytest.mark.slow
 
 TINY = Path(__file__).resolve().parents[2] / "medbench" / "studies" / "tiny.yaml"
+LESION_KINDS = ("presence", "side", "count")
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def analysis(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-study")
     command = [sys.executable, "-m", "medbench", "study", "run", str(TINY), "--out", str(out), "--jobs", "2"]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=7200, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     board = out / "tiny" / "board"
     assert (board / "index.html").is_file() and (board / "study.png").is_file()
-    analysis = json.loads((board / "study.json").read_text())
-    return {claim["claim"]: claim for claim in analysis["claims"]}
+    return json.loads((board / "study.json").read_text())
 
 
-def _lows(claim, quantity=None):
-    return {(e["variant"], e["against"], e["quantity"]): e["low"] for e in claim["evidence"]
-            if quantity is None or e["quantity"] == quantity}
+def _claim(analysis, key):
+    return next(claim for claim in analysis["claims"] if claim["claim"] == key)
 
 
-def test_sft_beats_the_untrained_model_and_the_non_neural_floor(study):
-    lows = _lows(study["sft_learns_the_task"])
-    assert set(lows) == {("sft", "base", "accuracy"), ("sft", "medbench_baseline", "accuracy")}
+def _lows(claim):
+    return {(e["variant"], e["against"], e["quantity"], e["group"]): e["low"] for e in claim["evidence"]}
+
+
+def _accuracy(analysis, variant, group):
+    row = next(row for row in analysis["estimates"] if row["variant"] == variant and row["backbone"] == "tiny")
+    return row["accuracy"][group]["mean"]
+
+
+def test_sft_is_tested_against_prior_only_always_yes_and_its_own_blind_score_per_lesion_kind(analysis):
+    lows = _lows(_claim(analysis, "sft_learns_the_task"))
+    expected = {("sft", against, "accuracy", kind) for kind in LESION_KINDS
+                for against in ("prior_only", "medbench_baseline", "sft (blind_accuracy)")}
+    assert set(lows) == expected
+    assert "conditional on the trained models" in analysis["intervals"]
+
+
+def test_sft_learns_the_task(analysis):
+    # Measured on seed set A (the shipped file); on seed set B (data 7, seeds 3, 4) side and count do not (README).
+    lows = _lows(_claim(analysis, "sft_learns_the_task"))
     assert all(low > 0 for low in lows.values()), lows
 
 
-def test_preference_training_raises_the_held_out_margin_over_sft(study):
-    lows = _lows(study["preference_training_raises_margin"], "margin")
-    assert {variant for variant, _, _ in lows} == {"dpo", "dpo_nll", "mdpo"}
+@pytest.mark.xfail(reason="README: the retuning targets are not reached with the 4,000 SFT steps the time budget "
+                   "allows (seed set A, seed means: side 0.724, presence 0.758)", strict=False)
+def test_sft_reaches_the_retuning_targets(analysis):
+    assert _accuracy(analysis, "sft", "side") >= 0.75 and _accuracy(analysis, "sft", "presence") >= 0.80
+
+
+def test_preference_training_raises_the_held_out_margin_over_the_sft_of_its_seed(analysis):
+    lows = {key: low for key, low in _lows(_claim(analysis, "preference_training_raises_margin")).items()
+            if key[2] == "margin"}
+    assert {variant for variant, _, _, _ in lows} == {"dpo", "dpo_nll", "mdpo"}
     assert all(low > 0 for low in lows.values()), lows
 
 
-@pytest.mark.xfail(reason="measured Dec 2026: held-out preference accuracy moves by under 0.02 (CIs span 0); the "
-                   "0.5 M model never learns the lesion's side (margin 0.00 on side items for every model)", strict=False)
-def test_preference_training_raises_the_held_out_preference_accuracy_over_sft(study):
-    lows = _lows(study["preference_training_raises_margin"], "correct")
-    assert {variant for variant, _, _ in lows} == {"dpo", "dpo_nll", "mdpo"}
+@pytest.mark.xfail(reason="README: preference accuracy moves by +0.010 to +0.013 over SFT, intervals spanning 0",
+                   strict=False)
+def test_preference_training_raises_the_held_out_preference_accuracy_over_the_sft_of_its_seed(analysis):
+    lows = {key: low for key, low in _lows(_claim(analysis, "preference_training_raises_margin")).items()
+            if key[2] == "correct"}
+    assert {variant for variant, _, _, _ in lows} == {"dpo", "dpo_nll", "mdpo"}
     assert all(low > 0 for low in lows.values()), lows
 
 
-def test_copo_family_terms_raise_image_dependence_over_dpo(study):
-    lows = _lows(study["copo_family_raises_image_dependence"])
-    assert {variant for variant, _, _ in lows} == {"copo", "mdpo", "error_targeted"}
+def test_copo_family_terms_raise_lesion_evidence_over_dpo_on_lesion_items(analysis):
+    claim = _claim(analysis, "copo_family_raises_lesion_evidence")
+    lows = _lows(claim)
+    assert set(lows) == {(variant, "dpo", "lesion_evidence", "with a lesion")
+                         for variant in ("copo", "mdpo", "error_targeted")}
     assert all(low > 0 for low in lows.values()), lows

@@ -93,6 +93,19 @@ CLOSED_TABLE = [
     ("right lung", "left lung", 0.0),
     ("lung", "left lung", 0.0),
     ("two", "2", 1.0),
+    # A hedge naming both options is no answer for every closed question, as "yes or no" is for yes/no.
+    ("left or right", "left", 0.0),
+    ("left or right", "right", 0.0),
+    ("CT or MRI", "CT", 0.0),
+    ("Either MRI or CT.", "CT", 0.0),
+    ("CT/MRI", "CT", 0.0),
+    ("CT vs MRI", "MRI", 0.0),
+    ("both left and right", "left", 0.0),
+    ("left and right", "right", 0.0),
+    ("Left, not right.", "left", 1.0),
+    ("It is a CT. Not sure about MRI or ultrasound.", "CT", 1.0),
+    ("It is in the left lung and the heart is normal in size", "left lung", 1.0),
+    ("left", "left", 1.0),
 ]
 
 
@@ -107,6 +120,8 @@ def test_unparsed_closed_answers_are_flagged():
     assert closed_parsed("No", "yes")  # parsed, just wrong
     assert not closed_parsed("", "CT")
     assert closed_parsed("MRI", "CT")
+    assert not closed_parsed("left or right", "left")
+    assert not closed_parsed("CT or MRI", "CT")
 
 
 @pytest.mark.parametrize(

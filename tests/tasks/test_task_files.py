@@ -21,13 +21,30 @@ def test_tasks_are_greedy_and_record_their_prompts():
         assert config["generation_kwargs"]["temperature"] == 0
         prompts = config["lmms_eval_specific_kwargs"]["default"]
         assert prompts, task
-        assert config["process_docs"].endswith(task.removeprefix("medbench_") + "_docs")
+        # A blind twin reads its task's documents.
+        sighted = SOURCES[task].blind_of or task
+        assert config["process_docs"].endswith(sighted.removeprefix("medbench_") + "_docs")
 
 
 def test_groups():
     groups = group_members()
-    assert groups["medbench"] == list(SOURCES)
-    assert groups["medbench_vqa"] == [task for task, source in SOURCES.items() if source.kind == "vqa"]
+    sighted = {task: source for task, source in SOURCES.items() if not source.blind_of}
+    assert groups["medbench"] == list(sighted)
+    assert groups["medbench_vqa"] == [task for task, source in sighted.items() if source.kind == "vqa"]
+    assert groups["medbench_blind"] == [f"{task}_blind" for task in groups["medbench_vqa"]]
+
+
+def test_a_blind_twin_is_its_task_with_only_the_image_replaced():
+    configs = task_configs()
+    twins = {task: source.blind_of for task, source in SOURCES.items() if source.blind_of}
+    assert set(twins) == {"medbench_vqa_rad_blind", "medbench_slake_blind", "medbench_pathvqa_blind"}
+    for twin, task in twins.items():
+        blind, sighted = configs[twin], configs[task]
+        assert blind["doc_to_visual"] == "!function medbench.lmms.common.doc_to_blind_visual"
+        assert blind["metadata"]["version"] == sighted["metadata"]["version"]
+        assert blind["metadata"]["blind_of"] == task
+        same = set(sighted) - {"task", "doc_to_visual", "metadata"}
+        assert {key: blind[key] for key in same} == {key: sighted[key] for key in same}
 
 
 def test_generated_task_index_is_fresh():
@@ -40,6 +57,6 @@ def test_lmms_eval_indexes_the_tasks_and_the_models():
 
     manager = TaskManager("ERROR", include_path=str(tasks_dir()))
     assert set(SOURCES) <= set(manager.all_subtasks)
-    assert {"medbench", "medbench_vqa"} <= set(manager.all_groups)
+    assert {"medbench", "medbench_vqa", "medbench_blind"} <= set(manager.all_groups)
     assert get_model("medbench_hf").__name__ == "MedbenchHF"
     assert get_model("medbench_baseline").__name__ == "MedbenchBaseline"

@@ -161,6 +161,7 @@ def test_records_become_a_dataset_with_every_field(pref_file):
         "rejected_image",
         "weight",
         "error_type",
+        "control_image",
     }
 
 

@@ -213,7 +213,7 @@ def test_rules_can_be_restricted():
     assert rule_edit("Where?", "In the left lung.", record_rng(0, "x", "r"), frozenset({"swap"})).rule.startswith("swap")
 
 
-@pytest.mark.parametrize("kind", ["noise", "crop", "blackout", "blur"])
+@pytest.mark.parametrize("kind", ["noise", "crop", "blackout", "blur", "fill"])
 def test_corruptions_record_parameters_and_respect_the_box(kind):
     from PIL import Image
 
@@ -223,7 +223,7 @@ def test_corruptions_record_parameters_and_respect_the_box(kind):
     assert out.tobytes() == again.tobytes() and params == params_again and params["kind"] == kind
     if kind == "crop":
         assert params["kept_area"] <= 0.2 and out.size[0] * out.size[1] <= 0.2 * image.size[0] * image.size[1]
-    elif kind in ("noise", "blackout"):
+    elif kind in ("noise", "blackout", "fill"):
         import numpy as np
 
         diff = np.asarray(out).astype(int) != np.asarray(image).astype(int)

@@ -35,7 +35,7 @@ from medbench.errors import DataError, MedbenchError
 from medbench.progress import progress_bar
 from medbench.taxonomy import load_taxonomy
 
-from .images import CORRUPTIONS, DEFAULT_REGION, DEFAULTS, corrupt
+from .images import CORRUPTIONS, DEFAULT_REGION, DEFAULTS, REGION_CORRUPTIONS, control_box, corrupt
 from .llm import LLMVerdict
 from .rules import Edit, load_lexicon, record_rng, rule_edit, tag_error_type
 
@@ -85,6 +85,8 @@ class BuildOptions:
         limit: Build at most this many records (None: all).
         prompt_of: A medbench task whose prompt (its ``pre_prompt`` + question + ``post_prompt``) the records'
             questions get, so training sees the prompt that task evaluates with; None keeps the bare question.
+        control: Also write ``control_image`` m″: the corruption of ``rejected_image`` applied to a region of the same
+            size that overlaps no lesion box (``boxes``, else ``box``); region corruptions only. For held-out scoring.
         progress: Show a progress bar.
     """
 
@@ -100,6 +102,7 @@ class BuildOptions:
     image_root: str | None = None
     limit: int | None = None
     prompt_of: str | None = None
+    control: bool = False
     progress: bool = True
 
 
@@ -194,6 +197,8 @@ def _items_from_json(rows, root: Path, fields, where_prefix: str) -> list[dict[s
         for key in ("box", "bbox"):
             if raw.get(key) is not None:
                 item["box"] = raw[key]
+        if raw.get("boxes") is not None:  # every lesion's box (the control image avoids them all)
+            item["boxes"] = raw["boxes"]
         if raw.get("mask"):
             item["mask"] = str(root / raw["mask"]) if not Path(str(raw["mask"])).is_absolute() else str(raw["mask"])
         for key in ("question", "answer"):
@@ -352,6 +357,10 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
     if options.error_types == "llm" and not needs_rejected:
         raise MedbenchError(f"prefs build: --error_types llm tags rejected answers; recipe {options.recipe} has none")
     corruption = corruption or DEFAULT_CORRUPTION.get(objective, "noise")
+    if options.control and ("rejected_image" not in fields or corruption not in REGION_CORRUPTIONS
+                            or options.corruption_options.get(corruption, {}).get("region") == "full"):
+        raise MedbenchError(f"prefs build: --control needs a recipe with rejected_image and a region corruption "
+                            f"({', '.join(REGION_CORRUPTIONS)}; got {options.recipe} with {corruption})")
     items, input_description = read_supervised(source, options.image_root)
     if options.limit is not None:
         items = items[: options.limit]
@@ -456,6 +465,21 @@ def build(source: str, output_dir: str | Path, options: BuildOptions, llm: Any |
             record["rejected_image"] = name
             meta["corruption"] = params
             counts["corruption"][corruption] += 1
+            if options.control:
+                region = params.get("box")
+                lesions = item.get("boxes") or ([box] if box is not None else [])
+                where = None if region is None else control_box(*item["pil"].size, region, lesions,
+                                                                  record_rng(options.seed, item["id"], "control"))
+                if where is None:  # no box-shaped region (a mask), or no free place of its size
+                    skipped.append({"id": item["id"], "where": item["where"],
+                                    "problem": "no lesion-free region of the corrupted region's size for the control"})
+                    continue
+                control, control_params = corrupt(item["pil"], corruption, record_rng(options.seed, item["id"], "image"),
+                                                  box=where, options=options.corruption_options.get(corruption))
+                name = f"{IMAGES_DIR}/{_safe(item['id'])}-{corruption}-control.png"
+                control.save(output_dir / name)
+                record["control_image"] = name
+                meta["control"] = control_params
         if weights:
             meta["relevance"] = _relevance(record.get("error_type"), side.relevance if side else None, options)
             record["weight"] = round(low + meta["relevance"]["score"] * (high - low), 4)

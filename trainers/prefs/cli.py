@@ -4,7 +4,7 @@ Usage::
 
     medbench prefs build INPUT --recipe NAME --output_dir DIR [--seed N] [--mode rules|llm]
         [--error_types rules|llm] [--relevance offline|llm]
-        [--corruption noise|crop|blackout|blur] [--sigma S] [--radius R] [--max_area F] [--blackout_region full]
+        [--corruption noise|crop|blackout|blur|fill] [--control] [--sigma S] [--radius R] [--max_area F] [--blackout_region full]
         [--rules yes_no,presence_flip,swap,number] [--weight_range LOW,HIGH] [--image_root DIR] [--limit N]
         [--llm_model NAME] [--llm_base_url URL] [--no_progress]
 
@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--relevance", choices=("offline", "llm"), default="offline",
                         help="MMedPO weights from the offline error-type table or an LLM's clinical-relevance score "
                              "(falls back to the table; counted)")
-    parser.add_argument("--corruption", choices=("noise", "crop", "blackout", "blur"), help="rejected_image kind")
+    parser.add_argument("--corruption", choices=("noise", "crop", "blackout", "blur", "fill"), help="rejected_image kind")
+    parser.add_argument("--control", action="store_true",
+                        help="also write control_image m″: the same corruption on a lesion-free region of the same size")
     parser.add_argument("--sigma", type=float, help="noise: standard deviation in grey levels (default 60)")
     parser.add_argument("--radius", type=float, help="blur: Gaussian radius in pixels (default 8)")
     parser.add_argument("--max_area", type=float, help="crop: largest kept area fraction (default 0.2)")
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         image_root=args.image_root,
         limit=args.limit,
         prompt_of=args.prompt_of,
+        control=args.control,
         progress=not args.no_progress,
     )
     llm = None

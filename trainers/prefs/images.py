@@ -9,6 +9,12 @@ Each corruption is a pure function ``(image, rng, **options) -> (corrupted image
 * ``crop``: a random crop keeping at most 20 % of the area (mDPO's paper: 0-20 %), aspect ratio kept.
 * ``blackout``: the same region as ``noise`` set to black (the whole image with ``region: full``).
 * ``blur``: Gaussian blur of the whole image (radius in pixels).
+* ``fill``: the same region as ``noise`` painted with the mean colour of the rest of the image: it hides what the region holds
+  without the black square of ``blackout`` (a probe corruption the image-side recipes need not have trained on).
+
+A *control* image m″ (:func:`control_box`) applies the same corruption to a region of the same size that overlaps
+no lesion box, so ``log π(y|m″) − log π(y|m′)`` separates the evidence in the lesion from the reaction to the
+corruption itself.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from typing import Any
 
 import numpy as np
 
-CORRUPTIONS = ("noise", "crop", "blackout", "blur")
+CORRUPTIONS = ("noise", "crop", "blackout", "blur", "fill")
+# Corruptions of a region (lesion box, mask or default box); only these have a control image.
+REGION_CORRUPTIONS = ("noise", "blackout", "fill")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "noise": {"sigma": 60.0},
     "crop": {"min_area": 0.05, "max_area": 0.20},
     "blackout": {},
     "blur": {"radius": 8.0},
+    "fill": {},
 }
 DEFAULT_REGION = "centre: x and y from 25 % to 75 % of the image (25 % of the area)"
 
@@ -34,6 +43,31 @@ Box = tuple[int, int, int, int]
 def default_box(width: int, height: int) -> Box:
     """The default region (:data:`DEFAULT_REGION`) as ``(x0, y0, x1, y1)`` pixels."""
     return (width // 4, height // 4, max(width // 4 + 1, 3 * width // 4), max(height // 4 + 1, 3 * height // 4))
+
+
+def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def control_box(width: int, height: int, region: Sequence[int], lesions: Sequence[Sequence[float]],
+                rng: random.Random) -> Box | None:
+    """A box of ``region``'s size, inside the image, overlapping none of ``lesions`` (pixel boxes ``[x0, y0, x1,
+    y1]``), drawn uniformly among all such positions; None when there is none.
+
+    Args:
+        width: Image width.
+        height: Image height.
+        region: The corrupted region of m′ (its size is kept).
+        lesions: Every lesion box of the image.
+        rng: The record's generator.
+    """
+    w, h = int(region[2]) - int(region[0]), int(region[3]) - int(region[1])
+    free = [(x, y) for y in range(height - h + 1) for x in range(width - w + 1)
+            if not any(_overlaps((x, y, x + w, y + h), lesion) for lesion in lesions)]
+    if not free:
+        return None
+    x, y = free[rng.randrange(len(free))]
+    return (x, y, x + w, y + h)
 
 
 def _region_mask(size: tuple[int, int], box: Sequence[float] | None, mask: Any | None) -> tuple[np.ndarray, dict]:
@@ -74,8 +108,8 @@ def corrupt(
         image: The original image.
         kind: One of :data:`CORRUPTIONS`.
         rng: The record's generator (noise and crop positions are drawn from it).
-        box: Lesion box ``[x0, y0, x1, y1]`` in pixels (or 0-1 fractions) for ``noise`` / ``blackout``.
-        mask: Lesion mask image (non-zero = lesion) for ``noise`` / ``blackout``; wins over ``box``.
+        box: Lesion box ``[x0, y0, x1, y1]`` in pixels (or 0-1 fractions) for ``noise`` / ``blackout`` / ``fill``.
+        mask: Lesion mask image (non-zero = lesion) for the region corruptions; wins over ``box``.
         options: Overrides of :data:`DEFAULTS` for this kind (e.g. ``{"sigma": 30}``, ``{"region": "full"}``).
 
     Returns:
@@ -107,6 +141,8 @@ def corrupt(
         noise_rng = np.random.default_rng(rng.getrandbits(64))
         noise = noise_rng.normal(0.0, float(settings["sigma"]), size=pixels.shape).astype("float32")
         pixels[region] += noise[region]
+    elif kind == "fill":
+        pixels[region] = pixels[~region].mean(axis=0) if (~region).any() else 128.0  # the colour around it
     else:  # blackout
         pixels[region] = 0.0
     return Image.fromarray(pixels.clip(0, 255).round().astype("uint8")), params

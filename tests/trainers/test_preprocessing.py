@@ -1,0 +1,103 @@
+"""The preprocessed training set: a cached batch equals the per-step collator's batch exactly; the cache is shared by
+runs with the same inputs and rebuilt when an input changes."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from medbench.train.collator import CachedCollator, PreferenceCollator, indexed_dataset
+from medbench.train.config import load_recipe
+from medbench.train.data import load_or_preprocess, load_preference_file, preprocess_records
+from medbench.train.objectives import OBJECTIVES
+
+OBJECTIVE_NAMES = ["sft", "dpo", "copo", "mdpo", "mmedpo", "error_targeted"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("MEDBENCH_TRAIN_CACHE", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_a_cached_batch_equals_the_per_step_collators_batch_exactly(tiny_model_dirs, pref_file, arch, objective):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dirs[arch])
+    records = load_preference_file(pref_file)
+    # A max_length that truncates some answers, so the per-record truncation is part of what is cached.
+    collator = PreferenceCollator(processor, OBJECTIVES[objective], max_length=40 if arch == "llava" else None)
+    cached = CachedCollator(preprocess_records(records, collator))
+    dataset = indexed_dataset(records)
+    for order in ([0, 1, 2, 3], [3, 1], [2], [1, 3, 0, 2, 1]):
+        theirs = collator([records[i] for i in order])
+        ours = cached([dataset[i] for i in order])
+        assert list(ours) == list(theirs)
+        for key in theirs:
+            assert ours[key].dtype == theirs[key].dtype, key
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=f"{arch} {objective}: {key}")
+
+
+def _load(pref_file, processor, objective="dpo", max_length=128):
+    records = load_preference_file(pref_file)
+    return load_or_preprocess(records, pref_file, PreferenceCollator(processor, OBJECTIVES[objective],
+                                                                      max_length=max_length))
+
+
+def test_the_cache_is_reused_by_runs_with_the_same_inputs(tiny_llava_dir, pref_file, cache, monkeypatch):
+    from transformers import AutoProcessor
+
+    from medbench.train import data
+
+    first = _load(pref_file, AutoProcessor.from_pretrained(tiny_llava_dir))
+    assert [path.name for path in cache.iterdir()] == [f"{first.key}.pt"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached training set was built again")
+
+    monkeypatch.setattr(data, "preprocess_records", refuse)
+    again = _load(pref_file, AutoProcessor.from_pretrained(tiny_llava_dir))  # another run: a fresh processor object
+    assert again.key == first.key and len(list(cache.iterdir())) == 1
+
+
+def test_two_training_cells_share_one_cached_set(tmp_path, tiny_llava_dir, pref_file, cache):
+    from medbench.train.run import build_trainer
+
+    settings = {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 128, "precision": "fp32",
+                "save_strategy": "no", "report_to": "none"}
+    for seed in (1, 2):
+        run = build_trainer(load_recipe("dpo", {**settings, "seed": seed}), tiny_llava_dir, pref_file,
+                            tmp_path / f"seed{seed}")
+        assert isinstance(run.trainer.data_collator, CachedCollator)
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_the_cache_is_rebuilt_when_an_input_changes(tmp_path, tiny_llava_dir, pref_file, cache):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    keys = {_load(pref_file, processor).key}
+    keys.add(_load(pref_file, processor, max_length=64).key)  # a collator setting
+    keys.add(_load(pref_file, processor, objective="copo").key)  # the objective's rows
+    # The data: one answer edited.
+    changed = tmp_path / "data"
+    shutil.copytree(pref_file.parent, changed)
+    lines = (changed / pref_file.name).read_text().splitlines()
+    first = json.loads(lines[0])
+    first["chosen"] = first["chosen"] + " Indeed."
+    (changed / pref_file.name).write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    keys.add(_load(changed / pref_file.name, processor).key)
+    # An image's bytes, same file name.
+    image = load_preference_file(pref_file)[0]["image"].replace(str(pref_file.parent), str(changed))
+    from PIL import Image
+
+    Image.open(image).convert("RGB").rotate(90).save(image)
+    keys.add(_load(changed / pref_file.name, processor).key)
+    # The processor: another chat template.
+    processor.chat_template = processor.chat_template.replace("<|assistant|>", "<|assistant|> ")
+    keys.add(_load(pref_file, processor).key)
+    assert len(keys) == 6 and len(list(cache.iterdir())) == 6
