@@ -21,6 +21,7 @@ against ``rejected_image_root`` (default: ``image_root``), mirroring the authors
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections import Counter
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medbench.data.fingerprint import file_sha256
 from medbench.data.loading import iter_json_records
 from medbench.errors import DataError
 from medbench.taxonomy import load_taxonomy

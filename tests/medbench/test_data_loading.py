@@ -72,7 +72,7 @@ def test_local_jsonl_with_llava_med_field_names(tmp_path, image_dir):
 
 
 def test_answer_type_is_derived_from_yes_no_gold_when_missing(tmp_path, image_dir):
-    data = _write_jsonl(
+    _write_jsonl(
         tmp_path / "test.jsonl",
         [{"image": "imgs/a.png", "question": "q1", "answer": "Yes"}, {"image": "imgs/b.png", "question": "q2", "answer": "Normal"}],
     )

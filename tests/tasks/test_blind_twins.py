@@ -30,7 +30,7 @@ def test_blind_twin_keeps_prompts_and_token_counts_and_its_image_is_uniform(twin
     sighted, blind = twin_tasks["medbench_vqa_rad"], twin_tasks["medbench_vqa_rad_blind"]
     docs, blind_docs = list(sighted.test_docs()), list(blind.test_docs())
     assert len(docs) == len(blind_docs) == 24
-    for doc, blind_doc in zip(docs, blind_docs):
+    for doc, blind_doc in zip(docs, blind_docs, strict=True):
         assert blind_doc["id"] == doc["id"] and blind_doc["answer"] == doc["answer"]
         prompt = sighted.doc_to_text(doc)
         assert blind.doc_to_text(blind_doc) == prompt
