@@ -1,7 +1,7 @@
 """`medbench study run --executor slurm` on a real single-node SLURM (opt-in: ``pytest -m slurm``, as root).
 
 The fixture brings SLURM up with ``.ci/slurm-up`` (Debian's slurm-wlm + munge, no systemd) and skips, saying
-why, where that is impossible. One test runs a tiny.yaml-shaped study of 15 cells both ways: with the local
+why, where that is impossible. One test runs a tiny.yaml-shaped study of 16 cells both ways: with the local
 executor, and through SLURM with one job per cell, an ``scontrol requeue`` of the SFT training job while it
 trains, a preemption signal (USR2, as SLURM sends before preempting or timing out) to the DPO training job,
 and a second submission while the first is in the queue. The two runs must agree cell by cell (hashes, scores,
@@ -79,7 +79,8 @@ def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run
     submitted = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     study = load_study(path, slurm_out)
-    assert len(study.cells) == 15 and submitted.stdout.count("submitted as job") == 15
+    cells = len(study.cells)  # prepare x2, prefs x3, base, SFT and DPO cells, two references, the board
+    assert cells == 16 and submitted.stdout.count("submitted as job") == cells
     dpo = job_record(study, study.cell("tiny/dpo/s1/train"))
     assert dpo["after"] == [job_record(study, study.cell(dep))["job_id"] for dep in study.cell("tiny/dpo/s1/train").deps]
 
@@ -104,7 +105,7 @@ def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run
     slurm_seconds = time.monotonic() - started
     status = subprocess.run([*MEDBENCH, "study", "status", str(path), "--out", str(slurm_out)], capture_output=True,
                             text=True, check=True).stdout
-    assert status.strip().splitlines()[-1] == "15 done", status
+    assert status.strip().splitlines()[-1] == f"{cells} done", status
     print(f"\nlocal --jobs 2: {local_seconds:.0f} s; slurm (one requeue, one preemption): {slurm_seconds:.0f} s")
 
     # Each interrupted attempt resumed from a checkpoint and ended where an uninterrupted run ends.
@@ -134,4 +135,4 @@ def test_a_study_runs_through_slurm_survives_a_requeue_and_matches_the_local_run
     resubmitted = subprocess.run([*command[:-4], "--out", str(moved), "--executor", "slurm"], capture_output=True,
                                  text=True, timeout=300, check=False)
     assert resubmitted.returncode == 0 and "submitted as job" not in resubmitted.stdout, resubmitted.stdout
-    assert resubmitted.stdout.count("complete, skipped") == 15
+    assert resubmitted.stdout.count("complete, skipped") == cells
