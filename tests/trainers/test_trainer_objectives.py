@@ -47,6 +47,11 @@ def side_losses(trainer, records, objective_name):
     return fn(policy[0], policy[1], ref[0], ref[1], beta=trainer.args.beta), policy, ref
 
 
+def trainer_batch(trainer):
+    """One batch of the trainer's whole training set, through its own data path (preprocessed once, then padded)."""
+    return trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+
+
 @pytest.fixture(scope="module")
 def records(pref_file):
     return load_preference_file(pref_file)
@@ -61,7 +66,7 @@ def make(tmp_path, model_dir, pref_file, recipe_name, **overrides):
 def test_mdpo_is_dpo_plus_copo_plus_anchor_in_the_trainer(tmp_path, tiny_model_dirs, pref_file, records, arch):
     trainer = make(tmp_path, tiny_model_dirs[arch], pref_file, "mdpo")
     perturb(trainer.model)
-    loss = trainer.compute_loss(trainer.model, trainer.data_collator(records))
+    loss = trainer.compute_loss(trainer.model, trainer_batch(trainer))
     dpo, policy, ref = side_losses(trainer, records, "dpo")
     copo, _, _ = side_losses(trainer, records, "copo")
     anchor = L.anchor_loss(policy[0], ref[0], beta=0.1)
@@ -74,7 +79,7 @@ def test_mdpo_is_dpo_plus_copo_plus_anchor_in_the_trainer(tmp_path, tiny_model_d
 def test_copo_compares_real_and_corrupted_image(tmp_path, tiny_model_dirs, pref_file, records, arch):
     trainer = make(tmp_path, tiny_model_dirs[arch], pref_file, "copo")
     perturb(trainer.model)
-    loss = trainer.compute_loss(trainer.model, trainer.data_collator(records))
+    loss = trainer.compute_loss(trainer.model, trainer_batch(trainer))
     copo, _, _ = side_losses(trainer, records, "copo")
     torch.testing.assert_close(loss, copo.mean(), rtol=1e-4, atol=1e-6)
 
@@ -83,7 +88,7 @@ def test_copo_compares_real_and_corrupted_image(tmp_path, tiny_model_dirs, pref_
 def test_mmedpo_applies_the_per_record_weight(tmp_path, tiny_model_dirs, pref_file, records, arch):
     trainer = make(tmp_path, tiny_model_dirs[arch], pref_file, "mmedpo")
     perturb(trainer.model)
-    batch = trainer.data_collator(records)
+    batch = trainer_batch(trainer)
     torch.testing.assert_close(batch["weight"], torch.tensor([0.9, 0.4, 1.0, 0.2]))
     policy = plain_logps(trainer.model, batch).chunk(2)
     ref = plain_logps(trainer.ref_model, batch).chunk(2)
@@ -101,7 +106,7 @@ def test_error_targeted_uses_copo_for_visual_and_dpo_for_other_records(
 ):
     trainer = make(tmp_path, tiny_model_dirs[arch], pref_file, "error_targeted")
     perturb(trainer.model)
-    batch = trainer.data_collator(records)
+    batch = trainer_batch(trainer)
     # Records 0 and 2 are visual misinterpretations (the latter spelled in another case).
     assert batch["is_visual"].tolist() == [True, False, True, False]
     loss = trainer.compute_loss(trainer.model, batch)
