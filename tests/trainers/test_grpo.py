@@ -10,11 +10,11 @@ import math
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from _prefdata import write_jsonl
+from test_resume import KILLED_RUN
 
 from medbench.train.config import RecipeError, load_recipe
 from medbench.train.outputs import METADATA_FILE
@@ -162,23 +162,6 @@ def test_grpo_checkpoint_evaluates_through_lmms_eval(llava_run, tmp_path):
     assert 0.0 <= results["overall,none"] <= 1.0 and results["n_closed,none"] + results["n_open,none"] == 4
 
 
-# Trains GRPO in a fresh process and SIGKILLs itself as step 3 begins, i.e. after checkpoint-2 was saved.
-KILLED_RUN = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    from transformers import TrainerCallback
-    from medbench.train.config import load_recipe
-    from medbench.train.run import train
-
-    class KillAfterStep2(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    model, data, out, settings = sys.argv[1:5]
-    train(load_recipe("grpo", json.loads(settings)), model, data, out, callbacks=[KillAfterStep2()])
-    """
-)
 
 
 @pytest.mark.slow
@@ -186,7 +169,7 @@ def test_sigkilled_grpo_run_resumes(tmp_path, tiny_model_dirs, vqa_file):
     settings = {**SETTINGS, "save_strategy": "steps", "save_steps": 1, "save_total_limit": None}
     model = tiny_model_dirs["llava"]
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_RUN, str(model), str(vqa_file), str(tmp_path / "run"), json.dumps(settings)],
+        [sys.executable, "-c", KILLED_RUN, str(model), str(vqa_file), str(tmp_path / "run"), json.dumps(settings), "grpo"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

@@ -20,7 +20,8 @@ from medbench.train.run import FINGERPRINT_FILE, latest_checkpoint, train
 SETTINGS = {**FAST, "max_steps": 4, "save_strategy": "steps", "save_steps": 1, "save_total_limit": None,
             "learning_rate": "1e-3"}
 
-# Runs training in a fresh process and SIGKILLs itself as step 3 begins, i.e. after checkpoint-2 was saved.
+# Trains a recipe in a fresh process and SIGKILLs itself as step 3 begins, i.e. after checkpoint-2 was saved
+# (argv: model, data, output folder, settings as JSON, recipe name; test_grpo runs it for the grpo recipe).
 KILLED_RUN = textwrap.dedent(
     """
     import json, os, signal, sys
@@ -33,8 +34,8 @@ KILLED_RUN = textwrap.dedent(
             if state.global_step == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    model, data, out, settings = sys.argv[1:5]
-    train(load_recipe("dpo", json.loads(settings)), model, data, out, callbacks=[KillAfterStep2()])
+    model, data, out, settings, recipe = sys.argv[1:6]
+    train(load_recipe(recipe, json.loads(settings)), model, data, out, callbacks=[KillAfterStep2()])
     """
 )
 
@@ -51,7 +52,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_
     assert "error types: " in caplog.text and "image-side term" not in caplog.text  # plain DPO routes nothing
 
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_RUN, str(model), str(pref_file), str(tmp_path / "resumed"), json.dumps(SETTINGS)],
+        [sys.executable, "-c", KILLED_RUN, str(model), str(pref_file), str(tmp_path / "resumed"), json.dumps(SETTINGS), "dpo"],
         capture_output=True, text=True, timeout=600,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
