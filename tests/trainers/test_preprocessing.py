@@ -101,3 +101,46 @@ def test_the_cache_is_rebuilt_when_an_input_changes(tmp_path, tiny_llava_dir, pr
     processor.chat_template = processor.chat_template.replace("<|assistant|>", "<|assistant|> ")
     keys.add(_load(pref_file, processor).key)
     assert len(keys) == 6 and len(list(cache.iterdir())) == 6
+
+
+def test_the_cache_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
+    import os
+
+    from medbench.errors import DataError
+    from medbench.train.data import cache_limit_bytes, prune_cache
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    sets = {}
+    for age, name in enumerate(["newest", "middle", "oldest", "kept"]):
+        sets[name] = folder / f"{name}.pt"
+        sets[name].write_bytes(b"x" * 1000)
+        os.utime(sets[name], (1e9 - age * 100, 1e9 - age * 100))  # "kept" is the oldest of all
+    half_written = folder / "abc.123.tmp"
+    half_written.write_bytes(b"x")
+    os.utime(half_written, (1e9, 1e9))
+
+    removed = prune_cache(folder, keep=sets["kept"], limit=2500)
+    # The set just built stays whatever its age; then the least recently used go until 2,500 bytes remain.
+    assert removed == [half_written, sets["oldest"], sets["middle"]]
+    assert sorted(path.name for path in folder.iterdir()) == ["kept.pt", "newest.pt"]
+    assert prune_cache(folder, keep=sets["kept"], limit=2500) == []
+
+    monkeypatch.setenv("MEDBENCH_TRAIN_CACHE_GB", "0.5")
+    assert cache_limit_bytes() == 500_000_000
+    monkeypatch.setenv("MEDBENCH_TRAIN_CACHE_GB", "lots")
+    with pytest.raises(DataError, match="MEDBENCH_TRAIN_CACHE_GB='lots' is not a number"):
+        cache_limit_bytes()
+
+
+def test_a_reused_set_counts_as_recently_used(tiny_llava_dir, pref_file, cache):
+    import os
+
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    first = _load(pref_file, processor)
+    path = cache / f"{first.key}.pt"
+    os.utime(path, (1e9, 1e9))
+    _load(pref_file, processor)
+    assert path.stat().st_mtime > 1e9
