@@ -5,7 +5,8 @@
 * ``judged_results``: the baseline on MIMIC-CXR judged inside lmms-eval by the loopback judge, and the demo
   baseline's AMBOSS log re-scored by ``medbench judge`` (both judge paths the board ingests).
 
-Tests never modify these folders: adversarial submissions are edited copies (``_lbfiles.copy_run``).
+The two below run lmms-eval inside the test process (``lmms_here``); ``demo_results`` runs it as ``medbench eval``
+does, in a child process. Tests never modify these folders: adversarial submissions are edited copies (``_lbfiles.copy_run``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lmms_here import lmms_eval_in_process
 
 from medbench.commands.demo import demo_environment
 from medbench.commands.eval import run_lmms_eval
@@ -22,21 +24,9 @@ from medbench.commands.eval import run_lmms_eval
 @pytest.fixture(scope="session")
 def limited_results(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("leaderboard_limit")
-    run_lmms_eval(
-        [
-            "--model",
-            "medbench_baseline",
-            "--tasks",
-            "medbench_vqa_rad",
-            "--limit",
-            "3",
-            "--output_path",
-            str(out),
-            "--verbosity",
-            "WARNING",
-        ],
-        demo_environment(),
-    )
+    with lmms_eval_in_process():
+        run_lmms_eval(["--model", "medbench_baseline", "--tasks", "medbench_vqa_rad", "--limit", "3",
+                       "--output_path", str(out), "--verbosity", "WARNING"], demo_environment())
     return out
 
 
@@ -52,19 +42,9 @@ def judged_results(tmp_path_factory, demo_results) -> dict[str, Path]:
         env = demo_environment()
         env.update(server.environment())
         inline = root / "inline"
-        run_lmms_eval(
-            [
-                "--model",
-                "medbench_baseline",
-                "--tasks",
-                "medbench_mimic_cxr",
-                "--output_path",
-                str(inline),
-                "--verbosity",
-                "WARNING",
-            ],
-            env,
-        )
+        with lmms_eval_in_process():
+            run_lmms_eval(["--model", "medbench_baseline", "--tasks", "medbench_mimic_cxr", "--output_path", str(inline),
+                           "--verbosity", "WARNING"], env)
         rescored = root / "rescored"
         shutil.copytree(demo_results["baseline"], rescored)
         samples = next(rescored.glob("*_samples_medbench_amboss.jsonl"))

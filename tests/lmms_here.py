@@ -1,0 +1,58 @@
+"""Run ``medbench eval``'s lmms-eval child in the test process, for session fixtures that only need its output.
+
+A fresh ``python -m lmms_eval`` spends about 22 s importing torch, transformers and lmms-eval before it evaluates
+anything; the test process has imported them once already. Inside :func:`lmms_eval_in_process`,
+:func:`medbench.commands.eval.run_lmms_eval` keeps its whole contract (task-link refresh, data check, the
+results-file and failed-generation checks) and only its ``subprocess.run`` of lmms-eval becomes a call of
+lmms-eval's own command-line entry point, under the child's environment and arguments.
+
+The subprocess path itself stays covered by the tests that run it: ``demo_results`` (``medbench demo``),
+``tests/tasks/test_lmms_e2e.py`` and ``tests/tasks/test_lmms_data_parallel.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import pytest
+
+
+def _run_here(command: list[str], env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    assert command[:3] == [sys.executable, "-m", "lmms_eval"], f"not a single-process lmms-eval run: {command}"
+    from lmms_eval.cli.dispatch import main as lmms_eval_main
+    from loguru import logger
+
+    saved_environ, saved_argv = dict(os.environ), sys.argv
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    sys.argv = ["lmms_eval", *command[3:]]
+    code = 0
+    try:
+        lmms_eval_main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        sys.argv = saved_argv
+        # lmms-eval points its (loguru) logger at the sys.stdout of the run, pytest's capture of this fixture:
+        # give later writes a stream that stays open.
+        logger.remove()
+        logger.add(sys.__stderr__, level="WARNING")
+    if check and code:
+        raise subprocess.CalledProcessError(code, command)
+    return subprocess.CompletedProcess(command, code)
+
+
+@contextmanager
+def lmms_eval_in_process() -> Iterator[None]:
+    """Within the block, ``run_lmms_eval`` runs lmms-eval in this process (single-process runs only)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("medbench.commands.eval.subprocess", SimpleNamespace(run=_run_here))
+        yield
