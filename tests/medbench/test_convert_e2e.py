@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from lmms_here import lmms_eval_in_process
 
 pytest.importorskip("sentencepiece")
 pytest.importorskip("decord")  # lmms-eval's llava_hf imports it
@@ -36,7 +37,8 @@ def test_lmms_eval_runs_the_converted_model(converted, tmp_path, model, model_ar
 
     args = ["--model", model, "--model_args", f"pretrained={converted},{model_args}", "--tasks", "medbench_vqa_rad",
             "--limit", "2", "--output_path", str(tmp_path), "--verbosity", "WARNING"]
-    run_lmms_eval(args, demo_environment())
+    with lmms_eval_in_process():
+        run_lmms_eval(args, demo_environment())
     run = find_runs(tmp_path)[-1]
     assert run.raw["n-samples"]["medbench_vqa_rad"]["effective"] == 2
     rows = [json.loads(line) for line in run.samples["medbench_vqa_rad"].read_text().splitlines()]

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 from judge_server import LoopbackJudgeServer
+from lmms_here import lmms_eval_in_process
 
 from medbench.errors import MedbenchError
 from medbench.judge import parts
@@ -116,7 +117,8 @@ def test_demo_data_through_lmms_eval_with_a_loopback_judge(tmp_path):
                    MEDBENCH_JUDGE_CACHE=str(tmp_path / "cache.sqlite"), MEDBENCH_JUDGE_PROGRESS="0")
         args = ["--model", "medbench_baseline", "--tasks", "medbench_mimic_cxr,medbench_amboss", "--output_path", str(out),
                 "--log_samples", "--verbosity", "WARNING"]
-        written = run_lmms_eval(args, env)
+        with lmms_eval_in_process():
+            written = run_lmms_eval(args, env)
         requests_in_lmms = server.count()
         run = find_runs(out)[-1]
         assert run.path == written[-1]

@@ -1,5 +1,5 @@
 """A failed model call is never scored: lmms-eval's own ``openai`` model against a loopback endpoint that is down
-or answers 500, through the real lmms-eval and ``medbench eval``."""
+or answers 500, through the real lmms-eval (run inside the test process, ``lmms_here``) and ``medbench eval``."""
 
 import json
 import socket
@@ -7,6 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from lmms_here import lmms_eval_in_process
 
 from medbench.commands.demo import demo_environment
 from medbench.commands.eval import run_lmms_eval
@@ -58,7 +59,7 @@ def test_a_down_endpoint_is_counted_and_medbench_eval_exits_nonzero(tmp_path):
     with socket.socket() as probe:  # a loopback port with nothing listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(MedbenchError, match=r"^24 of 24 generations failed in medbench_vqa_rad \(") as caught:
+    with lmms_eval_in_process(), pytest.raises(MedbenchError, match=r"^24 of 24 generations failed in medbench_vqa_rad \(") as caught:
         run_lmms_eval(_openai_args(port, tmp_path), demo_environment())
     assert "\n" not in str(caught.value)
     run = find_runs(tmp_path)[-1]
@@ -111,7 +112,7 @@ def test_partly_failing_backend_scores_only_the_real_answers(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with pytest.raises(MedbenchError, match=r"^(\d+) of 24 generations failed in medbench_vqa_rad") as caught:
+        with lmms_eval_in_process(), pytest.raises(MedbenchError, match=r"^(\d+) of 24 generations failed in medbench_vqa_rad") as caught:
             run_lmms_eval(_openai_args(server.server_address[1], tmp_path), demo_environment())
     finally:
         server.shutdown()
