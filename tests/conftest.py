@@ -78,11 +78,15 @@ def tiny_llava_dir(tiny_model_dirs):
 def demo_results(tmp_path_factory) -> dict[str, Path]:
     """``{"tiny-llava": folder, "baseline": folder}`` from one real demo run.
 
-    Shared by every test that reads a real lmms-eval run of the tiny model or the baseline on the five demo tasks
-    (two lmms-eval processes for the whole session); tests never modify it.
+    Shared by every test that reads a real lmms-eval run of the tiny model or the baseline on the five demo tasks;
+    tests never modify it. The baseline's run is a child process, as ``medbench demo`` starts it (the default
+    suite's one successful run through that path); the tiny model's runs in this process (``lmms_here``).
     """
+    from lmms_here import lmms_eval_in_process
+
     from medbench.commands.demo import run_demo
 
     out = tmp_path_factory.mktemp("leaderboard_demo")
-    run_demo(out)
+    with lmms_eval_in_process(model="medbench_hf"):
+        run_demo(out)
     return {"tiny-llava": out / "results" / "tiny-llava", "baseline": out / "results" / "baseline"}

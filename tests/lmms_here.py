@@ -6,8 +6,8 @@ anything; the test process has imported them once already. Inside :func:`lmms_ev
 results-file and failed-generation checks) and only its ``subprocess.run`` of lmms-eval becomes a call of
 lmms-eval's own command-line entry point, under the child's environment and arguments.
 
-The subprocess path itself stays covered by the tests that run it: ``demo_results`` (``medbench demo``),
-``tests/tasks/test_lmms_e2e.py`` and ``tests/tasks/test_lmms_data_parallel.py``.
+The child-process path itself stays covered: ``demo_results`` runs the baseline through it (``medbench demo``), and
+``tests/medbench/test_tasklink.py`` runs the bare ``lmms-eval`` command.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import pytest
 
 
-def _run_here(command: list[str], env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    assert command[:3] == [sys.executable, "-m", "lmms_eval"], f"not a single-process lmms-eval run: {command}"
+def lmms_eval_here(args: list[str], env: dict[str, str] | None = None) -> int:
+    """``lmms-eval ARGS`` in this process, under ``env`` (default: this environment); returns its exit status."""
     from lmms_eval.cli.dispatch import main as lmms_eval_main
     from loguru import logger
 
@@ -31,7 +31,7 @@ def _run_here(command: list[str], env: dict[str, str] | None = None, check: bool
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
-    sys.argv = ["lmms_eval", *command[3:]]
+    sys.argv = ["lmms_eval", *args]
     code = 0
     try:
         lmms_eval_main()
@@ -41,18 +41,31 @@ def _run_here(command: list[str], env: dict[str, str] | None = None, check: bool
         os.environ.clear()
         os.environ.update(saved_environ)
         sys.argv = saved_argv
-        # lmms-eval points its (loguru) logger at the sys.stdout of the run, pytest's capture of this fixture:
+        # lmms-eval points its (loguru) logger at the sys.stdout of the run, pytest's capture of the calling test:
         # give later writes a stream that stays open.
         logger.remove()
         logger.add(sys.__stderr__, level="WARNING")
-    if check and code:
-        raise subprocess.CalledProcessError(code, command)
-    return subprocess.CompletedProcess(command, code)
+    return code
 
 
 @contextmanager
-def lmms_eval_in_process() -> Iterator[None]:
-    """Within the block, ``run_lmms_eval`` runs lmms-eval in this process (single-process runs only)."""
+def lmms_eval_in_process(model: str | None = None) -> Iterator[None]:
+    """Within the block, ``run_lmms_eval`` runs lmms-eval in this process (single-process runs only).
+
+    Args:
+        model: Only runs of this ``--model`` move into the process; the others stay child processes.
+    """
+    real_run = subprocess.run
+
+    def run(command: list[str], env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        if model is not None and command[command.index("--model") + 1] != model:
+            return real_run(command, env=env, check=check)
+        assert command[:3] == [sys.executable, "-m", "lmms_eval"], f"not a single-process lmms-eval run: {command}"
+        code = lmms_eval_here(command[3:], env)
+        if check and code:
+            raise subprocess.CalledProcessError(code, command)
+        return subprocess.CompletedProcess(command, code)
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("medbench.commands.eval.subprocess", SimpleNamespace(run=_run_here))
+        patch.setattr("medbench.commands.eval.subprocess", SimpleNamespace(run=run))
         yield

@@ -302,7 +302,7 @@ def test_an_archive_with_another_inference_path_is_refused(tiny_weights, tmp_pat
 # ------------------------------------------------------------------------------------- lmms-eval
 
 
-def _run_mimic(tmp_path: Path, **env_overrides: str):
+def _run_mimic(tmp_path: Path, in_process: bool = False, **env_overrides: str):
     from medbench.commands.demo import demo_environment
     from medbench.commands.eval import run_lmms_eval
     from medbench.results import find_runs
@@ -314,7 +314,13 @@ def _run_mimic(tmp_path: Path, **env_overrides: str):
     env.update(env_overrides)
     args = ["--model", "medbench_baseline", "--tasks", "medbench_mimic_cxr", "--output_path", str(tmp_path),
             "--log_samples", "--verbosity", "WARNING"]
-    run_lmms_eval(args, env)
+    if in_process:
+        from lmms_here import lmms_eval_in_process
+
+        with lmms_eval_in_process():
+            run_lmms_eval(args, env)
+    else:
+        run_lmms_eval(args, env)
     return find_runs(tmp_path)[-1]
 
 
@@ -331,7 +337,8 @@ def test_without_weights_the_other_metrics_run_and_one_line_says_what_to_downloa
 
 def test_with_weights_the_clinical_metrics_are_reported(tmp_path, tiny_weights):
     chexbert = tiny_weights["chexbert"]
-    run = _run_mimic(tmp_path, MEDBENCH_CHEXBERT_WEIGHTS=str(chexbert), MEDBENCH_CHEXBERT_TOKENIZER=str(chexbert.parent),
+    # In this process (lmms_here); the test above runs lmms-eval as a child, whose log says once what is missing.
+    run = _run_mimic(tmp_path, in_process=True, MEDBENCH_CHEXBERT_WEIGHTS=str(chexbert), MEDBENCH_CHEXBERT_TOKENIZER=str(chexbert.parent),
                      MEDBENCH_RADGRAPH_WEIGHTS=str(tiny_weights["radgraph"]), MEDBENCH_CLINICAL_DEVICE="cpu")
     task = "medbench_mimic_cxr"
     metrics = run.metrics(task)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from lmms_here import lmms_eval_in_process
 
 from medbench.commands.demo import demo_environment
 from medbench.commands.eval import run_lmms_eval
@@ -79,5 +80,6 @@ def test_failed_evaluation_is_an_error_not_a_silent_success(tmp_path):
 
     args = ["--model", "medbench_hf", "--model_args", f"pretrained={tmp_path / 'no-such-model'}",
             "--tasks", "medbench_vqa_rad", "--output_path", str(tmp_path), "--verbosity", "WARNING"]
-    with pytest.raises(MedbenchError, match="lmms-eval .* under"):
+    # lmms-eval logs the failure and exits 0: that it wrote no results is what tells (in a child process as here).
+    with lmms_eval_in_process(), pytest.raises(MedbenchError, match="lmms-eval .* under"):
         run_lmms_eval(args, demo_environment())
