@@ -27,6 +27,14 @@ def lmms_eval_here(args: list[str], env: dict[str, str] | None = None) -> int:
     from lmms_eval.cli.dispatch import main as lmms_eval_main
     from loguru import logger
 
+    from medbench.lmms import records, report
+
+    # What medbench keeps per lmms-eval process, which a fresh process starts without: the judge and corpus-metric
+    # results memoised by sample content (a second run over the same answers would reuse them and make no judge
+    # calls, so lmms-eval would record no judge usage), the judge client, and the once-per-process warnings.
+    report._memo.clear()
+    report._runner = None
+    records._warned.clear()
     saved_environ, saved_argv = dict(os.environ), sys.argv
     if env is not None:
         os.environ.clear()
