@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 PIXELS = 56 * 56
 # lmms-eval's qwen2_5_vl always sends a system message; medbench_hf gets the same one so both run the same prompt.
 SYSTEM = "You are a helpful assistant."

@@ -40,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from medbench.data.loading import iter_json_records
 from medbench.synth import corpus_of, make_lesion_vqa
 from medbench.tiny import build_tiny_model
 from medbench.train.config import load_recipe
@@ -101,7 +102,7 @@ def make_inputs(root: Path, n_items: int) -> tuple[Path, Path, Path]:
     make_lesion_vqa(root / "data", n_train=n_items, n_test=1, seed=0, progress=False)
     train = root / "data" / "train.jsonl"
     model = build_tiny_model(root / "model", "llava", corpus=corpus_of([train]), seed=0, size="study")
-    rows = [json.loads(line) for line in train.read_text().splitlines() if line.strip()]
+    rows = [row for _number, row in iter_json_records(train)]
     open_rows = root / "data" / "open.jsonl"
     open_rows.write_text("".join(json.dumps({**row, "answer_type": "OPEN"}) + "\n" for row in rows))
     return model, train, open_rows
@@ -137,7 +138,7 @@ def warm_facts(data: Path) -> None:
     from medbench.judge.config import JudgeConfig
     from medbench.judge.runner import JudgeItem, JudgeRunner
 
-    references = sorted({json.loads(line)["answer"] for line in data.read_text().splitlines() if line.strip()})
+    references = sorted({record["answer"] for _number, record in iter_json_records(data)})
     config = JudgeConfig.from_env(progress=False)
     JudgeRunner(config).judge([JudgeItem(str(i), "", reference) for i, reference in enumerate(references)])
 

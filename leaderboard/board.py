@@ -20,14 +20,15 @@ import numpy as np
 from medbench import stats
 from medbench.data.fingerprint import DataFingerprint
 from medbench.errors import MedbenchError
-from medbench.leaderboard.cache import StatsCache, VerificationCache
-from medbench.leaderboard.discovery import find_submissions
-from medbench.leaderboard.registry import Admission, Registry
-from medbench.leaderboard.rules import Limits, Rejected
-from medbench.leaderboard.runs import Run
-from medbench.leaderboard.verification import board_references, safe_load_run
 from medbench.metrics.registry import METRICS
 from medbench.taskfiles import group_members, task_configs, task_versions
+
+from .cache import StatsCache, VerificationCache
+from .discovery import find_submissions
+from .registry import Admission, Registry
+from .rules import Limits, Rejected
+from .runs import Run
+from .verification import board_references, safe_load_run
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medbench.leaderboard.runs import TaskScores
+from .runs import TaskScores
 
 
 def _secret() -> bytes:

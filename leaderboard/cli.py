@@ -16,8 +16,9 @@ from pathlib import Path
 
 from medbench import stats
 from medbench.errors import MedbenchError
-from medbench.leaderboard.discovery import CACHE_DIR, STATS_CACHE_DIR
-from medbench.leaderboard.rules import printable
+
+from .discovery import CACHE_DIR, STATS_CACHE_DIR
+from .rules import printable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -144,11 +145,11 @@ def _primary(pairs: list[str]) -> dict[str, str]:
 
 def run_build(args: argparse.Namespace) -> int:
     """Build the board into ``args.out``; returns 0 (1 with ``--strict`` when something was rejected)."""
-    from medbench.leaderboard import names
-    from medbench.leaderboard.board import build_board, collect
-    from medbench.leaderboard.cache import StatsCache, VerificationCache
-    from medbench.leaderboard.registry import Registry
-    from medbench.leaderboard.render import render_html, render_markdown, write_csv
+    from . import names
+    from .board import build_board, collect
+    from .cache import StatsCache, VerificationCache
+    from .registry import Registry
+    from .render import render_html, render_markdown, write_csv
 
     if args.iterations < 100:
         raise MedbenchError(f"--iterations {args.iterations}: use at least 100 draws for a 95% interval")
@@ -178,7 +179,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise MedbenchError(f"no run was accepted, nothing to show ({reasons})")
     plots: dict[str, Path] = {}
     if not args.no_plots:
-        from medbench.leaderboard.plots import plot_deltas, plot_scores
+        from .plots import plot_deltas, plot_scores
 
         (out / "plots").mkdir(exist_ok=True)
         scores = plot_scores(board, out / "plots" / "scores.png")
@@ -189,8 +190,8 @@ def run_build(args: argparse.Namespace) -> int:
             plots["Each trained variant minus its base model (paired, 95% CI)"] = deltas
     extra_html, extra_markdown = [], ""
     if args.experts:
-        from medbench.leaderboard import experts
-        from medbench.leaderboard.rules import Rejected
+        from . import experts
+        from .rules import Rejected
 
         try:
             panel = experts.match(board, experts.load_summary(args.experts))
@@ -242,11 +243,11 @@ def run_validate(args: argparse.Namespace) -> int:
     reference data): those of ``--registry``, or of ``--board`` runs submitted in order to a temporary one.
     Nothing is recorded.
     """
-    from medbench.leaderboard.board import _relabelled, collect, screen, source_label
-    from medbench.leaderboard.discovery import find_submissions
-    from medbench.leaderboard.registry import Registry
-    from medbench.leaderboard.rules import Limits, Rejected
-    from medbench.leaderboard.verification import board_references, safe_load_run
+    from .board import _relabelled, collect, screen, source_label
+    from .discovery import find_submissions
+    from .registry import Registry
+    from .rules import Limits, Rejected
+    from .verification import board_references, safe_load_run
 
     references = board_references()
     with Registry(args.registry) as registry:
@@ -297,8 +298,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     """Verify each submission once and append it to the registry; one line per decision."""
-    from medbench.leaderboard.board import collect
-    from medbench.leaderboard.registry import Registry
+    from .board import collect
+    from .registry import Registry
 
     with Registry(args.registry) as registry:
         admissions = collect(args.runs, registry, keep_identical=args.keep_identical)
@@ -318,7 +319,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def run_withdraw(args: argparse.Namespace) -> int:
     """Mark an accepted run withdrawn, with the reason."""
-    from medbench.leaderboard.registry import Registry
+    from .registry import Registry
 
     with Registry(args.registry) as registry:
         registry.withdraw(args.name, args.reason)
@@ -328,7 +329,7 @@ def run_withdraw(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Write the registry as JSON lines."""
-    from medbench.leaderboard.registry import Registry
+    from .registry import Registry
 
     with Registry(args.registry) as registry:
         rows = registry.export(args.out)
@@ -338,7 +339,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """Rebuild a registry from an export."""
-    from medbench.leaderboard.registry import Registry
+    from .registry import Registry
 
     with Registry(args.registry) as registry:
         rows = registry.load_export(args.file)

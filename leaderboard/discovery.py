@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medbench.leaderboard.rules import Rejected
+from .rules import Rejected
 
 MANIFEST_NAME = "medbench-submission.json"
 CACHE_DIR = ".leaderboard-cache"

@@ -14,8 +14,9 @@ from typing import Any
 
 from medbench.experts.annotations import read_tagged_json
 from medbench.experts.summary import SUMMARY_SCHEMA
-from medbench.leaderboard.board import Board, Row
-from medbench.leaderboard.render import e, md
+
+from .board import Board, Row
+from .render import e, md
 
 COLUMNS = (
     ("correctness", "expert correctness ↑", "mean grade scaled to 0-1"),

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medbench.leaderboard.recompute import VerificationError, close
 from medbench.metrics.facts import (
     LABELS,
     fabrication_from_labels,
@@ -29,6 +28,8 @@ from medbench.metrics.facts import (
     scores_from_labels,
     severe_from_grade,
 )
+
+from .recompute import VerificationError, close
 
 SEVERITIES = ("none", "minor", "severe")
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medbench.leaderboard.board import Board, Row
+from .board import Board, Row
 
 
 def _unchanged(path: Path, spec: Any) -> tuple[bool, str]:

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medbench.leaderboard import names
-from medbench.leaderboard.discovery import MANIFEST_NAME
-from medbench.leaderboard.rules import Limits, Rejected
-from medbench.leaderboard.safe_io import read_json
+from . import names
+from .discovery import MANIFEST_NAME
+from .rules import Limits, Rejected
+from .safe_io import read_json
 
 TRAINING_METADATA_NAME = "medbench_train.json"  # what medbench-train writes (trainers/outputs.py)
 
@@ -179,7 +179,7 @@ def _text(value: Any) -> str | None:
 
 def meta(root: Path, manifest: dict[str, Any] | None, model: dict[str, Any], limits: Limits):
     """The run's :class:`~medbench.leaderboard.runs.RunMeta` (manifest, else training metadata, else lmms-eval)."""
-    from medbench.leaderboard.runs import RunMeta
+    from .runs import RunMeta
 
     manifest = manifest or {}
     training = None

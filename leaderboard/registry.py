@@ -43,10 +43,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from medbench.errors import MedbenchError
-from medbench.leaderboard.copies import find_copy
-from medbench.leaderboard.names import skeleton
-from medbench.leaderboard.rules import Rejected
-from medbench.leaderboard.runs import Run, RunMeta, TaskScores
+
+from .copies import find_copy
+from .names import skeleton
+from .rules import Rejected
+from .runs import Run, RunMeta, TaskScores
 
 REGISTRY_FILE = "registry.sqlite"
 EXPORT_FORMAT = "medbench-registry/1"
@@ -375,6 +376,8 @@ class Registry:
         Raises:
             MedbenchError: The registry is not empty, or the file is not a registry export.
         """
+        # Not iter_json_records: the export's name is the user's, so a .json name must not make it a JSON list, and
+        # every line is checked inside one transaction with errors naming `import`.
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
             header = json.loads(lines[0]) if lines else {}

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medbench.leaderboard.board import Board, Cell, Column, Row, as_records
+from .board import Board, Cell, Column, Row, as_records
 
 # --------------------------------------------------------------------------------------------- format
 

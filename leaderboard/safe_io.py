@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
-from medbench.leaderboard.rules import Limits, Rejected
+
+from .rules import Limits, Rejected
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -128,7 +129,11 @@ def parse(path: Path, data: bytes, what: str, limits: Limits) -> Any:
 
 
 def parse_lines(path: Path, data: bytes, limits: Limits, what: str) -> Iterator[tuple[int, Any]]:
-    """``(line number, record)`` of a JSONL file within the line and JSON limits."""
+    """``(line number, record)`` of a JSONL file within the line and JSON limits.
+
+    Not :func:`medbench.data.loading.iter_json_records`: a submission is untrusted, so this works on bytes
+    already read under a size cap, refuses oversized lines and numbers, and rejects with a :class:`Rejected`.
+    """
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue

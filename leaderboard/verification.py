@@ -33,22 +33,6 @@ from typing import Any
 from medbench.data.fingerprint import DataFingerprint, fingerprint_items, item_key, reference_data
 from medbench.data.sources import get_source
 from medbench.errors import MedbenchError
-from medbench.leaderboard import provenance
-from medbench.leaderboard.cache import VerificationCache
-from medbench.leaderboard.copies import normalised_answers
-from medbench.leaderboard.discovery import CACHE_DIR, MANIFEST_NAME
-from medbench.leaderboard.judging import verify_judge_metric
-from medbench.leaderboard.recompute import (
-    REGISTRY,
-    Sample,
-    VerificationError,
-    check_metric,
-    logged_value,
-    unfilled,
-)
-from medbench.leaderboard.rules import Limits, Rejected
-from medbench.leaderboard.runs import Run, TaskScores
-from medbench.leaderboard.safe_io import parse, parse_lines, read_bytes, read_json, relative, schema_problem
 from medbench.metrics.registry import METRICS, Metric
 from medbench.results import (
     FAILED_GENERATION_MARK,
@@ -61,6 +45,23 @@ from medbench.results import (
     parse_sample_record,
 )
 from medbench.taskfiles import group_members, task_configs, task_versions
+
+from . import provenance
+from .cache import VerificationCache
+from .copies import normalised_answers
+from .discovery import CACHE_DIR, MANIFEST_NAME
+from .judging import verify_judge_metric
+from .recompute import (
+    REGISTRY,
+    Sample,
+    VerificationError,
+    check_metric,
+    logged_value,
+    unfilled,
+)
+from .rules import Limits, Rejected
+from .runs import Run, TaskScores
+from .safe_io import parse, parse_lines, read_bytes, read_json, relative, schema_problem
 
 MANIFEST_SCHEMA = "submission-v1.schema.json"
 RESULTS_SCHEMA = "lmms-results-v1.schema.json"
@@ -775,7 +776,8 @@ def _hash(text: str) -> str:
 def _verifier_identity(references: dict[str, list[DataFingerprint]]) -> str:
     # A cached verdict is only reused by the same verifier, task versions and reference data.
     from medbench import __version__ as medbench_version
-    from medbench.leaderboard import __version__
+
+    from . import __version__
 
     return json.dumps(
         {

@@ -13,8 +13,8 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import Sequence
 
 from medbench import __version__
 from medbench.errors import MedbenchError

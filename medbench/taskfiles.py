@@ -14,6 +14,7 @@ import yaml
 
 from medbench.errors import MedbenchError
 
+
 def tasks_dir() -> Path:
     """The folder holding the medbench task YAMLs (the package ``medbench.tasks``, the repository's ``tasks/``)."""
     spec = importlib.util.find_spec("medbench.tasks")

@@ -14,8 +14,9 @@ Their outputs are meaningless; they exist to exercise the real code paths.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 Architecture = Literal["llava", "qwen2_vl", "qwen2_5_vl"]
 ARCHITECTURES: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_5_vl")

@@ -49,7 +49,7 @@ _LAZY = {
     "train": "medbench.train.run",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY)  # noqa: PLE0605 - the lazy table above is the one list of public names
 
 
 def __getattr__(name: str) -> Any:

@@ -243,7 +243,7 @@ def _load_dicom(path: Path):
     try:
         dataset = pydicom.dcmread(path)
         pixels = dataset.pixel_array.astype("float32")
-    except Exception as exc:  # pydicom raises many types for broken files; any of them means "unreadable"
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files; any of them means "unreadable"
         raise DataError(f"cannot read DICOM image {path}: {exc}") from None
     if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
         pixels = pixels[pixels.shape[0] // 2]  # multi-frame: the middle slice

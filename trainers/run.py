@@ -338,7 +338,12 @@ def train(
     args = build_training_args(recipe, output_dir)  # a bad setting stops the run before anything is read
     if not data.is_file():
         from medbench.errors import DataError
+        from medbench.taskfiles import task_configs
 
+        if str(data) in task_configs():  # a task name: its records are built by `prefs build`, as for every recipe
+            raise DataError(f"--data {data} is a medbench task, not a file: build the training records from it first "
+                            f"(medbench prefs build {data} --recipe {recipe.name} --output_dir DIR), then pass "
+                            "--data DIR/prefs.jsonl")
         raise DataError(f"preference data file not found: {data}")
     fingerprint = run_fingerprint(recipe, args, data, model)
     checkpoint = resolve_resume(resume, output_dir, fingerprint)

@@ -36,9 +36,11 @@ def check_tasks(names: list[str], environ: dict[str, str] | None = None) -> list
     for task in expand_task_names(names):
         documents = load_task_docs(task, environ)
         resolved = resolve_source(task, environ)
-        if resolved.origin in ("hub", "saved", "snapshot"):  # local files were decoded while loading
-            if problem := first_table_image_problem(documents, resolved.describe()):
-                raise DataError(problem)
+        # local files were decoded while loading; hub, saved and snapshot tables are checked here
+        if resolved.origin in ("hub", "saved", "snapshot") and (
+            problem := first_table_image_problem(documents, resolved.describe())
+        ):
+            raise DataError(problem)
         line = f"{task}: {len(documents)} documents from {resolved.describe()}"
         expected = SOURCES[task].expected_rows
         full_split = resolved.origin == "hub" and (not expected or len(documents) == expected)

@@ -9,12 +9,11 @@ machinery working end to end, not a medical model.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from medbench.commands.eval import run_lmms_eval
-from medbench.data.loading import DEMO_DIR
+from medbench.data.loading import DEMO_DIR, iter_json_records
 from medbench.data.sources import SOURCES
 from medbench.results import RunResults, find_runs
 
@@ -22,8 +21,7 @@ from medbench.results import RunResults, find_runs
 def _demo_corpus() -> list[str]:
     texts = []
     for path in sorted(DEMO_DIR.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
+        for _number, record in iter_json_records(path):
             texts += [str(record.get(key, "")) for key in ("question", "answer", "reference")]
     return texts
 

@@ -31,9 +31,10 @@ import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from medbench.errors import MedbenchError
 
@@ -216,7 +217,7 @@ def _load_bin(path: Path) -> dict[str, Any]:
 
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises many types for a bad pickle; name the file either way
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad pickle; name the file either way
         raise MedbenchError(f"{path}: cannot read this weights file ({type(error).__name__}: {error})") from None
 
 
@@ -226,7 +227,7 @@ def _iter_tensors(path: Path) -> Iterator[tuple[str, Any]]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safetensors handle has keys() but cannot be iterated
                 yield key, handle.get_tensor(key)
     else:
         yield from _load_bin(path).items()

@@ -91,6 +91,8 @@ def write_table(question_file: Path, out: Path) -> Counter:
     """
     counts: Counter = Counter()
     records = []
+    # Not iter_json_records: medbench.data.loading imports this module, and importing it back would form a cycle
+    # (tests/medbench/test_layering.py counts lazy imports too).
     for number, line in enumerate(question_file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue

@@ -24,10 +24,11 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from medbench.data.answer_types import AnswerTypeTable, read_table
 from medbench.data.sources import TaskSource, get_source
@@ -160,8 +161,16 @@ def read_text_file(path: Path) -> str:
         ) from None
 
 
-def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
+def iter_json_records(path: Path, fix: str = "fix or remove that line") -> Iterator[tuple[int, Any]]:
     """Yield ``(line number, record)`` from a JSONL file, or ``(index + 1, record)`` from a JSON list.
+
+    Blank lines are skipped. Lines end at ``\n`` only (a ``\r`` before it is JSON whitespace): model outputs
+    logged with ``ensure_ascii=False`` may hold U+2028 or U+0085 inside a string, where ``str.splitlines``
+    would cut the record in two.
+
+    Args:
+        path: A ``.json`` file holding a list, or a JSON-lines file (any other suffix).
+        fix: What the user should do about a line that is not JSON (ends that error message).
 
     Raises:
         DataError: When the file is not UTF-8, or a line or the file is not valid JSON.
@@ -176,13 +185,14 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}: a .json data file must hold a list of objects; use JSONL for one object per line")
         yield from enumerate(records, start=1)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}: line {number} is not valid JSON ({error.msg}); fix or remove that line") from None
+            raise DataError(f"{path}: line {number} is not valid JSON ({error.msg}); {fix}") from None
+        yield number, record
 
 
 ANSWER_TYPES = ("CLOSED", "OPEN")
@@ -343,7 +353,7 @@ def answer_type_table(task: str) -> AnswerTypeTable | None:
     return _answer_type_table(task)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _answer_type_table(task: str) -> AnswerTypeTable | None:
     from medbench.taskfiles import task_configs, tasks_dir
 
@@ -424,7 +434,7 @@ def _load_table(resolved: ResolvedSource, source: TaskSource):
         # split= makes datasets prepare only the evaluated split (PathVQA: 6.7k of 32.6k images)
         try:
             loaded = datasets.load_dataset(resolved.location, split=split, revision=resolved.revision)
-        except Exception as error:  # the hub client and datasets raise many types (offline, auth, HTTP, cache)
+        except Exception as error:  # noqa: BLE001 - the hub client and datasets raise many types (offline, auth, HTTP, cache)
             reason = (str(error).splitlines() or [""])[0][:160]
             raise DataError(
                 f"{source.task}: could not load {resolved.describe()} from the Hugging Face hub "
@@ -534,7 +544,7 @@ def _fetch_slake(resolved: ResolvedSource, environ: dict[str, str] | None = None
             hf_hub_download(str(source.hub_id), f"{source.hub_split}.json", repo_type="dataset", revision=resolved.revision)
         )
         archive = Path(hf_hub_download(str(source.hub_id), "imgs.zip", repo_type="dataset", revision=resolved.revision))
-    except Exception as error:  # the hub client raises many types (offline, auth, HTTP)
+    except Exception as error:  # noqa: BLE001 - the hub client raises many types (offline, auth, HTTP)
         raise DataError(
             f"medbench_slake: could not fetch {source.hub_id} from the Hugging Face hub ({type(error).__name__}); "
             f"download it once with network access or set {source.env_var} to a local copy"

@@ -10,9 +10,10 @@ import csv
 import io
 import json
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from medbench.errors import MedbenchError
 from medbench.experts.export import ANNOTATIONS_SCHEMA, CSV_COLUMNS, KEY_SCHEMA

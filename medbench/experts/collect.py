@@ -9,11 +9,11 @@ record the in-run judge leaves in the samples log.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medbench.data.loading import iter_json_records
 from medbench.errors import MedbenchError
 from medbench.judge.runner import SEVERITIES
 from medbench.results import RecordError, find_runs, parse_sample_record
@@ -68,13 +68,7 @@ def _sidecar_grades(samples_file: Path, task: str) -> dict[Any, str | None]:
     grades: dict[Any, str | None] = {}
     if not sidecar.is_file():
         return grades
-    for number, line in enumerate(sidecar.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            verdict = json.loads(line)
-        except json.JSONDecodeError:
-            raise MedbenchError(f"{sidecar}:{number}: not a JSON line; re-run `medbench judge` on {samples_file.name}") from None
+    for _number, verdict in iter_json_records(sidecar, fix=f"re-run `medbench judge` on {samples_file.name}"):
         grade = verdict.get("severity")
         # A failed grading has no `severe` score: unscored, not "none".
         scored = "severe" in (verdict.get("scores") or {})
@@ -105,13 +99,7 @@ def read_model_outputs(label: str, folder: Path) -> ModelOutputs:
         raise MedbenchError(f"{folder}: the runs have no samples logs; evaluate with --log_samples so outputs are kept")
     for task, samples_file in sorted(latest.items()):
         sidecar = _sidecar_grades(samples_file, task)
-        for number, line in enumerate(samples_file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise MedbenchError(f"{samples_file}:{number}: not a JSON line; pass lmms-eval --log_samples output") from None
+        for number, record in iter_json_records(samples_file, fix="pass lmms-eval --log_samples output"):
             try:
                 sample = parse_sample_record(record, strict=False)
             except RecordError as error:

@@ -26,9 +26,10 @@ import secrets
 import string
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from medbench.errors import MedbenchError
 from medbench.experts.collect import ModelOutputs, Output, parse_run_argument, read_model_outputs

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from medbench.experts import stats
 from medbench.experts.annotations import AnnotationSet
@@ -260,8 +261,10 @@ def _cell(estimate: dict[str, Any] | None, digits: int = 2) -> str:
 def format_summary(summary: dict[str, Any]) -> str:
     """A Markdown report of the summary."""
     lines = [
-        f"Expert review {summary['export_id']}: {summary['n_ratings']} ratings of {summary['n_outputs']} outputs "
-        f"({summary['n_items']} items) by {len(summary['annotators'])} annotator(s): {', '.join(summary['annotators'])}",
+        (
+            f"Expert review {summary['export_id']}: {summary['n_ratings']} ratings of {summary['n_outputs']} outputs "
+            f"({summary['n_items']} items) by {len(summary['annotators'])} annotator(s): {', '.join(summary['annotators'])}"
+        ),
         "",
         "| model | n | correctness | severe | any hallucination | judge severe (same outputs) |",
         "|---|---|---|---|---|---|",

@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from medbench.errors import MedbenchError
 from medbench.judge.client import Completion, JudgeConfigError, JudgeFailure, Queued, redact, request_params
@@ -121,6 +122,8 @@ class BatchState:
 
 
 def _parse_lines(text: str, answers: dict[str, Completion], errors: dict[str, str]) -> None:
+    # Not iter_json_records, which stops at the first bad line: a line of the provider's download that is not
+    # JSON leaves its request unanswered, and an unanswered request is asked again in the next batch.
     for line in text.splitlines():
         if not line.strip():
             continue
@@ -392,7 +395,7 @@ class _errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> bool:
         if error is None:
             return False
         try:

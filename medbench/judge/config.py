@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from medbench.errors import MedbenchError
@@ -150,7 +150,7 @@ class JudgeConfig:
         return self.prices.get(self.model)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "JudgeConfig | None":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> JudgeConfig | None:
         """Build the configuration from environment variables.
 
         Args:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -107,7 +107,7 @@ def load_prompt(spec: str) -> PromptSpec:
     return _load_prompt(spec)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_prompt(spec: str) -> PromptSpec:
     if spec.endswith((".yaml", ".yml")) or "/" in spec:
         path = Path(spec)

@@ -22,8 +22,9 @@ import json
 import logging
 import math
 import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from medbench import __version__
 from medbench.judge.cache import JudgeCache

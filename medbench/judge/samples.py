@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
+from medbench.data.loading import iter_json_records
 from medbench.errors import DataError
 from medbench.judge.parts import HIGHER_IS_BETTER
 from medbench.judge.parts import PREFIX as METRIC_PREFIX
@@ -98,23 +100,20 @@ def find_samples_files(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
 
 
 def load_reference_data(path: Path) -> dict[str, dict[str, Any]]:
-    """``id -> record`` from a JSON list or JSONL data file with ``id``, ``reference`` and optional ``facts``.
+    """``id -> record`` from a task data file (a ``.json`` list or JSONL, as the task loader reads it) with ``id``,
+    ``reference`` and optional ``facts``.
 
     Raises:
         DataError: Unreadable file or records without ``id``.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        records = list(iter_json_records(path, fix="fix the file passed to --data"))
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror}): pass an existing data file to --data") from None
-    try:
-        records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not JSON/JSONL (line {error.lineno}): fix the file passed to --data") from None
     table: dict[str, dict[str, Any]] = {}
-    for index, record in enumerate(records):
+    for number, record in records:
         if not isinstance(record, dict) or "id" not in record:
-            raise DataError(f"{path}: record {index} has no 'id' field: every record needs an id")
+            raise DataError(f"{path}: record {number} has no 'id' field: every record needs an id")
         table[str(record["id"])] = record
     return table
 
@@ -133,18 +132,11 @@ def read_samples_file(path: Path, data: Mapping[str, Mapping[str, Any]] | None =
     stem, task = (match["stem"], match["task"]) if match else (path.stem, path.stem)
     items: list[JudgeItem] = []
     doc_ids: list[Any] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{path}:{line_number}: not a JSON line: pass an lmms-eval --log_samples file") from None
-            if _failed_generation(record):
-                continue  # the model never answered: nothing to judge (medbench eval and the board report it)
-            items.append(_item(record, data or {}, f"{path}:{line_number}"))
-            doc_ids.append(record.get("doc_id"))
+    for line_number, record in iter_json_records(path, fix="pass an lmms-eval --log_samples file"):
+        if _failed_generation(record):
+            continue  # the model never answered: nothing to judge (medbench eval and the board report it)
+        items.append(_item(record, data or {}, f"{path}:{line_number}"))
+        doc_ids.append(record.get("doc_id"))
     return SamplesFile(path=path, task=task, stem=stem, items=items, doc_ids=doc_ids)
 
 

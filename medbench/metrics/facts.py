@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 ENTAILMENT = "Entailment"
 PARTIAL_ENTAILMENT = "Partial Entailment"

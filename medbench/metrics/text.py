@@ -30,10 +30,11 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from medbench.errors import MedbenchError
 
@@ -249,7 +250,7 @@ class BertScoreSettings:
     device: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "BertScoreSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BertScoreSettings:
         """Read ``MEDBENCH_BERTSCORE_MODEL`` (+ ``_LAYERS``, ``_BATCH_SIZE``, ``_DEVICE``).
 
         Raises:

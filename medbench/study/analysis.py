@@ -94,16 +94,15 @@ def _task_of_twin(task: str) -> tuple[str, bool]:
 
 def _accuracy_items(folder: Path) -> Iterable[tuple[str, bool, str, float]]:
     """``(task, blind, item id, value)`` of an evaluation cell's logs: each task's headline per-sample metric."""
+    from medbench.data.loading import iter_json_records
     from medbench.metrics.registry import METRICS
     from medbench.results import find_runs, parse_sample_record
 
     for run in find_runs(folder):
         for task, samples in run.samples.items():
             sighted, blind = _task_of_twin(task)
-            for line in samples.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                record = parse_sample_record(json.loads(line), strict=False)
+            for _number, raw in iter_json_records(samples):
+                record = parse_sample_record(raw, strict=False)
                 metric = next((name for name in record.raw if name in METRICS and METRICS[name].primary), None)
                 value = record.raw.get(metric) if metric else None
                 if isinstance(value, (int, float)):
@@ -111,12 +110,13 @@ def _accuracy_items(folder: Path) -> Iterable[tuple[str, bool, str, float]]:
 
 
 def _probe_items(folder: Path) -> Iterable[dict[str, Any]]:
+    from medbench.data.loading import iter_json_records
+
     path = folder / PROBE_SCORES
     if not path.is_file():
         raise MedbenchError(f"{path}: no held-out scores; rerun the probe cell (medbench prefs score)")
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            yield json.loads(line)
+    for _number, record in iter_json_records(path, fix="rerun the probe cell (medbench prefs score)"):
+        yield record
 
 
 def collect(study: Study, complete: set[str]) -> dict[tuple[str, str], ModelValues]:

@@ -82,8 +82,15 @@ def clip_folder(folder: Path, seed: int, full_clip: bool = False) -> None:
 def build_original(root: Path, family: str, projector: str = "mlp2x_gelu", select_feature: str = "patch") -> dict:
     """Write a fake original checkpoint of ``family`` under ``root``; returns paths and the original parts."""
     from safetensors.torch import save_file
-    from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        CLIPVisionModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     ckpt = root / f"{family}-orig"
     ckpt.mkdir(parents=True)

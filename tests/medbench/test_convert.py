@@ -9,11 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sentencepiece")
 
-from PIL import Image  # noqa: E402
+from _llava_originals import build_original, original_ids, original_pixels, reference_logits
+from PIL import Image
 
-from medbench.errors import MedbenchError  # noqa: E402
-
-from _llava_originals import build_original, original_ids, original_pixels, reference_logits  # noqa: E402
+from medbench.errors import MedbenchError
 
 QUESTION = "Is there a fracture in the left femur?"
 
@@ -91,7 +90,7 @@ def test_converted_model_matches_the_original_forward(tmp_path, family, projecto
 
 def test_stored_copy_is_ignored_for_llava_med_and_used_when_asked(tmp_path):
     original = build_original(tmp_path, "llava_mistral")
-    out, record, lines = _convert(tmp_path, original, vision_weights="stored")
+    out, record, _ = _convert(tmp_path, original, vision_weights="stored")
     assert record["vision_tower_weights"] == "stored"
     model, _ = _load(out)
     stored = original["stored_tower"].state_dict()["encoder.layers.0.mlp.fc1.weight"]
@@ -111,9 +110,9 @@ def test_image_token_row_is_added_with_mean_embedding(tmp_path):
 
 def test_sentencepiece_tokenizer_matches_sentencepiece(tmp_path):
     import sentencepiece as spm
+    from _llava_originals import sentencepiece_model
 
     from medbench.convert.tokenizer import fast_tokenizer_from_sentencepiece
-    from _llava_originals import sentencepiece_model
 
     sentencepiece_model(tmp_path)
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))

@@ -237,7 +237,7 @@ def test_concurrent_unpacks_of_the_same_archive_both_succeed(tmp_path, jpeg_byte
     def unpack():
         try:
             loading._unpack_atomically(archive, "imgs", target)
-        except Exception as error:  # collected and asserted below
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
             errors.append(error)
 
     threads = [threading.Thread(target=unpack) for _ in range(4)]

@@ -93,7 +93,10 @@ def tiny_bert_dir(tmp_path_factory):
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny_bert")
-    words = "the heart is enlarged there a right left pleural effusion no pneumothorax lungs are clear".split()
+    words = [
+        "the", "heart", "is", "enlarged", "there", "a", "right", "left", "pleural", "effusion", "no",
+        "pneumothorax", "lungs", "are", "clear",
+    ]
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)  # no model_max_length on purpose
     torch.manual_seed(0)
@@ -147,7 +150,10 @@ def test_rouge_l_equals_stock_rouge_score_with_stemming():
     from medbench.metrics.text import rouge_l
 
     stock = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    words = "The lungs are clear; no focal consolidations, effusions or pneumothoraces. Stable running changes!".split()
+    words = [
+        "The", "lungs", "are", "clear;", "no", "focal", "consolidations,", "effusions", "or", "pneumothoraces.",
+        "Stable", "running", "changes!",
+    ]
     rng = random.Random(7)
     for _ in range(300):
         prediction = " ".join(rng.choices(words, k=rng.randint(1, 25)))
@@ -163,7 +169,10 @@ def test_rouge_l_equals_rouge_score_on_long_texts_up_to_the_token_cap():
     from medbench.metrics.text import ROUGE_MAX_TOKENS
 
     stock = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    words = "Heart size normal; lungs clear. Ünusual É-mark 12mm opacities running ran isn't".split()
+    words = [
+        "Heart", "size", "normal;", "lungs", "clear.", "Ünusual", "É-mark", "12mm", "opacities", "running", "ran",
+        "isn't",
+    ]
     rng = random.Random(3)
     for length in (300, 1500, ROUGE_MAX_TOKENS // 2):
         prediction = " ".join(rng.choices(words, k=length))

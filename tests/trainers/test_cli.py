@@ -104,6 +104,11 @@ def test_recipe_whose_data_lacks_a_field_stops_with_one_line(tmp_path, tiny_mode
             "preference data file not found: /no/such.jsonl",
         ),
         (
+            ["--config", "grpo", "--model", "m", "--data", "medbench_vqa_rad", "--output_dir", "o"],
+            "--data medbench_vqa_rad is a medbench task, not a file: build the training records from it first "
+            "(medbench prefs build medbench_vqa_rad --recipe grpo --output_dir DIR)",
+        ),
+        (
             ["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "stray"],
             "unexpected argument 'stray'",
         ),

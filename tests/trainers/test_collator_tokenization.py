@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-
 import pytest
-from medbench.train.collator import PreferenceCollator, continuation_ids
-from medbench.train.objectives import OBJECTIVES
 from PIL import Image
 
 from medbench.prompts import build_messages, chat_template, render_prompt
+from medbench.train.collator import PreferenceCollator, continuation_ids
+from medbench.train.objectives import OBJECTIVES
 
 pytest.importorskip("sentencepiece")
 

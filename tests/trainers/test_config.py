@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
+from medbench.errors import MedbenchError
 from medbench.train.config import (
     TRAINING_DEFAULTS,
     RecipeConfig,
@@ -19,8 +21,6 @@ from medbench.train.config import (
 )
 from medbench.train.objectives import OBJECTIVES
 from medbench.train.run import build_training_args
-
-from medbench.errors import MedbenchError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -164,6 +164,8 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".json":
         yield from iter_json_records(path)  # one document: unreadable is unreadable as a whole
         return
+    # Not iter_json_records for JSONL, which stops at the first bad line: here a bad line is one more skipped
+    # record, reported with its reason like any other.
     for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -232,7 +234,7 @@ def _items_from_task(task: str, image_root: str | None) -> tuple[list[dict[str, 
         dataset = load_task_docs(task)
     except MedbenchError:
         raise
-    except Exception as error:  # datasets raises ConnectionError, FileNotFoundError, ... for an unreachable hub
+    except Exception as error:  # noqa: BLE001 - datasets raises ConnectionError, FileNotFoundError, ... for an unreachable hub
         first = (str(error).splitlines() or [type(error).__name__])[0]
         raise DataError(
             f"{task}: cannot load {resolved.describe()} ({first}); point {source.env_var} at a local copy"
@@ -249,8 +251,8 @@ def _items_from_task(task: str, image_root: str | None) -> tuple[list[dict[str, 
 
 def _needs(recipe_name: str) -> tuple[set[str], str]:
     """(fields to build, objective name) for a recipe (reads the recipe's objective, no torch)."""
-    from medbench.train.config import load_recipe
-    from medbench.train.objectives import OBJECTIVES
+    from ..config import load_recipe
+    from ..objectives import OBJECTIVES
 
     recipe = load_recipe(recipe_name)
     objective = OBJECTIVES[recipe.objective]
@@ -261,7 +263,7 @@ def _needs(recipe_name: str) -> tuple[set[str], str]:
 
 
 def _open_image(item: dict[str, Any]):
-    from medbench.train.data import load_image
+    from ..data import load_image
 
     image = item["image"]
     if image is None:

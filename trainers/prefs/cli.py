@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     """Run ``medbench prefs score``."""
-    from medbench.train.probe import score_file
+    from ..probe import score_file
 
     summary = score_file(args.model, args.data, args.output_dir, image_root=args.image_root,
                          batch_size=args.batch_size, max_length=args.max_length, device=args.device,

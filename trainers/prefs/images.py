@@ -83,7 +83,7 @@ def _region_mask(size: tuple[int, int], box: Sequence[float] | None, mask: Any |
         if max(x0, y0, x1, y1) <= 1.0:  # normalised coordinates
             x0, x1, y0, y1 = x0 * width, x1 * width, y0 * height, y1 * height
         x0, y0 = max(0, int(x0)), max(0, int(y0))
-        x1, y1 = min(width, max(x0 + 1, int(round(x1)))), min(height, max(y0 + 1, int(round(y1))))
+        x1, y1 = min(width, max(x0 + 1, round(x1))), min(height, max(y0 + 1, round(y1)))  # round() of a float is an int
         chosen: Box = (x0, y0, x1, y1)
         source = "box"
     else:

@@ -39,9 +39,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from medbench.metrics.clinical.f1 import CONDITIONS, RADGRAPH_LEVELS, TOP5_INDEX, mean, multilabel_f1, radgraph_rewards
 from medbench.metrics.text import MetricUnavailable
@@ -114,7 +115,7 @@ class CheXbertSettings:
     batch_size: int = 32
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "CheXbertSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CheXbertSettings:
         """Read ``MEDBENCH_CHEXBERT_WEIGHTS`` and ``MEDBENCH_CHEXBERT_TOKENIZER`` (checks the files exist).
 
         Raises:
@@ -150,7 +151,7 @@ class RadGraphSettings:
     device: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "RadGraphSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RadGraphSettings:
         """Read ``MEDBENCH_RADGRAPH_WEIGHTS`` and ``MEDBENCH_RADGRAPH_TOKENIZER`` (checks the files exist).
 
         Raises:

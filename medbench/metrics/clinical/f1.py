@@ -11,8 +11,8 @@ on labels or graphs produced elsewhere (e.g. CheXbert labels shipped with a data
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 # The 14 CheXpert observations in the order of the checkpoint's heads.
 CONDITIONS = (
