@@ -39,9 +39,10 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable
+from typing import Self
 
 FAULTS = ("429", "500", "hang", "garbage", "wrong_count")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -270,7 +271,7 @@ class LoopbackJudgeServer:
             "MEDBENCH_JUDGE_PROGRESS": "0",
         }
 
-    def start(self) -> "LoopbackJudgeServer":
+    def start(self) -> LoopbackJudgeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -302,7 +303,7 @@ class LoopbackJudgeServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "LoopbackJudgeServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -482,7 +483,7 @@ class BatchAPI:
     ``batch_cancelled``.
     """
 
-    def __init__(self, server: "LoopbackJudgeServer") -> None:
+    def __init__(self, server: LoopbackJudgeServer) -> None:
         self.server = server
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}

@@ -53,7 +53,7 @@ def _key(exported: Path) -> dict:
 
 def _payload(exported: Path) -> dict:
     page = (exported / "annotators" / "form.html").read_text(encoding="utf-8")
-    data = re.search(r'<script type="application/json" id="medbench-export">(.*?)</script>', page, re.S).group(1)
+    data = re.search(r'<script type="application/json" id="medbench-export">(.*?)</script>', page, re.DOTALL).group(1)
     return json.loads(data)
 
 
@@ -375,7 +375,7 @@ def _write_xlsx(source: Path, target: Path, rows: list[dict[str, str]]) -> Path:
 
 @needs_chromium
 def test_three_annotators_form_csv_xlsx_agreement(saved_by_browser, exported, tmp_path):
-    saved, grades = saved_by_browser
+    saved, _grades = saved_by_browser
     rows = _csv_rows(exported / "annotators" / "items.csv")
     b = _write_csv(tmp_path / "dr_b.csv", _fill_rows(rows, "Dr B", flip=4))
     c = _write_xlsx(exported / "annotators" / "items.xlsx", tmp_path / "dr_c.xlsx", _fill_rows(rows, "Dr C", flip=7))

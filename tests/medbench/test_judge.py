@@ -109,9 +109,8 @@ def test_wrong_label_count_in_authors_mode_is_kept_as_the_authors_did():
 
 
 def test_authentication_error_aborts_with_one_line():
-    with LoopbackJudgeServer(script=["401"]) as server:
-        with pytest.raises(JudgeConfigError, match="rejected the API key"):
-            JudgeRunner(make_config(server)).judge(make_items(1), parts=("nli",))
+    with LoopbackJudgeServer(script=["401"]) as server, pytest.raises(JudgeConfigError, match="rejected the API key"):
+        JudgeRunner(make_config(server)).judge(make_items(1), parts=("nli",))
 
 
 def test_thirty_percent_failures_every_sample_scored_or_marked_failed():

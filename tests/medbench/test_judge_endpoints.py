@@ -164,9 +164,8 @@ def test_dead_url_on_the_command_line(tmp_path):
 
 def test_an_abort_keeps_what_was_already_scored(tmp_path):
     cache = tmp_path / "cache.sqlite"
-    with LoopbackJudgeServer(script=[None] * 5 + ["401"] * 200) as server:
-        with pytest.raises(JudgeConfigError):
-            JudgeRunner(config(server, concurrency=1, cache_path=cache)).judge(items(20), parts=("nli",))
+    with LoopbackJudgeServer(script=[None] * 5 + ["401"] * 200) as server, pytest.raises(JudgeConfigError):
+        JudgeRunner(config(server, concurrency=1, cache_path=cache)).judge(items(20), parts=("nli",))
     assert len(JudgeCache(cache)) == 5
     with LoopbackJudgeServer() as server:
         report = JudgeRunner(config(server, cache_path=cache)).judge(items(20), parts=("nli",))

@@ -85,7 +85,7 @@ def _texts(messages: list) -> list[str]:
 class _HalfBrokenBackend(BaseHTTPRequestHandler):
     """An OpenAI-compatible chat endpoint: 500 for questions about CT, else the answer "yes"."""
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if "CT" in " ".join(_texts(body["messages"])):
             self.send_response(500)

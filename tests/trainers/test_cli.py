@@ -65,7 +65,7 @@ def test_recipe_whose_data_lacks_a_field_stops_with_one_line(tmp_path, tiny_mode
     data = write_jsonl(
         tmp_path / "no_noise.jsonl", [{k: v for k, v in r.items() if k != "rejected_image"} for r in RECORDS]
     )
-    code, out, err = run_cli(
+    code, _out, err = run_cli(
         [
             "--config",
             "trainers/recipes/copo.yaml",
@@ -105,8 +105,8 @@ def test_recipe_whose_data_lacks_a_field_stops_with_one_line(tmp_path, tiny_mode
         ),
         (
             ["--config", "grpo", "--model", "m", "--data", "medbench_vqa_rad", "--output_dir", "o"],
-            "--data medbench_vqa_rad is a medbench task, not a file: build the training records from it first "
-            "(medbench prefs build medbench_vqa_rad --recipe grpo --output_dir DIR)",
+            ("--data medbench_vqa_rad is a medbench task, not a file: build the training records from it first "
+             "(medbench prefs build medbench_vqa_rad --recipe grpo --output_dir DIR)"),
         ),
         (
             ["--config", "dpo", "--model", "m", "--data", "d", "--output_dir", "o", "stray"],
