@@ -28,7 +28,7 @@ from medbench.study.jobs import job_record, queue_states
 from medbench.study.runner import attempt_logs, cell_state, report_lines
 from medbench.study.spec import load_study
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600)]  # about 15 minutes on 2 busy cores
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600)]  # about 7 minutes on 2 busy cores
 REPO = Path(__file__).resolve().parents[2]
 MEDBENCH = [sys.executable, "-m", "medbench"]
 
