@@ -183,12 +183,16 @@ def test_a_bad_prepare_or_probe_is_one_line(tmp_path, capsys, change, message):
 def test_the_tiny_study_plans_here():
     study = load_study(Path(__file__).resolve().parents[2] / "medbench" / "studies" / "tiny.yaml")
     trains = {cell.id: cell for cell in study.cells if cell.kind == "train"}
-    assert len(trains) == 2 * (6 + 1)  # two seeds x (six variants + SFT)
+    assert len(trains) == 2 * (7 + 1)  # two seeds x (six DPO variants + GRPO + SFT)
     for cell in trains.values():
         seed = cell.meta["seed"]
         if cell.meta["variant"] != "sft":
             assert cell.deps[-1] == f"tiny/sft/s{seed}/train"  # every variant starts from its seed's SFT model
-    assert len([cell for cell in study.cells if cell.kind == "probe"]) == 1 + 2 * 7
+    assert len([cell for cell in study.cells if cell.kind == "probe"]) == 1 + 2 * 8
+    grpo = trains["tiny/grpo/s1/train"].argv
+    # GRPO's own settings reach the train command; the DPO-only max_length is un-set.
+    assert grpo[grpo.index("--rewards") + 1] == "closed_exact,open_recall"
+    assert grpo[grpo.index("--max_length") + 1] == "null"
 
 
 def test_base_model_is_the_model_a_cell_was_trained_from(tmp_path):
