@@ -534,6 +534,8 @@ class JudgeClient(Generic[T]):
         on_usage: Called with ``(prompt_tokens, completion_tokens)`` after each live answer (lmms-eval's
             usage tracker hooks in here so judge tokens appear in its results).
         seed: Seed of the jitter.
+        rate: A rate controller to go on with (what an earlier client in this event loop learned about the
+            server's limits); default: a new one.
     """
 
     def __init__(
@@ -544,6 +546,7 @@ class JudgeClient(Generic[T]):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_usage: Callable[[int, int], None] | None = None,
         seed: int = 0,
+        rate: RateController | None = None,
     ) -> None:
         self.config = config
         self._on_usage = on_usage
@@ -553,7 +556,8 @@ class JudgeClient(Generic[T]):
         self._sleep = sleep
         self._inflight: dict[str, asyncio.Future] = {}
         self._rng = random.Random(seed)
-        self.rate = RateController(config.concurrency, adaptive=config.adaptive_rate, rng=self._rng.random)
+        self.rate = rate if rate is not None else RateController(config.concurrency, adaptive=config.adaptive_rate,
+                                                                 rng=self._rng.random)
         self.health = RunHealth(config)
         self._abort: JudgeAbort | None = None
         self._prepared = False

@@ -222,3 +222,31 @@ def test_evaluation_tasks_score_the_answer_part():
                                               answer=["yes"], answer_type=[CLOSED])[0]
     report = report_process_results({"id": "r1", "reference": REFERENCE}, [f"<think>draft</think>{REFERENCE}"])
     assert report["rouge_l"] == 1.0
+
+
+def test_a_runner_keeps_what_its_rate_controller_learned_from_batch_to_batch():
+    # A GRPO reward judges one small batch per step. The first batch of a runner opens with one request (a server's
+    # limits are unknown until its first answer); later batches in the same event loop go out at once, so a step
+    # costs one round trip, not two.
+    from medbench.judge.runner import JudgeItem, JudgeRunner
+
+    facts = ("The heart is enlarged.", "There is a right pleural effusion.")
+
+    def batch(step: int) -> list[JudgeItem]:
+        return [JudgeItem(id=f"{step}-{i}", prediction=f"The heart is enlarged ({step}, {i}).", reference=REFERENCE,
+                          facts=facts) for i in range(6)]
+
+    with LoopbackJudgeServer(latency=0.05) as server:
+        runner = JudgeRunner(judge_config(server))
+        peaks = []
+
+        async def two_steps() -> None:
+            for step in range(2):
+                server.max_in_flight = 0
+                await runner.judge_async(batch(step), ("nli",))
+                peaks.append(server.max_in_flight)
+
+        asyncio.run(two_steps())
+    first, second = peaks
+    assert first < 6  # the first request went alone
+    assert second == 6  # every request of the next batch was in flight together
