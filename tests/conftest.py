@@ -51,13 +51,9 @@ socket.socket.connect_ex = _guarded_connect_ex
 def _own_medbench_cache(tmp_path_factory):
     """The suite's caches (preprocessed training sets, judge answers, board builds) go to a session folder, never
     into the user's ~/.cache/medbench: a test run must not grow or read a real cache. Subprocesses inherit it."""
-    previous = os.environ.get("MEDBENCH_CACHE")
-    os.environ["MEDBENCH_CACHE"] = str(tmp_path_factory.mktemp("medbench-cache"))
-    yield
-    if previous is None:
-        os.environ.pop("MEDBENCH_CACHE", None)
-    else:
-        os.environ["MEDBENCH_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDBENCH_CACHE", str(tmp_path_factory.mktemp("medbench-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

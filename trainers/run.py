@@ -337,10 +337,10 @@ def train(
     output_dir = Path(output_dir)
     args = build_training_args(recipe, output_dir)  # a bad setting stops the run before anything is read
     if not data.is_file():
+        from medbench.data.sources import SOURCES
         from medbench.errors import DataError
-        from medbench.taskfiles import task_configs
 
-        if str(data) in task_configs():  # a task name: its records are built by `prefs build`, as for every recipe
+        if str(data) in SOURCES:  # a task name: its records are built by `prefs build`, as for every recipe
             raise DataError(f"--data {data} is a medbench task, not a file: build the training records from it first "
                             f"(medbench prefs build {data} --recipe {recipe.name} --output_dir DIR), then pass "
                             "--data DIR/prefs.jsonl")

@@ -32,7 +32,6 @@ from medbench.judge.client import JudgeAbort, JudgeClient, JudgeFailure, Transpo
 from medbench.judge.config import JudgeConfig
 from medbench.judge.parts import HIGHER_IS_BETTER, METRICS, PART_METRICS, PART_ROLES
 from medbench.judge.prompts import PromptSpec, load_prompt
-from medbench.judge.ratelimit import RateController
 from medbench.metrics.facts import (
     NEUTRAL,
     extract_json_list,
@@ -167,11 +166,11 @@ class JudgeRunner:
         self._transport = transport
         self._sleep = sleep
         self.client: JudgeClient | None = None
-        # What the rate controller learned (the server's limits, the paced rate, the in-flight limit) outlives a
-        # batch: a GRPO reward judges one small batch per step, and a controller started afresh each time would send
-        # one request, wait for it, and only then the rest - two round trips per step instead of one. It is kept
-        # per event loop, because it holds loop-bound waiters and a lock.
-        self._rate: tuple[asyncio.AbstractEventLoop, RateController] | None = None
+        # What the last client's rate controller learned (the server's limits, the paced rate, the in-flight limit)
+        # outlives a batch: a GRPO reward judges one small batch per step, and a controller started afresh each time
+        # would send one request, wait for it, and only then the rest - two round trips per step instead of one. It
+        # is handed on within one event loop only, because it holds loop-bound waiters and a lock.
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def judge_info(self, parts: Iterable[str] = tuple(PART_METRICS)) -> dict[str, Any]:
         """Judge identity for results: model, endpoint (no secrets), prompts with hashes, scoring mode, and
@@ -240,10 +239,10 @@ class JudgeRunner:
         if self._sleep is not None:
             kwargs["sleep"] = self._sleep
         loop = asyncio.get_running_loop()
-        if self._rate is not None and self._rate[0] is loop:
-            kwargs["rate"] = self._rate[1]
+        if self.client is not None and self._client_loop is loop:
+            kwargs["rate"] = self.client.rate
         self.client = JudgeClient(self.config, self.cache, self._transport, **kwargs)
-        self._rate = (loop, self.client.rate)
+        self._client_loop = loop
         items = [item for batch in batches for item in batch]
         samples = [SampleJudgement(id=item.id) for item in items]
         requested = [m for part in parts for m in PART_METRICS[part]]
