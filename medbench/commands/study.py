@@ -64,7 +64,7 @@ def _load(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medbench.study.runner import run_study, status_lines
+    from medbench.study.runner import require_extras, run_study, status_lines
 
     study = _load(args)
     cells = []
@@ -78,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
+    require_extras(study, [study.cell(cell_id) for cell_id in cells] or study.cells)
     if args.executor == "local":
         run_study(study, cells or None, log=log, jobs=args.jobs, force=args.force, retries=args.retries)
         print(f"medbench study: {study.name} done; board in {study.root / 'board'}")

@@ -42,6 +42,30 @@ SUBMISSION = "medbench-submission.json"
 TRAINING_METADATA = "medbench_train.json"
 
 
+# The extra each cell kind needs, with the modules that show it is installed. A study that trains needs more
+# than the demo's `eval`; one line before the first cell beats a traceback in the fifth cell's log.
+_EXTRAS = {"train": ("train", ("trl", "peft", "accelerate")), "probe": ("train", ("trl",)),
+           "eval": ("eval", ("lmms_eval",)), "board": ("leaderboard", ("jsonschema", "matplotlib", "confusable_homoglyphs"))}
+
+
+def require_extras(study: Study, cells: list[Cell]) -> None:
+    """Raise one line naming the ``medbench[...]`` extras that ``cells`` need and this environment lacks."""
+    from importlib.util import find_spec
+
+    missing: dict[str, list[str]] = {}
+    for cell in cells:
+        extra, modules = _EXTRAS.get(cell.kind, ("", ()))
+        for module in modules:
+            if find_spec(module) is None and module not in missing.get(extra, []):
+                missing.setdefault(extra, []).append(module)
+    if missing:
+        extras = ",".join(sorted(missing))
+        absent = ", ".join(module for modules in missing.values() for module in modules)
+        raise MedbenchError(f"study {study.name} needs medbench[{extras}] ({absent} not installed): "
+                            f"pip install -c medbench/lock.txt -e \".[{extras}]\" in a checkout, or "
+                            f"pip install \"medbench[{extras}]\"")
+
+
 def cell_state(study: Study, cell: Cell) -> str:
     """``done`` (outputs complete, same hash), ``stale`` (done with other settings), ``failed`` or ``pending``."""
     folder = study.folder(cell)
