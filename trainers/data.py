@@ -25,7 +25,7 @@ import hashlib
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -478,8 +478,9 @@ def load_or_preprocess(records: list[Record], data: str | Path, collator: Any) -
     path = folder / f"{key}.pt"
     if path.is_file():
         try:
-            stored = torch.load(path, weights_only=False)
-            if isinstance(stored, PreprocessedRecords) and stored.key == key and len(stored) == len(records):
+            # Plain containers and tensors only: weights_only refuses a pickle that would run code when read.
+            stored = PreprocessedRecords(**torch.load(path, weights_only=True))
+            if stored.key == key and len(stored) == len(records):
                 logger.info("preprocessed training set: %s (reused)", path)
                 path.touch()  # recently used: the last the size bound removes
                 return stored
@@ -488,7 +489,7 @@ def load_or_preprocess(records: list[Record], data: str | Path, collator: Any) -
     prepared = preprocess_records(records, collator, key)
     folder.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(prepared, temporary)
+    torch.save({field.name: getattr(prepared, field.name) for field in fields(prepared)}, temporary)
     os.replace(temporary, path)
     logger.info("preprocessed training set: %s (built from %d records)", path, len(records))
     prune_cache(folder, keep=path, limit=cache_limit_bytes())

@@ -144,3 +144,27 @@ def test_a_reused_set_counts_as_recently_used(tiny_llava_dir, pref_file, cache):
     os.utime(path, (1e9, 1e9))
     _load(pref_file, processor)
     assert path.stat().st_mtime > 1e9
+
+
+class _Planted:
+    """Unpickling this runs code (it calls ``touch`` on a path): what a writable shared cache folder could hold."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+def test_a_planted_pickle_in_the_cache_is_not_run_but_rebuilt(tiny_llava_dir, pref_file, cache, tmp_path):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    first = _load(pref_file, processor)
+    path = cache / f"{first.key}.pt"
+    ran = tmp_path / "ran"
+    torch.save(_Planted(ran), path)
+    again = _load(pref_file, processor)
+    assert not ran.exists()
+    assert again.key == first.key and len(again) == len(first) and again.rows[0][0].keys() == first.rows[0][0].keys()
+    assert torch.load(path, weights_only=True)["key"] == first.key  # rebuilt as plain containers
