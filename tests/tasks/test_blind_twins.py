@@ -45,3 +45,21 @@ def test_blind_twin_keeps_prompts_and_token_counts_and_its_image_is_uniform(twin
         counts = [processor(images=[picture], text=[text], return_tensors="pt")["input_ids"].shape[1]
                   for picture in (image, uniform)]
         assert counts[0] == counts[1]
+
+
+def test_the_blind_group_runs_through_lmms_evals_own_llava_backend(tiny_llava_dir, tmp_path):
+    """``--tasks medbench_blind`` with lmms-eval's ``llava_hf`` (no medbench model code): every twin answers."""
+    pytest.importorskip("decord")  # lmms-eval's llava_hf imports it
+    from lmms_here import lmms_eval_in_process
+
+    from medbench.commands.eval import run_lmms_eval
+    from medbench.results import find_runs
+
+    args = ["--model", "llava_hf", "--model_args", f"pretrained={tiny_llava_dir},device=cpu,device_map=cpu",
+            "--tasks", "medbench_blind", "--limit", "2", "--output_path", str(tmp_path), "--verbosity", "WARNING"]
+    with lmms_eval_in_process():
+        run_lmms_eval(args, demo_environment())
+    run = find_runs(tmp_path)[-1]
+    for task in ("medbench_vqa_rad_blind", "medbench_slake_blind", "medbench_pathvqa_blind"):
+        assert run.raw["n-samples"][task]["effective"] == 2, task
+        assert len(run.samples[task].read_text().splitlines()) == 2
