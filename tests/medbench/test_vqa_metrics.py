@@ -94,6 +94,8 @@ CLOSED_TABLE = [
     ("lung", "left lung", 0.0),
     ("two", "2", 1.0),
     # A hedge naming both options is no answer for every closed question, as "yes or no" is for yes/no.
+    ("yes or no", "yes", 0.0),
+    ("Yes or no.", "no", 0.0),
     ("left or right", "left", 0.0),
     ("left or right", "right", 0.0),
     ("CT or MRI", "CT", 0.0),
