@@ -106,28 +106,37 @@ def _requirements() -> tuple[list[str], dict[str, list[str]]]:
     return core, extras
 
 
-def check_requirements() -> list[Check]:
-    """Core requirements, and each extra: installed, absent, or installed with a version it excludes."""
+def _problems(texts: list[str], installed: dict[str, str]) -> tuple[list[str], list[str]]:
+    """``(missing, wrong versions)`` among requirement strings (medbench's own extras left out)."""
     from packaging.requirements import Requirement
 
+    missing, wrong = [], []
+    for text in texts:
+        requirement = Requirement(text.split(";", 1)[0])
+        name = _normalise(requirement.name)
+        if name == "medbench":
+            continue
+        if name not in installed:
+            missing.append(requirement.name)
+        elif requirement.specifier and not requirement.specifier.contains(installed[name], prereleases=True):
+            wrong.append(f"{requirement.name} {installed[name]} (needs {requirement.specifier})")
+    return missing, wrong
+
+
+def missing_from_extras(names: list[str]) -> dict[str, list[str]]:
+    """``{extra: [requirement not installed, ...]}`` for those of ``names`` that are not fully installed."""
+    installed = _installed()
+    extras = _requirements()[1]
+    return {name: missing for name in names if (missing := _problems(extras.get(name, []), installed)[0])}
+
+
+def check_requirements() -> list[Check]:
+    """Core requirements, and each extra: installed, absent, or installed with a version it excludes."""
     installed = _installed()
     core, extras = _requirements()
 
-    def problems(texts: list[str]) -> tuple[list[str], list[str]]:
-        missing, wrong = [], []
-        for text in texts:
-            requirement = Requirement(text.split(";", 1)[0])
-            name = _normalise(requirement.name)
-            if name == "medbench":
-                continue
-            if name not in installed:
-                missing.append(requirement.name)
-            elif requirement.specifier and not requirement.specifier.contains(installed[name], prereleases=True):
-                wrong.append(f"{requirement.name} {installed[name]} (needs {requirement.specifier})")
-        return missing, wrong
-
     checks = []
-    missing, wrong = problems(core)
+    missing, wrong = _problems(core, installed)
     if missing or wrong:
         checks.append(Check("core", "fail", "; ".join(filter(None, [
             f"missing {', '.join(missing)}" if missing else "", f"wrong versions: {', '.join(wrong)}" if wrong else ""
@@ -136,7 +145,7 @@ def check_requirements() -> list[Check]:
         checks.append(Check("core", "ok", f"medbench {__version__} and its core requirements"))
     present, absent = [], []
     for extra, texts in sorted(extras.items()):
-        missing, wrong = problems(texts)
+        missing, wrong = _problems(texts, installed)
         if wrong:
             checks.append(Check(
                 f"[{extra}]", "fail",

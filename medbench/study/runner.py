@@ -42,25 +42,19 @@ SUBMISSION = "medbench-submission.json"
 TRAINING_METADATA = "medbench_train.json"
 
 
-# The extra each cell kind needs, with the modules that show it is installed. A study that trains needs more
-# than the demo's `eval`; one line before the first cell beats a traceback in the fifth cell's log.
-_EXTRAS = {"train": ("train", ("trl", "peft", "accelerate")), "probe": ("train", ("trl",)),
-           "eval": ("eval", ("lmms_eval",)), "board": ("leaderboard", ("jsonschema", "matplotlib", "confusable_homoglyphs"))}
+# The extra each cell kind needs beyond the core (a study that trains needs more than the demo's `eval`): one line
+# before the first cell beats a traceback in the fifth cell's log.
+_EXTRA_OF_KIND = {"train": "train", "probe": "train", "eval": "eval", "board": "leaderboard"}
 
 
 def require_extras(study: Study, cells: list[Cell]) -> None:
     """Raise one line naming the ``medbench[...]`` extras that ``cells`` need and this environment lacks."""
-    from importlib.util import find_spec
+    from medbench.doctor import missing_from_extras
 
-    missing: dict[str, list[str]] = {}
-    for cell in cells:
-        extra, modules = _EXTRAS.get(cell.kind, ("", ()))
-        for module in modules:
-            if find_spec(module) is None and module not in missing.get(extra, []):
-                missing.setdefault(extra, []).append(module)
+    missing = missing_from_extras(sorted({_EXTRA_OF_KIND[cell.kind] for cell in cells if cell.kind in _EXTRA_OF_KIND}))
     if missing:
-        extras = ",".join(sorted(missing))
-        absent = ", ".join(module for modules in missing.values() for module in modules)
+        extras = ",".join(missing)
+        absent = ", ".join(name for names in missing.values() for name in names)
         raise MedbenchError(f"study {study.name} needs medbench[{extras}] ({absent} not installed): "
                             f"pip install -c medbench/lock.txt -e \".[{extras}]\" in a checkout, or "
                             f"pip install \"medbench[{extras}]\"")

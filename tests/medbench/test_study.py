@@ -115,17 +115,16 @@ def test_a_bad_study_file_is_one_line(tmp_path, capsys, change, message):
 
 
 def test_a_study_names_the_extras_it_lacks_before_its_first_cell(tmp_path, capsys, monkeypatch):
-    import importlib.util
-
+    from medbench import doctor
     from medbench.study.runner import require_extras
 
-    present = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("trl", "jsonschema") else present(name, *a))
+    present = doctor._installed()
+    monkeypatch.setattr(doctor, "_installed",
+                        lambda: {name: version for name, version in present.items() if name not in ("trl", "jsonschema")})
     path = _study(tmp_path, "some/model", recipes=["dpo"])
     assert main(["study", "run", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "needs medbench[leaderboard,train] (trl, jsonschema not installed)" in err
+    assert len(err.splitlines()) == 1 and "needs medbench[leaderboard,train] (jsonschema, trl not installed)" in err
     assert '-e ".[leaderboard,train]"' in err and not (tmp_path / "out").exists()
     # Only the cells asked for count: the untrained model's evaluation needs neither.
     study = load_study(path, tmp_path / "out")
